@@ -1,0 +1,64 @@
+"""The data path: datalists, validation, MONAI transforms, and 3D volumes cut into cached 2D slices.
+
+Typical use::
+
+    datalist = load_datalist("data/phantom")            # MSD folder, datalist JSON or image folder
+    validate_datalist(datalist, pancreas_labels=[1, 2], require_labels=True)
+    splits = split_datalist(datalist, val_fraction=0.2, test_fraction=0.0, seed=0)
+    slices = build_slice_dataset(splits["training"], window="pancreas", spatial_size=128, policy="mixed")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.datalist import case_name, is_dicom_series, load_datalist, split_datalist, write_datalist
+from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
+from pipeline.data.transforms import WINDOW_PRESETS, build_volume_transforms, resolve_window
+from pipeline.data.validate import DatasetSummary, load_volume, validate_datalist
+
+__all__ = [
+    "SLICE_POLICIES",
+    "WINDOW_PRESETS",
+    "DatasetSummary",
+    "SliceDataset",
+    "build_slice_dataset",
+    "build_volume_dataset",
+    "build_volume_transforms",
+    "case_name",
+    "is_dicom_series",
+    "load_datalist",
+    "load_volume",
+    "resolve_window",
+    "select_slices",
+    "split_datalist",
+    "validate_datalist",
+    "write_datalist",
+]
+
+
+def build_slice_dataset(
+    datalist: Sequence[dict[str, Any]],
+    window: str | Sequence[float] = "pancreas",
+    spatial_size: int | None = None,
+    pancreas_labels: Sequence[int] = (1, 2),
+    policy: str = "all",
+    other_fraction: float = 0.0,
+    cache: str = "memory",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    transform: Callable | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> SliceDataset:
+    """Volumes -> transforms -> cache -> 2D slices, in one call (the bundle configs use this).
+
+    Args are those of :func:`build_volume_transforms`, :func:`build_volume_dataset` and
+    :class:`SliceDataset`; labels are expected when the first entry has one.
+    """
+    with_label = bool(datalist) and bool(datalist[0].get("label"))
+    volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label)
+    volumes = build_volume_dataset(datalist, volume_transform, cache, cache_dir, num_workers, progress)
+    return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform)

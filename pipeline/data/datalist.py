@@ -1,0 +1,245 @@
+"""Datalists: find the cases of a dataset, split them by patient, write the split.
+
+A datalist is a list of dicts, one per case, with ``image`` (a NIfTI file or a DICOM series folder),
+optionally ``label`` (a NIfTI file on the image's grid) and always ``case`` (a name safe for file names).
+Three sources are understood:
+
+- an MSD folder (``dataset.json`` beside ``imagesTr/`` and ``labelsTr/``, e.g. Task07_Pancreas),
+- a datalist JSON file: a list of ``{"image", "label"}`` dicts, or a dict holding such lists under
+  ``training`` / ``validation`` / ``test`` (what :func:`write_datalist` writes); relative paths are
+  resolved against the JSON file's folder,
+- a plain folder of images: every ``*.nii`` / ``*.nii.gz`` file, and every sub-folder holding a DICOM
+  series, is one case without label (a folder that is itself a DICOM series is one case).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+from pipeline.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SPLIT_KEYS = ("training", "validation", "test")
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """Name of a case from its image path, safe for file names: ``imagesTr/pancreas_001.nii.gz`` -> ``pancreas_001``."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return safe or "case"
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """Whether ``folder`` directly holds DICOM files (``*.dcm`` or files starting with the DICM preamble)."""
+    if not folder.is_dir():
+        return False
+    for child in folder.iterdir():
+        if not child.is_file():
+            continue
+        if child.suffix.lower() == ".dcm":
+            return True
+        try:
+            with open(child, "rb") as handle:
+                if handle.read(132)[128:132] == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _with_case_names(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add a unique ``case`` name to every entry that has none (``_2``, ``_3`` ... on clashes)."""
+    seen: dict[str, int] = {}
+    named = []
+    for entry in entries:
+        entry = dict(entry)
+        base = entry.get("case") or case_name(entry["image"])
+        count = seen.get(base, 0) + 1
+        seen[base] = count
+        entry["case"] = base if count == 1 else f"{base}_{count}"
+        named.append(entry)
+    return named
+
+
+def _check_entries(entries: Any, source: Path) -> list[dict[str, Any]]:
+    if not isinstance(entries, list):
+        raise DataError(f"{source}: expected a list of {{'image': ..., 'label': ...}} entries, got {type(entries).__name__}.")
+    if not entries:
+        raise DataError(f"{source}: the datalist is empty; add at least one {{'image': ...}} entry.")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise DataError(
+                f"{source}: entry {index} is {entry!r}; every entry must be a dict with an 'image' path "
+                "(and a 'label' path for training)."
+            )
+    return entries
+
+
+def _resolve(entries: list[dict[str, Any]], base: Path) -> list[dict[str, Any]]:
+    resolved = []
+    for entry in entries:
+        entry = dict(entry)
+        for key in ("image", "label"):
+            if key in entry and entry[key] is not None:
+                path = Path(os.path.expanduser(str(entry[key])))
+                entry[key] = str(path if path.is_absolute() else (base / path).resolve())
+        resolved.append(entry)
+    return resolved
+
+
+def _scan_folder(folder: Path) -> list[dict[str, Any]]:
+    if is_dicom_series(folder):
+        return [{"image": str(folder)}]
+    entries = []
+    for child in sorted(folder.iterdir()):
+        if child.is_file() and child.name.lower().endswith(NIFTI_SUFFIXES):
+            entries.append({"image": str(child)})
+        elif child.is_dir() and is_dicom_series(child):
+            entries.append({"image": str(child)})
+    return entries
+
+
+def load_datalist(source: str | os.PathLike, key: str = "training") -> list[dict[str, Any]]:
+    """Read the cases of a dataset.
+
+    Args:
+        source: MSD folder (with ``dataset.json``), ``dataset.json`` itself, a datalist JSON file, or a
+            folder of NIfTI files / DICOM series folders.
+        key: which list to read from an MSD ``dataset.json`` or a split datalist (``training``,
+            ``validation``, ``test``). A plain JSON list or image folder ignores it.
+
+    Returns:
+        Entries ``{"image": abs path, "label": abs path (if known), "case": name, ...}``; files are not
+        opened here (see :func:`pipeline.data.validate_datalist`).
+
+    Raises:
+        DataError: the source does not exist, is not understood, or holds no cases.
+    """
+    path = Path(os.path.expanduser(str(source))).resolve()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; pass an MSD folder, a datalist JSON file or a folder of images.")
+    if path.is_dir() and (path / "dataset.json").is_file():
+        path = path / "dataset.json"
+    if path.is_dir():
+        entries = _scan_folder(path)
+        if not entries:
+            raise DataError(
+                f"{path}: found no *.nii / *.nii.gz file, DICOM series folder or dataset.json; "
+                "put the images there or pass a datalist JSON file."
+            )
+        return _with_case_names(entries)
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON datalist ({err}).") from err
+    if isinstance(content, dict):
+        if key not in content:
+            raise DataError(f"{path}: has no '{key}' list (keys: {sorted(content)}); pick one with the datalist key.")
+        if key == "test" and all(isinstance(item, str) for item in content[key]):
+            entries = _resolve([{"image": item} for item in content[key]], path.parent)  # MSD test list: paths only
+        else:
+            _check_entries(content[key], path)
+            entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=path.parent)
+            entries = _resolve(entries, path.parent)
+    else:
+        entries = _resolve(_check_entries(content, path), path.parent)
+    if not entries:
+        raise DataError(f"{path}: the '{key}' list is empty; add at least one case.")
+    return _with_case_names(entries)
+
+
+def split_datalist(
+    datalist: Sequence[dict[str, Any]],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    group_key: str = "patient",
+) -> dict[str, list[dict[str, Any]]]:
+    """Split cases into training / validation / test by patient, never by slice.
+
+    Entries sharing ``entry[group_key]`` (several scans of one patient) land in the same part; entries
+    without it are their own patient. Each non-zero fraction gets at least one patient when there are
+    at least three.
+
+    Args:
+        datalist: entries as from :func:`load_datalist`.
+        val_fraction: share of patients for validation, in [0, 1).
+        test_fraction: share of patients for test, in [0, 1); the two together below 1.
+        seed: the same seed and datalist give the same split.
+        group_key: entry key naming the patient.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction and test_fraction must each be in [0, 1) and sum below 1, got {val_fraction} and {test_fraction}."
+        )
+    if not datalist:
+        raise DataError("the datalist is empty; nothing to split.")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in datalist:
+        groups.setdefault(str(entry.get(group_key, entry.get("case", entry["image"]))), []).append(dict(entry))
+    patients = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(patients))
+    n = len(patients)
+
+    def count(fraction: float) -> int:
+        return 0 if fraction == 0 else max(1 if n >= 3 else 0, int(round(fraction * n)))
+
+    n_val, n_test = count(val_fraction), count(test_fraction)
+    parts = {
+        "validation": order[:n_val],
+        "test": order[n_val : n_val + n_test],
+        "training": order[n_val + n_test :],
+    }
+    return {name: [entry for i in sorted(parts[name]) for entry in groups[patients[i]]] for name in SPLIT_KEYS}
+
+
+def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Write a split datalist as JSON with paths relative to its folder, atomically.
+
+    Args:
+        splits: ``{"training": [...], ...}`` as from :func:`split_datalist`.
+        path: the JSON file to write; its folder is created.
+
+    Returns:
+        The written path; :func:`load_datalist` reads it back with ``key="training"`` etc.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent.resolve()
+    content: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in splits.items():
+        content[name] = []
+        for entry in entries:
+            entry = dict(entry)
+            for key in ("image", "label"):
+                if entry.get(key):
+                    entry[key] = os.path.relpath(Path(entry[key]).resolve(), base)
+            content[name].append(entry)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(content, stream, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

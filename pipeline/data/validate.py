@@ -1,0 +1,244 @@
+"""Validate a datalist before any training, and summarise it.
+
+Every volume is opened with the same MONAI loader that training uses, so a file that passes here also
+loads there. The first problem found stops the run with a :class:`~pipeline.errors.DataError` whose
+message names the file, says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import LoadImage
+from tqdm import tqdm
+
+from pipeline.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+GEOMETRY_ATOL_MM = 1e-3  # image and label affines may differ by float noise, not by a voxel
+
+
+def load_volume(path: str | Path) -> torch.Tensor:
+    """Load one 3D volume (NIfTI file or DICOM series folder) as a MONAI MetaTensor with a RAS affine.
+
+    Args:
+        path: the file or DICOM folder.
+
+    Returns:
+        MetaTensor of shape (X, Y, Z) in the file's own voxel order, float32, with ``.affine`` (4, 4)
+        voxel -> RAS world in mm.
+
+    Raises:
+        DataError: missing, unreadable or truncated file, or not a single 3D volume.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found; check the datalist path or regenerate the dataset.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's optional-codec notices are noise here
+            volume = LoadImage(image_only=True)(str(path))
+    except Exception as err:  # MONAI wraps reader errors in several types; all mean "cannot read"
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"{path}: cannot be read as NIfTI or a DICOM series ({reason}); the file may be truncated or "
+            "corrupt: re-export or re-download it."
+        ) from err
+    if volume.ndim != 3:
+        raise DataError(
+            f"{path}: expected one 3D volume, got shape {tuple(volume.shape)}; split 4D files into one 3D "
+            "volume per file (e.g. with nibabel or fslsplit)."
+        )
+    return volume
+
+
+@dataclass
+class CaseSummary:
+    """Facts about one validated case."""
+
+    case: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str
+    hu_range: tuple[float, float]
+    label_counts: dict[int, int] = field(default_factory=dict)
+    pancreas_slices: int = 0
+
+    @property
+    def slices(self) -> int:
+        return self.shape[2]
+
+
+@dataclass
+class DatasetSummary:
+    """What :func:`validate_datalist` found; ``format()`` gives the text ``unoise inspect`` prints."""
+
+    cases: list[CaseSummary]
+    pancreas_labels: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        labelled = [c for c in self.cases if c.label_counts]
+        counts: dict[int, int] = {}
+        for case in labelled:
+            for value, n in case.label_counts.items():
+                counts[value] = counts.get(value, 0) + n
+        spacing = np.array([c.spacing for c in self.cases])
+        return {
+            "cases": len(self.cases),
+            "labelled_cases": len(labelled),
+            "slices": int(sum(c.slices for c in self.cases)),
+            "slices_with_pancreas": int(sum(c.pancreas_slices for c in labelled)),
+            "in_plane_shapes": sorted({f"{c.shape[0]}x{c.shape[1]}" for c in self.cases}),
+            "slices_per_case": [int(min(c.slices for c in self.cases)), int(max(c.slices for c in self.cases))],
+            "spacing_mm_min": [round(float(v), 3) for v in spacing.min(axis=0)],
+            "spacing_mm_max": [round(float(v), 3) for v in spacing.max(axis=0)],
+            "hu_min": float(min(c.hu_range[0] for c in self.cases)),
+            "hu_max": float(max(c.hu_range[1] for c in self.cases)),
+            "orientations": {o: sum(c.orientation == o for c in self.cases) for o in sorted({c.orientation for c in self.cases})},
+            "label_voxels": {str(k): v for k, v in sorted(counts.items())},
+            "pancreas_labels": list(self.pancreas_labels),
+        }
+
+    def format(self) -> str:
+        info = self.as_dict()
+        share = info["slices_with_pancreas"] / max(1, sum(c.slices for c in self.cases if c.label_counts))
+        lines = [
+            f"cases: {info['cases']} ({info['labelled_cases']} with label)",
+            f"slices: {info['slices']}, with pancreas: {info['slices_with_pancreas']} ({share:.1%} of labelled slices)",
+            f"in-plane size: {', '.join(info['in_plane_shapes'])}; slices per case: "
+            f"{info['slices_per_case'][0]}..{info['slices_per_case'][1]}",
+            "spacing (mm): "
+            + ", ".join(f"{axis} {lo:g}..{hi:g}" for axis, lo, hi in zip("xyz", info["spacing_mm_min"], info["spacing_mm_max"])),
+            f"intensity range (HU): {info['hu_min']:g} .. {info['hu_max']:g}",
+            "voxel orientation on disk: " + ", ".join(f"{k} {v}" for k, v in info["orientations"].items()),
+            "label values (voxels): " + (", ".join(f"{k}: {v}" for k, v in info["label_voxels"].items()) or "no labels"),
+            f"pancreas = label values {list(self.pancreas_labels)}",
+        ]
+        return "\n".join(lines)
+
+
+def _check_finite(volume: torch.Tensor, path: str) -> None:
+    bad = ~torch.isfinite(volume)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise DataError(
+            f"{path}: {int(bad.sum())} NaN or inf voxel(s), first at voxel {first}; fix the export "
+            "(or replace them, e.g. with the air value -1024 HU) before training."
+        )
+
+
+def _check_geometry(image: torch.Tensor, label: torch.Tensor, image_path: str, label_path: str) -> None:
+    if tuple(image.shape) != tuple(label.shape):
+        raise DataError(
+            f"{label_path}: label shape {tuple(label.shape)} differs from image shape {tuple(image.shape)} "
+            f"({image_path}); the label must be on the image's voxel grid: resample it onto the image."
+        )
+    image_affine = np.asarray(image.affine, dtype=np.float64)
+    label_affine = np.asarray(label.affine, dtype=np.float64)
+    if not np.allclose(image_affine, label_affine, atol=GEOMETRY_ATOL_MM, rtol=1e-5):
+        raise DataError(
+            f"{label_path}: label geometry differs from the image's ({image_path}): spacing/direction/origin "
+            f"affine {np.round(label_affine[:3], 3).tolist()} vs {np.round(image_affine[:3], 3).tolist()}; "
+            "resample the label onto the image grid (same spacing, origin and direction)."
+        )
+
+
+def _check_label_values(label: torch.Tensor, path: str, allowed: set[int] | None) -> dict[int, int]:
+    values, counts = torch.unique(label, return_counts=True)
+    non_integer = [float(v) for v in values if float(v) != round(float(v))]
+    if non_integer:
+        raise DataError(
+            f"{path}: label has non-integer values {non_integer[:5]}; a label map holds class numbers: "
+            "save it as an integer image (nearest-neighbour resampling)."
+        )
+    found = {int(round(float(v))): int(n) for v, n in zip(values, counts)}
+    if allowed is not None:
+        unknown = sorted(set(found) - allowed)
+        if unknown:
+            raise DataError(
+                f"{path}: label values {unknown} are outside the configured set {sorted(allowed)}; set "
+                "`pancreas_labels` to the values that mean pancreas (e.g. --pancreas_labels \"[7]\") and "
+                "`label_values` to all values the labels may hold (or \"any\")."
+            )
+    return found
+
+
+def allowed_label_values(pancreas_labels: Sequence[int], label_values: Sequence[int] | str | None) -> set[int] | None:
+    """The set of label values accepted: explicit list, ``"any"`` (no check) or None (0 + pancreas labels)."""
+    if isinstance(label_values, str):
+        if label_values.lower() != "any":
+            raise ValueError(f"label_values must be a list of integers, null or 'any', got {label_values!r}.")
+        return None
+    if label_values is None:
+        return {0, *(int(v) for v in pancreas_labels)}
+    return {int(v) for v in label_values}
+
+
+def validate_datalist(
+    datalist: Sequence[dict[str, Any]],
+    pancreas_labels: Sequence[int] = (1, 2),
+    label_values: Sequence[int] | str | None = None,
+    require_labels: bool = False,
+    progress: bool = True,
+) -> DatasetSummary:
+    """Open every case and stop at the first problem, naming the file.
+
+    Checks: file present and readable (not truncated), a single 3D volume, no NaN/inf, label on the
+    image's grid (shape and affine), label values integers in the allowed set, and (with
+    ``require_labels``) a label for every case.
+
+    Args:
+        datalist: entries with ``image`` and optional ``label`` (see :func:`pipeline.data.load_datalist`).
+        pancreas_labels: label values that mean pancreas; they are merged into one foreground class.
+        label_values: every value a label may hold; None means 0 plus ``pancreas_labels``, ``"any"``
+            disables the check (multi-organ labels such as TotalSegmentator's).
+        require_labels: fail on a case without label (training needs them).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        A :class:`DatasetSummary`.
+
+    Raises:
+        DataError: the first problem found.
+    """
+    if not datalist:
+        raise DataError("the datalist is empty: the dataset holds no cases; check the path and datalist key.")
+    if not pancreas_labels:
+        raise ValueError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
+    allowed = allowed_label_values(pancreas_labels, label_values)
+    pancreas = torch.tensor([float(v) for v in pancreas_labels])
+    cases: list[CaseSummary] = []
+    entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not progress, leave=False)
+    for entry in entries:
+        image_path = str(entry["image"])
+        image = load_volume(image_path)
+        _check_finite(image, image_path)
+        spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+        summary = CaseSummary(
+            case=str(entry.get("case", Path(image_path).name)),
+            shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]
+            spacing=spacing,  # type: ignore[arg-type]
+            orientation="".join(nib.aff2axcodes(np.asarray(image.affine))),
+            hu_range=(float(image.min()), float(image.max())),
+        )
+        label_path = entry.get("label")
+        if label_path:
+            label = load_volume(label_path)
+            _check_finite(label, str(label_path))
+            _check_geometry(image, label, image_path, str(label_path))
+            summary.label_counts = _check_label_values(label, str(label_path), allowed)
+            foreground = torch.isin(label, pancreas)
+            summary.pancreas_slices = int(foreground.flatten(0, 1).any(dim=0).sum())
+        elif require_labels:
+            raise DataError(f"{image_path}: no label for this case; training needs a 'label' for every image.")
+        cases.append(summary)
+    return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels))
