@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from pipeline.errors import DataError
+from pipeline.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -234,12 +234,4 @@ def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathL
                 if entry.get(key):
                     entry[key] = os.path.relpath(Path(entry[key]).resolve(), base)
             content[name].append(entry)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(content, stream, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(content, path)
