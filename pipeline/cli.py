@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UNoiseError
+from pipeline.errors import ConfigError, UNoiseError
 
 logger = logging.getLogger("pipeline")
 
@@ -30,6 +34,106 @@ def parse_value(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def default_bundle_root() -> Path:
+    """The bundle shipped with this checkout (``$UNOISE_BUNDLE`` overrides it)."""
+    return Path(os.environ.get("UNOISE_BUNDLE", Path(__file__).resolve().parent.parent / "bundles" / "pancreas_ct_unoise"))
+
+
+def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
+    """``["--epochs", "2", "--device=cpu"]`` -> ``{"epochs": 2, "device": "cpu"}``, values as in :func:`parse_value`."""
+    overrides: dict[str, Any] = {}
+    items = list(extra)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--") or len(flag) < 3:
+            raise ConfigError(f"expected --key value pairs after the options, got {flag!r}.")
+        key, sep, value = flag[2:].partition("=")
+        if not sep:
+            if not items or items[0].startswith("--"):
+                raise ConfigError(f"--{key} needs a value (e.g. --{key} 2); config overrides are --key value pairs.")
+            value = items.pop(0)
+        overrides[key] = parse_value(value)
+    return overrides
+
+
+def check_override_keys(config_file: Path, overrides: dict[str, Any]) -> None:
+    """Fail on an override that names no key of the config (``a#b`` reaches into nested dicts)."""
+    config = json.loads(config_file.read_text())
+    for key in overrides:
+        node: Any = config
+        for part in key.split("#"):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                experiment = config.get("run_config")  # the experiment values; components are reachable too
+                known = sorted(k for k in (experiment if isinstance(experiment, dict) else config) if k in config)
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean --{close[0]}? " if close else ""
+                raise ConfigError(
+                    f"unknown config key {key!r} for {config_file.name}; {hint}keys: {', '.join(known)}."
+                )
+
+
+def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None) -> None:
+    """Run ``configs/<config>.json`` of the bundle with overrides, exactly as ``python -m monai.bundle run``."""
+    from monai.bundle import run
+
+    root = Path(bundle_root or default_bundle_root())
+    config_file = root / "configs" / f"{config}.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
+    check_override_keys(config_file, overrides)
+    run(
+        config_file=str(config_file),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        bundle_root=str(root),
+        **overrides,
+    )
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user-facing error inside MONAI's "Failed to evaluate ..." wrappers, if any."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, UNoiseError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _print_training_summary(output: str) -> None:
+    metrics = Path(output) / "metrics.json"
+    if metrics.is_file():
+        summary = json.loads(metrics.read_text())
+        best = summary.get("best", {})
+        last = summary["epochs"][-1] if summary.get("epochs") else {}
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch")
+        print(f"trained {last.get('epoch', 0)} epochs; best {figures} at epoch {best.get('epoch', '-')}")
+    print(f"run folder: {output} (checkpoints/best.pt, checkpoints/last.pt, tensorboard/, metrics.json)")
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from pipeline.networks import NETWORK_PRESETS, build_unet, count_parameters
+
+    print(f"{'preset':8s} {'channels per level':28s} {'downsamplings':>13s} {'parameters':>12s}")
+    for name, preset in NETWORK_PRESETS.items():
+        size = count_parameters(build_unet(name, in_channels=args.in_channels))
+        print(f"{name:8s} {', '.join(map(str, preset.channels)):28s} {preset.downsamplings:>13d} {size:>12,d}")
+    return 0
+
+
+def _cmd_train_utility(args: argparse.Namespace) -> int:
+    overrides = {"dataset_dir": args.dataset, "output_dir": args.output, **args.overrides}
+    if args.resume:
+        overrides["resume"] = True
+    run_bundle("train_utility", overrides, args.bundle_root)
+    _print_training_summary(args.output)
+    return 0
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unoise", description=__doc__.split("\n\n")[0])
     parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--bundle-root", type=Path, default=None, help="bundle folder (default: the one in this checkout)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     phantom = sub.add_parser("phantom", help="write synthetic abdominal CT phantoms in the MSD Task07 layout")
@@ -101,21 +206,39 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--key", default="training", help="datalist key to split (default training)")
     split.set_defaults(func=_cmd_split)
+
+    presets = sub.add_parser("presets", help="list the network presets with their parameter counts")
+    presets.add_argument("--in-channels", "--in_channels", type=int, default=1, dest="in_channels")
+    presets.set_defaults(func=_cmd_presets)
+
+    train = sub.add_parser("train-utility", help="train the pancreas segmentation UNet (configs/train_utility.json)",
+                           epilog="Any other --key value overrides that config key, as with `python -m monai.bundle "
+                                  "run`, e.g. --epochs 2 --spatial_size 64 --device cpu --preset demo.")
+    train.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder (dataset_dir)")
+    train.add_argument("--output", required=True, help="run folder (output_dir)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
+    train.set_defaults(func=_cmd_train_utility, takes_overrides=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``unoise``; returns the exit status."""
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        args.overrides = parse_overrides(extra)
         return int(args.func(args) or 0)
-    except (UNoiseError, ValueError, FileNotFoundError) as err:
-        if args.traceback:
+    except Exception as err:
+        user_error = _user_error(err) or (err if isinstance(err, (ValueError, FileNotFoundError)) else None)
+        if user_error is None or args.traceback:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

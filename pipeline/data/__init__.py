@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.data.datalist import case_name, is_dicom_series, load_datalist, split_datalist, write_datalist
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
-from pipeline.data.transforms import WINDOW_PRESETS, build_volume_transforms, resolve_window
+from pipeline.data.transforms import WINDOW_PRESETS, build_slice_augmentation, build_volume_transforms, resolve_window
 from pipeline.data.validate import DatasetSummary, load_volume, validate_datalist
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "WINDOW_PRESETS",
     "DatasetSummary",
     "SliceDataset",
+    "build_slice_augmentation",
     "build_slice_dataset",
     "build_volume_dataset",
     "build_volume_transforms",

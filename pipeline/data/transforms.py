@@ -6,6 +6,7 @@ does not decode files again; random augmentation acts on 2D slices after the cac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from monai.transforms import (
@@ -15,6 +16,11 @@ from monai.transforms import (
     LabelFilterd,
     LoadImaged,
     Orientationd,
+    Rand2DElasticd,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     Resized,
     ScaleIntensityRanged,
 )
@@ -83,3 +89,49 @@ def build_volume_transforms(
         chain.append(Resized(keys, spatial_size=size, mode=("area", "nearest")[: len(keys)]))
     chain.append(EnsureTyped(keys, dtype="float32", track_meta=True))
     return Compose(chain)
+
+
+def build_slice_augmentation(
+    prob: float = 0.5,
+    flip_prob: float = 0.0,
+    rotate_deg: float = 10.0,
+    zoom: float = 0.1,
+    elastic_prob: float = 0.0,
+    intensity: float = 0.05,
+    keys: Sequence[str] = ("image", "label"),
+) -> Compose | None:
+    """Random 2D augmentation of a slice dict; every amount is a config value, 0 turns a part off.
+
+    Args:
+        prob: probability of the affine (rotation + zoom) and of each intensity change.
+        flip_prob: probability of a left-right flip. Off by default: it swaps the liver and spleen sides,
+            which a model of real CT may rely on.
+        rotate_deg: largest in-plane rotation, degrees.
+        zoom: largest relative zoom in or out (0.1 = 0.9x..1.1x).
+        elastic_prob: probability of a smooth elastic deformation.
+        intensity: largest relative scale and absolute shift of the windowed [0, 1] intensities.
+        keys: image key first, then label key(s); labels are resampled with nearest neighbour.
+
+    Returns:
+        A Compose of MONAI random dict transforms, or None when every part is off.
+    """
+    for name, value in {"prob": prob, "flip_prob": flip_prob, "elastic_prob": elastic_prob}.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {value}.")
+    if rotate_deg < 0 or zoom < 0 or intensity < 0:
+        raise ValueError(f"rotate_deg, zoom and intensity must be >= 0, got {rotate_deg}, {zoom}, {intensity}.")
+    keys = list(keys)
+    modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
+    chain = []
+    if flip_prob > 0:
+        chain.append(RandFlipd(keys, prob=flip_prob, spatial_axis=0))
+    if prob > 0 and (rotate_deg > 0 or zoom > 0):
+        chain.append(RandAffined(keys, prob=prob, rotate_range=math.radians(rotate_deg), scale_range=(zoom, zoom),
+                                 mode=modes, padding_mode="zeros"))
+    if elastic_prob > 0:
+        chain.append(Rand2DElasticd(keys, spacing=(16, 16), magnitude_range=(1.0, 2.0), prob=elastic_prob,
+                                    mode=modes, padding_mode="zeros"))
+    if prob > 0 and intensity > 0:
+        chain += [RandScaleIntensityd(keys[0], factors=intensity, prob=prob),
+                  RandShiftIntensityd(keys[0], offsets=intensity, prob=prob)]
+    return Compose(chain) if chain else None
