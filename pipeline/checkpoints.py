@@ -17,7 +17,7 @@ import torch
 
 from pipeline.errors import UNoiseError
 from pipeline.fileio import atomic_path
-from pipeline.networks import get_preset
+from pipeline.networks import build_unet, get_preset
 
 
 class CheckpointError(UNoiseError, ValueError):
@@ -57,9 +57,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_network_weights(
-    network: torch.nn.Module, path: str | os.PathLike, preset: str, map_location: str | torch.device = "cpu"
+    network: torch.nn.Module,
+    path: str | os.PathLike,
+    preset: str,
+    map_location: str | torch.device = "cpu",
+    check_preset: bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint's weights into ``network`` built from ``preset``.
+
+    Args:
+        network: the freshly built network.
+        path: checkpoint file.
+        preset: the preset ``network`` was built from (named in errors).
+        map_location: where tensors are loaded.
+        check_preset: refuse a checkpoint recorded under another preset name; False compares only the
+            weights' shapes (a ``demo`` utility may initialise a ``large`` noise model of the same shape).
 
     Returns:
         The checkpoint's ``meta`` dict.
@@ -68,10 +80,14 @@ def load_network_weights(
         CheckpointError: the file cannot be read, or its weights belong to another architecture; the
             message names the preset the checkpoint was trained with and the one expected.
     """
-    content = load_checkpoint(path, map_location)
+    return _load_state(network, load_checkpoint(path, map_location), path, preset, check_preset)
+
+
+def _load_state(network: torch.nn.Module, content: dict[str, Any], path: str | os.PathLike, preset: str,
+                check_preset: bool) -> dict[str, Any]:
     meta = dict(content.get("meta", {}))
     trained = meta.get("preset")
-    if trained is not None and trained != preset:
+    if check_preset and trained is not None and trained != preset:
         get_preset(preset)
         raise CheckpointError(
             f"{path}: checkpoint holds a '{trained}' network but preset '{preset}' was expected; "
@@ -83,6 +99,28 @@ def load_network_weights(
         raise CheckpointError(
             f"{path}: weights do not fit the '{preset}' network (trained as {trained or 'unknown preset'}, "
             f"in/out channels {meta.get('in_channels', '?')}/{meta.get('out_channels', '?')}): "
-            f"{str(err).splitlines()[0]}; build the network the checkpoint was trained with."
+            f"{' '.join(line.strip() for line in str(err).splitlines()[:2])[:300]}; use a checkpoint of a '{preset}'-shaped network "
+            f"(`unoise presets` lists the shapes) or build the network it was trained with."
         ) from err
     return meta
+
+
+def load_network_from_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the network a checkpoint records (preset, channels) and load its weights.
+
+    Returns:
+        ``(network, meta)``; the network is on ``map_location``.
+
+    Raises:
+        CheckpointError: unreadable file, or no ``meta["preset"]`` to build from.
+    """
+    content = load_checkpoint(path, map_location)
+    meta = dict(content.get("meta", {}))
+    if "preset" not in meta:
+        raise CheckpointError(f"{path}: the checkpoint records no network preset; it was not written by a U-Noise run.")
+    network = build_unet(meta["preset"], in_channels=int(meta.get("in_channels", 1)),
+                         out_channels=int(meta.get("out_channels", 1)))
+    _load_state(network, content, path, meta["preset"], check_preset=True)
+    return network.to(map_location), meta

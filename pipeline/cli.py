@@ -136,6 +136,32 @@ def _cmd_train_utility(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_noise(args: argparse.Namespace) -> int:
+    overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility, "output_dir": args.output, **args.overrides}
+    if args.init_from:
+        overrides["init_from"] = args.init_from
+    if args.resume:
+        overrides["resume"] = True
+    run_bundle("train_noise", overrides, args.bundle_root)
+    _print_training_summary(args.output)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    overrides = {"inputs": list(args.input), "output_dir": args.output, "noise_checkpoint": args.noise,
+                 "utility_checkpoint": args.utility, **args.overrides}
+    if args.overlay:
+        overrides["overlay"] = True
+    if args.overwrite:
+        overrides["overwrite"] = True
+    run_bundle("inference", overrides, args.bundle_root)
+    written = sorted(Path(args.output).glob("*_importance.nii.gz"))
+    print(f"explained {len(written)} volume(s): importance maps and segmentations in {args.output}")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pancreas_labels", "--pancreas-labels", type=parse_value, default=[1, 2],
                         help='label values that mean pancreas, merged into one class (default "[1, 2]": MSD)')
@@ -218,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="run folder (output_dir)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
     train.set_defaults(func=_cmd_train_utility, takes_overrides=True)
+
+    noise = sub.add_parser("train-noise", help="train the U-Noise model against a frozen utility (configs/train_noise.json)",
+                           epilog="Any other --key value overrides that config key, e.g. --perturbation replace "
+                                  "--noise_preset small --max_scale 0.5 --noise_weight 0.01 --epochs 5.")
+    noise.add_argument("--dataset", required=True, help="dataset the utility was trained on (same split by seed)")
+    noise.add_argument("--utility", required=True, help="utility checkpoint (RUN_DIR/checkpoints/best.pt)")
+    noise.add_argument("--output", required=True, help="run folder (output_dir)")
+    noise.add_argument("--init-from", "--init_from", dest="init_from", default=None,
+                       help="start the noise model from a checkpoint of the same shape ('pretrained' variant)")
+    noise.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
+    noise.set_defaults(func=_cmd_train_noise, takes_overrides=True)
+
+    explain = sub.add_parser("explain", help="write importance maps and segmentations of CT volumes (configs/inference.json)")
+    explain.add_argument("--input", required=True, nargs="+",
+                         help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
+    explain.add_argument("--output", required=True, help="folder for <case>_importance.nii.gz, <case>_seg.nii.gz")
+    explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
+    explain.add_argument("--utility", required=True, help="utility checkpoint the noise model was trained against")
+    explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
+    explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
+    explain.set_defaults(func=_cmd_explain, takes_overrides=True)
     return parser
 
 

@@ -133,3 +133,51 @@ def prepare_run_dir(output_dir: str | os.PathLike, resume: bool, run_config: dic
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_config, run_dir / ("config_resume.json" if resume else "config.json"))
     return run_dir
+
+
+def init_noise_from(
+    noise_net: torch.nn.Module, checkpoint: str | os.PathLike | None, noise_preset: str, device: torch.device
+) -> torch.nn.Module:
+    """The "pretrained" variant: start the noise model from a segmentation checkpoint of the same shape.
+
+    Args:
+        noise_net: the freshly built noise model.
+        checkpoint: a utility checkpoint whose network has the noise preset's shape (e.g. a ``demo`` or
+            ``large`` utility for a ``large`` noise model); None leaves the random initialisation.
+        noise_preset: the noise model's preset, named in errors.
+        device: where the weights are loaded.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or weights of another shape.
+    """
+    if checkpoint is None:
+        return noise_net
+    from pipeline.checkpoints import load_network_weights
+
+    meta = load_network_weights(noise_net, checkpoint, noise_preset, device, check_preset=False)
+    logger.info("noise model initialised from %s (a '%s' network)", checkpoint, meta.get("preset", "unknown"))
+    return noise_net
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike, datalist: list[dict[str, Any]], suffixes: list[str], overwrite: bool = False
+) -> Path:
+    """Create the output folder of ``explain``; refuse to replace earlier outputs unless ``overwrite``.
+
+    Args:
+        output_dir: the folder.
+        datalist: entries with ``case`` names; outputs are ``<case><suffix>``.
+        suffixes: output name endings, e.g. ``_importance.nii.gz``.
+        overwrite: replace existing outputs.
+
+    Raises:
+        ConfigError: outputs of these cases are already there and ``overwrite`` is false (names them).
+    """
+    folder = Path(output_dir)
+    cases = [str(entry["case"]) for entry in datalist]
+    existing = [folder / f"{case}{suffix}" for case in cases for suffix in suffixes if (folder / f"{case}{suffix}").exists()]
+    if existing and not overwrite:
+        shown = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise ConfigError(f"{folder}: {len(existing)} output file(s) already exist ({shown}); choose another --output or pass --overwrite.")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

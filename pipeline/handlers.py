@@ -82,7 +82,8 @@ class CheckpointHandler:
         save_dir: ``RUN_DIR/checkpoints``.
         network, optimizer, scheduler: the objects to save (scheduler may be None).
         evaluator: the validation engine whose metric picks the best model.
-        metric_name: key in ``evaluator.state.metrics`` (higher is better).
+        metric_name: key in ``evaluator.state.metrics``.
+        higher_is_better: False when a lower metric is better (e.g. a validation loss).
         meta: written into every checkpoint (preset, channels...; see :mod:`pipeline.checkpoints`).
         resume: continue from ``save_dir/last.pt``.
     """
@@ -98,14 +99,16 @@ class CheckpointHandler:
         meta: dict[str, Any] | None = None,
         resume: bool = False,
         map_location: str | torch.device = "cpu",
+        higher_is_better: bool = True,
     ) -> None:
         self.save_dir = Path(save_dir)
+        self.sign = 1.0 if higher_is_better else -1.0
         self.network, self.optimizer, self.scheduler, self.evaluator = network, optimizer, scheduler, evaluator
         self.metric_name = metric_name
         self.meta = dict(meta or {})
         self.resume = resume
         self.map_location = map_location
-        self.best_metric = float("-inf")
+        self.best_metric = -self.sign * float("inf")
         self.best_epoch = 0
         self.trainer: Engine | None = None
 
@@ -128,7 +131,7 @@ class CheckpointHandler:
         self.trainer = engine
         if self.resume:
             meta = load_checkpoint(self.last_path).get("meta", {})
-            self.best_metric = float(meta.get("best_metric", float("-inf")))
+            self.best_metric = float(meta.get("best_metric", -self.sign * float("inf")))
             self.best_epoch = int(meta.get("best_epoch", 0))
             CheckpointLoader(load_path=str(self.last_path), load_dict=self._objects(engine),
                              map_location=self.map_location).attach(engine)
@@ -142,7 +145,7 @@ class CheckpointHandler:
         if validated:
             metric = float(self.evaluator.state.metrics[self.metric_name])
             meta["metric"] = metric
-            if metric > self.best_metric:
+            if self.sign * metric > self.sign * self.best_metric:
                 self.best_metric, self.best_epoch = metric, epoch
                 save_atomic({"model": self.network.state_dict(), "meta": {**meta, "best_metric": metric, "best_epoch": epoch}},
                             self.best_path)
@@ -164,6 +167,8 @@ class MetricsRecorder:
         evaluator: validation engine; its metrics are recorded in the epochs where it ran.
         loss_transform: takes ``engine.state.output`` to the batch loss.
         per_case: ``{name: VolumeDice}`` metrics of the evaluator whose per-case values to record.
+        best_key: validation metric that picks the best epoch in the summary.
+        higher_is_better: direction of ``best_key``.
     """
 
     def __init__(
@@ -173,8 +178,11 @@ class MetricsRecorder:
         evaluator: Engine | None = None,
         loss_transform: Callable[[Any], Any] = from_engine(["loss"], first=True),
         per_case: dict[str, VolumeDice] | None = None,
+        best_key: str = "val_dice_3d",
+        higher_is_better: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.best_key, self.higher_is_better = best_key, higher_is_better
         self.optimizer, self.evaluator = optimizer, evaluator
         self.loss_transform = loss_transform
         self.per_case = dict(per_case or {})
@@ -207,16 +215,204 @@ class MetricsRecorder:
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "seconds": round(time.perf_counter() - self._start, 3),
         }
+        record.update({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
         if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch:
             record.update({k: float(v) for k, v in self.evaluator.state.metrics.items() if isinstance(v, (int, float))})
             for name, metric in self.per_case.items():
                 record[f"{name}_per_case"] = dict(metric.per_case)
         self.records.append(record)
-        validated = [r for r in self.records if any(k.startswith("val_") for k in r)]
-        summary = {"epochs": self.records}
+        validated = [r for r in self.records if self.best_key in r]
+        summary: dict[str, Any] = {"epochs": self.records}
         if validated:
-            key = next((k for k in ("val_dice_3d", "val_dice") if k in validated[-1]), None)
-            if key:
-                best = max(validated, key=lambda r: r[key])
-                summary["best"] = {"epoch": best["epoch"], key: best[key]}
+            pick = max if self.higher_is_better else min
+            best = pick(validated, key=lambda r: r[self.best_key])
+            summary["best"] = {"epoch": best["epoch"], **{k: v for k, v in best.items() if k.startswith("val_") and not isinstance(v, dict)}}
         write_json_atomic(summary, self.path)
+
+
+class LossTermsHandler:
+    """Per-epoch means of a loss's ``last_terms`` (e.g. :class:`pipeline.noise.UNoiseLoss`) into ``engine.state.metrics``.
+
+    Attach it before the stats/TensorBoard handlers so they log ``train_<term>`` at the end of each epoch.
+    """
+
+    def __init__(self, loss_function: torch.nn.Module, prefix: str = "train_") -> None:
+        if not hasattr(loss_function, "last_terms"):
+            raise TypeError(f"LossTermsHandler needs a loss with `last_terms`, got {type(loss_function).__name__}.")
+        self.loss_function, self.prefix = loss_function, prefix
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        for key, value in self.loss_function.last_terms.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+
+    def __call__(self, engine: Engine) -> None:
+        for key, total in self._sums.items():
+            engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, self._count)
+
+
+class OutputMean(Metric):
+    """Mean over validated items of a loss or a channel of ``engine.state.output`` (decollated dicts).
+
+    Args:
+        key: output key holding a tensor per item (e.g. ``pred_tolerance``); its mean is averaged.
+        loss_function: instead of ``key``, average ``loss_function(item["pred"][None], item["label"][None])``.
+    """
+
+    def __init__(self, key: str | None = None, loss_function: Callable | None = None) -> None:
+        if (key is None) == (loss_function is None):
+            raise ValueError("OutputMean needs exactly one of key or loss_function.")
+        self.key, self.loss_function = key, loss_function
+        super().__init__(output_transform=lambda output: output)
+
+    def reset(self) -> None:
+        self._total, self._count = 0.0, 0
+
+    def update(self, output: Any) -> None:
+        for item in output:
+            if self.loss_function is not None:
+                value = self.loss_function(torch.as_tensor(item["pred"])[None], torch.as_tensor(item["label"])[None])
+            else:
+                value = torch.as_tensor(item[self.key]).float().mean()
+            self._total += float(value)
+            self._count += 1
+
+    def compute(self) -> float:
+        if self._count == 0:
+            raise RuntimeError("OutputMean needs at least one validated item before compute().")
+        return self._total / self._count
+
+
+class SliceImagesHandler:
+    """Log named 2D images of the first item of the last validation batch to TensorBoard, each epoch.
+
+    Args:
+        summary_writer: a ``SummaryWriter``.
+        images: ``{tag: (source, key, channel, invert)}`` with source ``batch`` or ``output``; ``invert``
+            shows 1 - channel (importance from tolerance). Each image is min-max scaled for display.
+    """
+
+    def __init__(self, summary_writer: Any, images: dict[str, tuple[str, str, int, bool]]) -> None:
+        for tag, spec in images.items():
+            if len(spec) != 4 or spec[0] not in ("batch", "output"):
+                raise ValueError(f"image {tag!r}: expected (source 'batch'|'output', key, channel, invert), got {spec!r}.")
+        self.writer, self.images = summary_writer, dict(images)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for tag, (source, key, channel, invert) in self.images.items():
+            items = engine.state.batch if source == "batch" else engine.state.output
+            image = torch.as_tensor(items[0][key])[channel].detach().float().cpu()  # (H, W)
+            if invert:
+                image = 1.0 - image
+            low, high = float(image.min()), float(image.max())
+            image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+            self.writer.add_image(tag, image[None], engine.state.epoch, dataformats="CHW")
+
+
+class ImportanceExporter:
+    """Write each explained volume as NIfTI in the input's own geometry, beside the utility's segmentation.
+
+    Reads, per item of ``engine.state.output``: ``pred`` (2, X, Y, Z), channel 0 the importance and channel 1
+    the utility's pancreas probability, already inverted to the input's voxel grid (MONAI ``Invertd``), and
+    ``image`` (the preprocessed volume, whose meta holds the input's ``original_affine`` and
+    ``spatial_shape``). The case name comes from ``engine.state.batch[i]["case"]``. Files:
+
+    - ``<case>_importance.nii.gz``: float32 in [0, 1], 1 = most important;
+    - ``<case>_seg.nii.gz``: uint8, 1 where the probability > 0.5;
+    - ``<case>_overlay.png`` with ``overlay``: CT, importance heat map and pancreas contour on the axial
+      slices with the most predicted pancreas (reads ``pred_ras``, the prediction before inversion).
+
+    Only the affine and the voxels are written: no header field of the input (DICOM patient data
+    included) is copied. Files are written atomically.
+
+    Args:
+        output_dir: folder of the outputs (created).
+        overlay: also write the PNG overlay.
+        overlay_slices: slices in the overlay.
+    """
+
+    def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3) -> None:
+        self.output_dir = Path(output_dir)
+        self.overlay, self.overlay_slices = overlay, max(1, int(overlay_slices))
+        self.written: list[Path] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import nibabel as nib
+        import numpy as np
+
+        from pipeline.fileio import atomic_path
+
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for item, source in zip(engine.state.output, batch):
+            case = str(source["case"])
+            meta = item["image"].meta
+            affine = np.asarray(meta["original_affine"], dtype=np.float64)
+            shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).tolist())
+            pred = torch.as_tensor(item["pred"]).detach().float().cpu().numpy()  # (2, X, Y, Z)
+            if pred.shape[1:] != shape:
+                raise RuntimeError(f"{case}: inverted prediction {pred.shape[1:]} does not match the input grid {shape}.")
+            outputs = {
+                "importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32),
+                "seg": (pred[1] > 0.5).astype(np.uint8),
+            }
+            for name, array in outputs.items():
+                image = nib.Nifti1Image(array, affine)
+                image.set_qform(affine, code=1)
+                image.set_sform(affine, code=1)
+                image.header.set_xyzt_units("mm")
+                path = self.output_dir / f"{case}_{name}.nii.gz"
+                with atomic_path(path) as tmp:
+                    nib.save(image, tmp)
+                self.written.append(path)
+            if self.overlay:
+                self.written.append(self._write_overlay(case, item))
+            logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", case, case, case)
+
+    def _write_overlay(self, case: str, item: dict[str, Any]) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        from pipeline.fileio import atomic_path
+
+        image = torch.as_tensor(item["image"]).float().cpu().numpy()[0]  # (X, Y, Z), RAS, windowed [0, 1]
+        pred = torch.as_tensor(item["pred_ras"]).float().cpu().numpy()  # (2, X, Y, Z)
+        area = (pred[1] > 0.5).sum(axis=(0, 1))
+        slices = sorted(np.argsort(area)[::-1][: self.overlay_slices].tolist())
+
+        def screen(array: np.ndarray) -> np.ndarray:  # RAS (x, y) -> radiological view: patient right on the left
+            return np.fliplr(np.rot90(array))
+
+        figure, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 4.3), squeeze=False)
+        for axis, z in zip(axes[0], slices):
+            axis.imshow(screen(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            heat = axis.imshow(screen(pred[0, :, :, z]), cmap="inferno", alpha=0.45, vmin=0, vmax=1)
+            if pred[1, :, :, z].max() > 0.5:
+                axis.contour(screen(pred[1, :, :, z]), levels=[0.5], colors="cyan", linewidths=1)
+            axis.set_title(f"{case} slice {z}")
+            axis.axis("off")
+        figure.colorbar(heat, ax=axes[0].tolist(), fraction=0.02, label="importance (1 - tolerance)")
+        figure.suptitle("CT, U-Noise importance (heat) and utility segmentation (cyan); patient right on the left")
+        path = self.output_dir / f"{case}_overlay.png"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=90, format="png")
+        plt.close(figure)
+        return path

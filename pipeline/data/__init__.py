@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.datalist import case_name, is_dicom_series, load_datalist, split_datalist, write_datalist
+from pipeline.data.datalist import case_name, collect_inputs, is_dicom_series, load_datalist, split_datalist, write_datalist
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
 from pipeline.data.transforms import WINDOW_PRESETS, build_slice_augmentation, build_volume_transforms, resolve_window
 from pipeline.data.validate import DatasetSummary, load_volume, validate_datalist
@@ -29,6 +29,7 @@ __all__ = [
     "build_volume_dataset",
     "build_volume_transforms",
     "case_name",
+    "collect_inputs",
     "is_dicom_series",
     "load_datalist",
     "load_volume",

@@ -235,3 +235,32 @@ def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathL
                     entry[key] = os.path.relpath(Path(entry[key]).resolve(), base)
             content[name].append(entry)
     return write_json_atomic(content, path)
+
+
+def collect_inputs(sources: Sequence[str | os.PathLike] | str | os.PathLike, key: str = "test") -> list[dict[str, Any]]:
+    """Cases to explain from any mix of inputs, labels dropped.
+
+    Args:
+        sources: NIfTI files, DICOM series folders, folders of images, MSD folders or datalist JSON files.
+        key: list read from MSD folders and split datalists (``test``: MSD's ``imagesTs``).
+
+    Returns:
+        ``{"image", "case"}`` entries with unique case names.
+
+    Raises:
+        DataError: a source is missing or holds no image.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not sources:
+        raise DataError("no input given; pass NIfTI files, DICOM series folders, folders or datalists to explain.")
+    entries: list[dict[str, Any]] = []
+    for source in sources:
+        path = Path(os.path.expanduser(str(source))).resolve()
+        if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
+            entries.append({"image": str(path)})
+        elif path.is_dir() and is_dicom_series(path):
+            entries.append({"image": str(path)})
+        else:
+            entries.extend({"image": e["image"]} for e in load_datalist(path, key=key))
+    return _with_case_names(entries)

@@ -1,0 +1,209 @@
+"""The U-Noise method in pure torch: noise scale, perturbation, loss, importance map.
+
+The noise model's logits give the tolerance B = sigmoid(logits) in (0, 1) per pixel. The noise scale is
+``sigma = min_scale + (max_scale - min_scale) * B`` and the perturbed image is:
+
+- ``additive`` (the paper): ``x~ = x + sigma * eps``;
+- ``replace``: ``x~ = (1 - B) * x + B * (baseline + sigma * eps)``. The pixel is blended towards noise
+  around a baseline in proportion to B, so B = 1 means "this pixel carries no information". This
+  matches how maps are judged, by hiding pixels.
+
+with ``eps ~ N(0, 1)``. The loss is the frozen utility's loss on ``x~`` minus ``lambda * mean(log B)``,
+which pushes the noise up wherever it does no harm. The importance map is ``1 - B``: high where little
+noise is tolerated.
+
+Scales are in the units of the input: our CT is windowed to [0, 1], where the authors' 1..5 (for
+ImageNet-normalised input, std about 1) would drown every pixel. The bundle's defaults are chosen for
+[0, 1] input (see ``configs/train_noise.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+PERTURBATIONS = ("additive", "replace")
+
+
+def apply_tolerance(noise_logits: torch.Tensor) -> torch.Tensor:
+    """B = sigmoid(logits): tolerance to noise per pixel, (B, 1, H, W) in (0, 1)."""
+    return torch.sigmoid(noise_logits)
+
+
+def apply_noise_scale(tolerance: torch.Tensor, min_scale: float, max_scale: float) -> torch.Tensor:
+    """sigma = min_scale + (max_scale - min_scale) * B, same shape as ``tolerance``, in [min_scale, max_scale]."""
+    if min_scale < 0 or max_scale < min_scale:
+        raise ValueError(f"need 0 <= min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}.")
+    return min_scale + (max_scale - min_scale) * tolerance
+
+
+def apply_perturbation(
+    image: torch.Tensor,
+    tolerance: torch.Tensor,
+    min_scale: float,
+    max_scale: float,
+    perturbation: str = "additive",
+    baseline: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Perturb ``image`` by the learned tolerance.
+
+    Args:
+        image: CT windowed to [0, 1], shape (B, C, H, W); not modified.
+        tolerance: B in (0, 1), shape (B, 1, H, W) (broadcast over C).
+        min_scale: noise std where B = 0, in image units.
+        max_scale: noise std where B = 1, in image units.
+        perturbation: ``additive`` or ``replace`` (see the module docstring).
+        baseline: value that ``replace`` blends towards (0 = the window floor).
+        noise: standard normal noise shaped like ``image``; drawn with ``torch.randn_like`` when None.
+
+    Returns:
+        The perturbed image, shape of ``image``.
+    """
+    if perturbation not in PERTURBATIONS:
+        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+    if tolerance.shape[0] != image.shape[0] or tolerance.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"tolerance {tuple(tolerance.shape)} does not match image {tuple(image.shape)} (B, ., H, W).")
+    noise = torch.randn_like(image) if noise is None else noise
+    sigma = apply_noise_scale(tolerance, min_scale, max_scale)  # (B, 1, H, W)
+    if perturbation == "additive":
+        return image + sigma * noise  # (B, C, H, W)
+    return (1.0 - tolerance) * image + tolerance * (baseline + sigma * noise)  # (B, C, H, W)
+
+
+def importance_from_tolerance(tolerance: torch.Tensor) -> torch.Tensor:
+    """Importance map 1 - B in [0, 1]: 1 where the utility tolerates the least noise."""
+    return 1.0 - tolerance
+
+
+class UNoiseModel(torch.nn.Module):
+    """Noise model + frozen utility, as one network for MONAI engines.
+
+    ``forward(image)`` returns (B, 3, H, W) channels, or (B, 4, H, W) with ``with_clean``:
+
+    0. the utility's logits on the perturbed image,
+    1. the tolerance B,
+    2. the perturbed image (first input channel),
+    3. the utility's logits on the clean image (only with ``with_clean``).
+
+    The utility stays frozen: its parameters do not require grad, and ``train()`` leaves it in eval mode,
+    so its BatchNorm statistics are never updated. Gradients reach the noise model through the utility.
+
+    Args:
+        noise_net: maps (B, C, H, W) to one logit channel.
+        utility: the trained segmentation network (frozen here, in place).
+        min_scale, max_scale, perturbation, baseline: see :func:`apply_perturbation`.
+        with_clean: also return the utility's logits on the clean image (for validation).
+        noise_seed: draw the noise from a generator seeded with this value on every call (repeatable
+            validation); None draws from the global generator.
+    """
+
+    def __init__(
+        self,
+        noise_net: torch.nn.Module,
+        utility: torch.nn.Module,
+        min_scale: float,
+        max_scale: float,
+        perturbation: str = "additive",
+        baseline: float = 0.0,
+        with_clean: bool = False,
+        noise_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+        apply_noise_scale(torch.zeros(1), min_scale, max_scale)  # validates the scales
+        self.noise_net = noise_net
+        self.utility = freeze(utility)
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.perturbation, self.baseline = perturbation, float(baseline)
+        self.with_clean = with_clean
+        self.noise_seed = noise_seed
+
+    def train(self, mode: bool = True) -> UNoiseModel:
+        super().train(mode)
+        self.utility.eval()  # frozen: BatchNorm keeps its running statistics
+        return self
+
+    def _noise(self, image: torch.Tensor) -> torch.Tensor:
+        if self.noise_seed is None:
+            return torch.randn_like(image)
+        generator = torch.Generator(device=image.device).manual_seed(self.noise_seed)
+        return torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        tolerance = apply_tolerance(self.noise_net(image))  # (B, 1, H, W)
+        perturbed = apply_perturbation(image, tolerance, self.min_scale, self.max_scale, self.perturbation,
+                                       self.baseline, self._noise(image))  # (B, C, H, W)
+        outputs = [self.utility(perturbed), tolerance, perturbed[:, :1]]
+        if self.with_clean:
+            outputs.append(self.utility(image))
+        return torch.cat(outputs, dim=1)  # (B, 3 or 4, H, W)
+
+
+def freeze(network: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and no gradient for every parameter; returns the same module."""
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
+class UNoiseLoss(torch.nn.Module):
+    """Utility loss on the perturbed image minus ``noise_weight * mean(log B)``.
+
+    Takes the (B, 3+, H, W) output of :class:`UNoiseModel` and the target (B, 1, H, W) in {0, 1}. The terms
+    of the last call are kept in ``last_terms`` (``utility_loss``, ``noise_term``, ``mean_tolerance``)
+    for logging.
+
+    Args:
+        noise_weight: lambda (the authors: 1e-3).
+        utility_loss: ``bce`` (the authors) or a callable ``(logits, target) -> loss``.
+        eps: floor of B inside the log, for numerical safety.
+    """
+
+    def __init__(self, noise_weight: float = 1e-3, utility_loss: str | Callable = "bce", eps: float = 1e-6) -> None:
+        super().__init__()
+        if noise_weight < 0:
+            raise ValueError(f"noise_weight (lambda) must be >= 0, got {noise_weight}.")
+        if utility_loss == "bce":
+            self.utility_loss: Callable = F.binary_cross_entropy_with_logits
+        elif callable(utility_loss):
+            self.utility_loss = utility_loss
+        else:
+            raise ValueError(f"utility_loss must be 'bce' or a callable, got {utility_loss!r}.")
+        self.noise_weight, self.eps = noise_weight, eps
+        self.last_terms: dict[str, float] = {}
+
+    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seg_logits, tolerance = outputs[:, :1], outputs[:, 1:2]  # (B, 1, H, W) each
+        utility_term = self.utility_loss(seg_logits, target.to(seg_logits.dtype))
+        noise_term = -self.noise_weight * torch.log(tolerance.clamp_min(self.eps)).mean()
+        self.last_terms = {
+            "utility_loss": float(utility_term.detach()),
+            "noise_term": float(noise_term.detach()),
+            "mean_tolerance": float(tolerance.detach().mean()),
+        }
+        return utility_term + noise_term
+
+
+class UNoiseExplainer(torch.nn.Module):
+    """Explain in one forward pass: (B, C, H, W) -> (B, 2, H, W) = [importance 1 - B, utility probability].
+
+    Both networks are frozen (eval mode, no grad); this is the network of the inference config, where
+    MONAI's ``SliceInferer`` runs it over every axial slice of a volume.
+    """
+
+    def __init__(self, noise_net: torch.nn.Module, utility: torch.nn.Module) -> None:
+        super().__init__()
+        self.noise_net, self.utility = freeze(noise_net), freeze(utility)
+
+    def train(self, mode: bool = True) -> UNoiseExplainer:
+        return super().train(False)  # always evaluate
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        importance = importance_from_tolerance(apply_tolerance(self.noise_net(image)))  # (B, 1, H, W)
+        probability = torch.sigmoid(self.utility(image))  # (B, 1, H, W)
+        return torch.cat([importance, probability], dim=1)  # (B, 2, H, W)

@@ -1,0 +1,111 @@
+"""End to end: train_noise and inference bundle configs on a tiny phantom set (CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import write_dicom_series
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pipeline.cli import main, run_bundle
+from pipeline.phantom import write_phantom_dataset
+
+pytestmark = pytest.mark.slow
+TINY = {"spatial_size": 32, "batch_size": 4, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.0, "other_fraction": 0.5}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("noise")
+    data = root / "phantom"
+    write_phantom_dataset(data, cases=5, size=32, slices=12, seed=1, test_cases=1)
+    run_bundle("train_utility", {**TINY, "preset": "small", "dataset_dir": str(data), "output_dir": str(root / "utility"), "epochs": 1})
+    utility = root / "utility" / "checkpoints" / "best.pt"
+    run_bundle("train_noise", {**TINY, "noise_preset": "small", "dataset_dir": str(data), "utility_checkpoint": str(utility),
+                               "output_dir": str(root / "noise"), "epochs": 1, "init_from": str(utility)})
+    return {"data": data, "utility": utility, "noise": root / "noise" / "checkpoints" / "best.pt", "noise_run": root / "noise"}
+
+
+def test_noise_run_folder_and_metrics(runs: dict[str, Path]) -> None:
+    run = runs["noise_run"]
+    assert (run / "checkpoints" / "last.pt").is_file() and runs["noise"].is_file()
+    record = json.loads((run / "metrics.json").read_text())["epochs"][0]
+    for key in ("train_loss", "train_utility_loss", "train_noise_term", "train_mean_tolerance",
+                "val_objective", "val_dice_perturbed", "val_dice_clean", "val_mean_tolerance"):
+        assert key in record, key
+    assert 0.0 < record["val_mean_tolerance"] < 1.0
+    meta = torch.load(runs["noise"], weights_only=True)["meta"]
+    assert meta["preset"] == "small" and meta["utility_preset"] == "small" and meta["spatial_size"] == 32
+
+
+def test_noise_tensorboard_scalars_and_images(runs: dict[str, Path]) -> None:
+    events = EventAccumulator(str(runs["noise_run"] / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"train_loss", "train_utility_loss", "train_noise_term", "train_mean_tolerance", "val_dice_perturbed",
+            "val_dice_clean", "val_mean_tolerance", "val_objective", "lr"} <= scalars, scalars
+    assert {"ct", "label", "importance", "perturbed", "prediction_perturbed"} <= images, images
+
+
+def test_init_from_a_checkpoint_of_another_shape_fails_clearly(runs: dict[str, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    code = main(["train-noise", "--dataset", str(runs["data"]), "--utility", str(runs["utility"]),
+                 "--output", str(tmp_path / "n"), "--init-from", str(runs["utility"]), "--noise_preset", "medium",
+                 "--epochs", "1", "--device", "cpu", "--spatial_size", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "weights do not fit the 'medium' network (trained as small" in err, err
+
+
+def _explain(runs: dict[str, Path], inputs: list[str], output: Path, *extra: str) -> int:
+    return main(["explain", "--input", *inputs, "--output", str(output), "--noise", str(runs["noise"]),
+                 "--utility", str(runs["utility"]), "--device", "cpu", *extra])
+
+
+def test_explain_keeps_the_geometry_of_an_lps_anisotropic_input(runs: dict[str, Path], tmp_path: Path) -> None:
+    source = runs["data"] / "imagesTr" / "pancreas_001.nii.gz"  # odd case: stored LPS, anisotropic
+    original = nib.load(source)
+    assert "".join(nib.aff2axcodes(original.affine)) == "LPS"
+    assert _explain(runs, [str(source)], tmp_path / "out", "--overlay") == 0
+    for name in ("importance", "seg"):
+        written = nib.load(tmp_path / "out" / f"pancreas_001_{name}.nii.gz")
+        assert written.shape == original.shape
+        np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
+    importance = nib.load(tmp_path / "out" / "pancreas_001_importance.nii.gz")
+    assert importance.get_data_dtype() == np.float32
+    values = np.asarray(importance.dataobj)
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    assert (tmp_path / "out" / "pancreas_001_overlay.png").stat().st_size > 1000
+
+
+def test_explain_a_dicom_series_keeps_its_geometry_and_drops_patient_fields(runs: dict[str, Path], tmp_path: Path) -> None:
+    source = nib.load(runs["data"] / "imagesTr" / "pancreas_000.nii.gz")
+    series = write_dicom_series(tmp_path / "Series 1", np.asarray(source.dataobj), source.affine)
+    assert _explain(runs, [str(series)], tmp_path / "out") == 0
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    dicom = reader.Execute()
+    for name in ("importance", "seg"):
+        path = tmp_path / "out" / f"Series_1_{name}.nii.gz"
+        written = sitk.ReadImage(str(path))
+        assert written.GetSize() == dicom.GetSize()
+        np.testing.assert_allclose(written.GetSpacing(), dicom.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(written.GetOrigin(), dicom.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(written.GetDirection(), dicom.GetDirection(), atol=1e-6)
+        raw = nib.load(path).header.binaryblock + path.read_bytes()
+        assert b"Doe" not in raw and b"PID-0001" not in raw
+
+
+def test_explain_does_not_overwrite_outputs(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    inputs = [str(runs["data"] / "imagesTs")]
+    assert _explain(runs, inputs, tmp_path / "out") == 0
+    before = (tmp_path / "out" / "pancreas_005_importance.nii.gz").read_bytes()
+    assert _explain(runs, inputs, tmp_path / "out") == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (tmp_path / "out" / "pancreas_005_importance.nii.gz").read_bytes() == before
+    assert _explain(runs, inputs, tmp_path / "out", "--overwrite") == 0

@@ -1,0 +1,125 @@
+"""The U-Noise math: one property per test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.networks import build_unet
+from pipeline.noise import (
+    UNoiseExplainer,
+    UNoiseLoss,
+    UNoiseModel,
+    apply_noise_scale,
+    apply_perturbation,
+    importance_from_tolerance,
+)
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    return torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def test_zero_scales_leave_the_image_unchanged_under_additive(image: torch.Tensor) -> None:
+    tolerance = torch.rand(2, 1, 16, 16)
+    assert torch.equal(apply_perturbation(image, tolerance, 0.0, 0.0, "additive"), image)
+
+
+def test_zero_tolerance_leaves_the_image_unchanged_under_replace(image: torch.Tensor) -> None:
+    perturbed = apply_perturbation(image, torch.zeros(2, 1, 16, 16), 0.2, 0.8, "replace")
+    assert torch.equal(perturbed, image)
+
+
+def test_full_tolerance_under_replace_keeps_no_trace_of_the_image(image: torch.Tensor) -> None:
+    noise = torch.randn_like(image)
+    perturbed = apply_perturbation(image, torch.ones(2, 1, 16, 16), 0.1, 0.3, "replace", baseline=0.0, noise=noise)
+    assert torch.allclose(perturbed, 0.3 * noise)
+
+
+def test_noise_scale_stays_within_bounds() -> None:
+    tolerance = torch.sigmoid(torch.randn(4, 1, 8, 8) * 10)
+    sigma = apply_noise_scale(tolerance, 0.1, 0.6)
+    assert float(sigma.min()) >= 0.1 - 1e-6 and float(sigma.max()) <= 0.6 + 1e-6  # float32 rounding
+
+
+def test_additive_noise_has_the_scale_of_sigma(image: torch.Tensor) -> None:
+    noise = torch.randn_like(image)
+    perturbed = apply_perturbation(image, torch.full((2, 1, 16, 16), 0.5), 0.0, 0.4, "additive", noise=noise)
+    assert torch.allclose(perturbed - image, 0.2 * noise, atol=1e-6)
+
+
+def test_caller_tensors_are_not_modified(image: torch.Tensor) -> None:
+    before, tolerance = image.clone(), torch.rand(2, 1, 16, 16)
+    apply_perturbation(image, tolerance, 0.1, 0.5, "replace")
+    assert torch.equal(image, before)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="perturbation must be one of"):
+        apply_perturbation(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), 0, 1, "multiply")
+    with pytest.raises(ValueError, match="need 0 <= min_scale <= max_scale"):
+        apply_noise_scale(torch.zeros(1), 0.5, 0.1)
+    with pytest.raises(ValueError, match="does not match image"):
+        apply_perturbation(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8), 0, 1)
+    with pytest.raises(ValueError, match="noise_weight"):
+        UNoiseLoss(noise_weight=-1)
+
+
+def test_importance_is_one_minus_tolerance() -> None:
+    tolerance = torch.tensor([0.0, 0.25, 1.0])
+    assert torch.equal(importance_from_tolerance(tolerance), torch.tensor([1.0, 0.75, 0.0]))
+
+
+def test_loss_is_utility_loss_minus_weighted_log_tolerance() -> None:
+    outputs = torch.cat([torch.randn(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5), torch.zeros(2, 1, 4, 4)], dim=1)
+    target = (torch.rand(2, 1, 4, 4) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(outputs[:, :1], target)
+    loss = UNoiseLoss(noise_weight=0.1)(outputs, target)
+    assert torch.allclose(loss, bce - 0.1 * torch.log(torch.tensor(0.5)))
+
+
+def _model(perturbation: str = "additive") -> UNoiseModel:
+    torch.manual_seed(0)
+    return UNoiseModel(build_unet("small"), build_unet("small"), 0.0, 0.5, perturbation)
+
+
+def test_gradients_reach_only_the_noise_model(image: torch.Tensor) -> None:
+    model = _model()
+    model.train()
+    loss = UNoiseLoss()(model(image), (image > 0.5).float())
+    loss.backward()
+    assert all(p.grad is None for p in model.utility.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.noise_net.parameters())
+
+
+@pytest.mark.parametrize("perturbation", ["additive", "replace"])
+def test_utility_weights_and_batchnorm_statistics_stay_bitwise_equal(image: torch.Tensor, perturbation: str) -> None:
+    model = _model(perturbation)
+    before = {k: v.clone() for k, v in model.utility.state_dict().items()}
+    optimizer = torch.optim.Adam(model.noise_net.parameters(), lr=1e-2)
+    loss_function = UNoiseLoss()
+    for _ in range(3):  # a few training steps in train mode, as the engine runs them
+        model.train()
+        optimizer.zero_grad()
+        loss_function(model(image), (image > 0.5).float()).backward()
+        optimizer.step()
+    assert not model.utility.training
+    after = model.utility.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def test_validation_noise_is_repeatable(image: torch.Tensor) -> None:
+    model = UNoiseModel(build_unet("small"), build_unet("small"), 0.0, 0.5, with_clean=True, noise_seed=3).eval()
+    with torch.no_grad():
+        first, second = model(image), model(image)
+    assert first.shape == (2, 4, 16, 16) and torch.equal(first, second)
+
+
+def test_explainer_outputs_importance_and_probability(image: torch.Tensor) -> None:
+    explainer = UNoiseExplainer(build_unet("small"), build_unet("small"))
+    explainer.train()  # stays in eval mode
+    with torch.no_grad():
+        maps = explainer(image)
+    assert maps.shape == (2, 2, 16, 16) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert not explainer.noise_net.training
