@@ -127,24 +127,25 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_utility(args: argparse.Namespace) -> int:
-    overrides = {"dataset_dir": args.dataset, "output_dir": args.output, **args.overrides}
+def _run_training(config: str, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """Run a training config with the command's overrides, then print the run's best figures."""
+    overrides = {**overrides, "output_dir": args.output, **args.overrides}
     if args.resume:
         overrides["resume"] = True
-    run_bundle("train_utility", overrides, args.bundle_root)
+    run_bundle(config, overrides, args.bundle_root)
     _print_training_summary(args.output)
     return 0
+
+
+def _cmd_train_utility(args: argparse.Namespace) -> int:
+    return _run_training("train_utility", args, {"dataset_dir": args.dataset})
 
 
 def _cmd_train_noise(args: argparse.Namespace) -> int:
-    overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility, "output_dir": args.output, **args.overrides}
+    overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility}
     if args.init_from:
         overrides["init_from"] = args.init_from
-    if args.resume:
-        overrides["resume"] = True
-    run_bundle("train_noise", overrides, args.bundle_root)
-    _print_training_summary(args.output)
-    return 0
+    return _run_training("train_noise", args, overrides)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from ignite.metrics import Metric
 from monai.handlers import CheckpointLoader, from_engine
 
 from pipeline.checkpoints import load_checkpoint, save_atomic
+from pipeline.metrics import compute_region_share
 from pipeline.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -416,3 +417,44 @@ class ImportanceExporter:
             figure.savefig(tmp, dpi=90, format="png")
         plt.close(figure)
         return path
+
+
+class RegionShare(Metric):
+    """How much of the importance lies in the pancreas plus a ring, relative to that region's area.
+
+    Pools over validated slices: share = importance inside / total importance; chance = region pixels /
+    all pixels; ``compute()`` returns share / chance (1 = no better than a uniform map). ``share`` and
+    ``chance`` are kept as attributes. Reads ``pred_tolerance`` (importance = 1 - B) or ``importance_key``
+    from the decollated output, ``label`` from it, and the pixel ``spacing`` from ``engine.state.batch``.
+
+    Args:
+        ring_mm: ring width around the pancreas, mm (0: the pancreas alone).
+        tolerance_key: output key of the tolerance B; the importance is 1 - B.
+    """
+
+    def __init__(self, ring_mm: float = 10.0, tolerance_key: str = "pred_tolerance") -> None:
+        self.ring_mm, self.tolerance_key = float(ring_mm), tolerance_key
+        self.share = self.chance = float("nan")
+        super().__init__(output_transform=lambda output: output)
+
+    def reset(self) -> None:
+        self._inside = self._region = self._total = self._pixels = 0.0
+
+    def update(self, output: Any) -> None:  # unused: iteration_completed reads batch and output together
+        raise NotImplementedError
+
+    def iteration_completed(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        spacings = [item["spacing"] for item in batch] if isinstance(batch, list) else list(batch["spacing"])
+        for item, spacing in zip(engine.state.output, spacings):
+            importance = 1.0 - torch.as_tensor(item[self.tolerance_key])[0]  # (H, W)
+            label = torch.as_tensor(item["label"])[0]
+            inside, region, total = compute_region_share(importance, label, torch.as_tensor(spacing).tolist(), self.ring_mm)
+            self._inside, self._region, self._total = self._inside + inside, self._region + region, self._total + total
+            self._pixels += importance.numel()
+
+    def compute(self) -> float:
+        if self._pixels == 0 or self._total == 0:
+            raise RuntimeError("RegionShare needs at least one validated slice with non-zero importance.")
+        self.share, self.chance = self._inside / self._total, self._region / self._pixels
+        return self.share / self.chance if self.chance > 0 else float("nan")

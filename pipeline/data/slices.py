@@ -94,7 +94,8 @@ class SliceDataset(torch.utils.data.Dataset):
     """2D axial slices of 3D volumes.
 
     Each item is ``{"image": (C, X, Y) float32, "label": (1, X, Y) float32 (if labelled), "case": str,
-    "slice": int, "volume": int}``: plain tensors, the 3D geometry stays with the volume.
+    "slice": int, "volume": int, "spacing": (2,) float32 in-plane pixel size in mm}``: plain tensors, the
+    rest of the 3D geometry stays with the volume.
 
     Args:
         volumes: a dataset of preprocessed volumes (see :func:`build_volume_dataset`), items with
@@ -125,8 +126,12 @@ class SliceDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed)
         self.index: list[tuple[int, int]] = []
         self.cases: list[str] = []
+        self.spacings: list[torch.Tensor] = []
         for v in range(len(volumes)):
             item = self._volume(v)
+            affine = getattr(item["image"], "affine", None)
+            spacing = torch.linalg.norm(torch.as_tensor(affine)[:3, :2].double(), dim=0) if affine is not None else torch.ones(2)
+            self.spacings.append(spacing.float())
             n_slices = int(item["image"].shape[-1])
             kept = select_slices(item.get("label"), n_slices, policy, other_fraction, rng)
             self.index.extend((v, z) for z in kept)
@@ -151,7 +156,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         v, z = self.index[i]
         volume = self._volume(v)
-        item: dict[str, Any] = {"case": self.cases[v], "slice": z, "volume": v}
+        item: dict[str, Any] = {"case": self.cases[v], "slice": z, "volume": v, "spacing": self.spacings[v].clone()}
         for key in ("image", "label"):
             if key in volume:
                 data = volume[key]

@@ -1,0 +1,46 @@
+"""Pure metrics of importance maps (no engines): where the importance mass lies relative to the pancreas."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+def compute_region(label: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], ring_mm: float) -> np.ndarray:
+    """Pancreas plus a ring of ``ring_mm`` around it: a boolean (H, W) mask.
+
+    Args:
+        label: binary pancreas mask (H, W).
+        spacing_mm: pixel size (row, column) in mm.
+        ring_mm: ring width in mm; 0 gives the pancreas itself.
+    """
+    mask = np.asarray(torch.as_tensor(label).detach().cpu()) > 0.5
+    if ring_mm <= 0 or not mask.any():
+        return mask
+    distance = ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing_mm])  # mm to the pancreas
+    return distance <= ring_mm
+
+
+def compute_region_share(
+    importance: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], ring_mm: float
+) -> tuple[float, float, float]:
+    """Importance mass inside the pancreas + ring, the region's area, and the image's total importance.
+
+    Args:
+        importance: map (H, W), >= 0.
+        label: binary pancreas mask (H, W).
+        spacing_mm: pixel size (row, column) in mm.
+        ring_mm: ring width in mm.
+
+    Returns:
+        ``(importance inside the region, pixels in the region, total importance)``; pool these over
+        slices, then share = inside / total and chance = region pixels / all pixels.
+    """
+    weights = np.asarray(torch.as_tensor(importance).detach().float().cpu(), dtype=np.float64)
+    region = compute_region(label, spacing_mm, ring_mm)
+    if weights.shape != region.shape:
+        raise ValueError(f"importance {weights.shape} and label {region.shape} must have the same (H, W) shape.")
+    return float(weights[region].sum()), float(region.sum()), float(weights.sum())

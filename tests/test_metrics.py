@@ -1,0 +1,57 @@
+"""Importance-map metrics: region masks in mm, shares against chance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from pipeline.handlers import RegionShare
+from pipeline.metrics import compute_region, compute_region_share
+
+
+def _label() -> np.ndarray:
+    label = np.zeros((21, 21))
+    label[10, 10] = 1
+    return label
+
+
+def test_ring_width_is_in_millimetres_per_axis() -> None:
+    region = compute_region(_label(), spacing_mm=(1.0, 2.0), ring_mm=4.0)
+    rows, cols = np.nonzero(region)
+    assert (rows.min(), rows.max()) == (6, 14)  # 4 mm at 1 mm/pixel
+    assert (cols.min(), cols.max()) == (8, 12)  # 4 mm at 2 mm/pixel
+
+
+def test_zero_ring_is_the_pancreas() -> None:
+    assert np.array_equal(compute_region(_label(), (1.0, 1.0), 0.0), _label() > 0)
+
+
+def test_uniform_map_scores_chance() -> None:
+    inside, region, total = compute_region_share(np.ones((21, 21)), _label(), (1.0, 1.0), 3.0)
+    assert inside / total == pytest.approx(region / 21**2)
+
+
+def test_map_on_the_pancreas_has_all_its_mass_inside() -> None:
+    inside, _, total = compute_region_share(_label(), _label(), (1.0, 1.0), 2.0)
+    assert inside == total == 1.0
+
+
+def test_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="same"):
+        compute_region_share(np.ones((4, 4)), np.ones((5, 5)), (1.0, 1.0), 1.0)
+
+
+def test_region_share_metric_pools_slices() -> None:
+    metric = RegionShare(ring_mm=0.0)
+    metric.reset()
+    engine = Engine(lambda e, b: None)
+    label = torch.zeros(1, 4, 4)
+    label[0, 0, 0] = 1
+    tolerance = torch.ones(1, 4, 4)
+    tolerance[0, 0, 0] = 0  # all importance on the one pancreas pixel
+    engine.state.batch = {"spacing": [torch.tensor([1.0, 1.0])]}
+    engine.state.output = [{"pred_tolerance": tolerance, "label": label}]
+    metric.iteration_completed(engine)
+    assert metric.compute() == pytest.approx(16.0) and metric.share == pytest.approx(1.0)
