@@ -13,9 +13,11 @@ DEMO_DATA ?= data/phantom
 ifndef DEMO_RUN
 DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 endif
-# Demo settings (CPU, 2 cores, a few minutes); the bundle's defaults are for real CT at 256 px.
-DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --learning_rate 0.003 \
-	--val_fraction 0.15 --test_fraction 0.15 --cpu_bf16 true
+# Demo settings (CPU, 2 cores, a few minutes each); the bundle's defaults are for real CT at 256 px.
+# Both stages must split the patients alike: same fractions and seed.
+DEMO_SPLIT ?= --val_fraction 0.15 --test_fraction 0.15 --seed 0
+DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --learning_rate 0.003 --cpu_bf16 true
+DEMO_NOISE ?= --noise_preset large --epochs 7 --batch_size 8 --learning_rate 0.003 --cpu_bf16 true
 UNOISE := $(VENV)/bin/unoise
 
 .PHONY: demo test venv clean
@@ -35,13 +37,20 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	@echo "== 1/3 synthetic pancreas CT phantoms -> $(DEMO_DATA)"
+	@echo "== 1/5 synthetic pancreas CT phantoms -> $(DEMO_DATA)"
 	$(UNOISE) phantom --out $(DEMO_DATA) --cases 24 --size 128 --slices 48 --seed 0 --test-cases 4
-	@echo "== 2/3 validate and summarise the dataset"
+	@echo "== 2/5 validate and summarise the dataset"
 	$(UNOISE) inspect --dataset $(DEMO_DATA)
-	@echo "== 3/3 train the utility (pancreas segmentation) -> $(DEMO_RUN)/utility"
-	$(UNOISE) train-utility --dataset $(DEMO_DATA) --output $(DEMO_RUN)/utility $(DEMO_UTILITY)
-	@echo "demo finished: $(DEMO_RUN)  (tensorboard --logdir $(DEMO_RUN))"
+	@echo "== 3/5 train the utility (pancreas segmentation) -> $(DEMO_RUN)/utility"
+	$(UNOISE) train-utility --dataset $(DEMO_DATA) --output $(DEMO_RUN)/utility $(DEMO_SPLIT) $(DEMO_UTILITY)
+	@echo "== 4/5 train the U-Noise model against the frozen utility -> $(DEMO_RUN)/noise"
+	$(UNOISE) train-noise --dataset $(DEMO_DATA) --utility $(DEMO_RUN)/utility/checkpoints/best.pt \
+		--output $(DEMO_RUN)/noise $(DEMO_SPLIT) $(DEMO_NOISE)
+	@echo "== 5/5 explain the held-out test volumes -> $(DEMO_RUN)/explain"
+	$(UNOISE) explain --input $(DEMO_DATA)/imagesTs --output $(DEMO_RUN)/explain --overlay \
+		--noise $(DEMO_RUN)/noise/checkpoints/best.pt --utility $(DEMO_RUN)/utility/checkpoints/best.pt
+	@echo "demo finished: maps in $(DEMO_RUN)/explain (open *_importance.nii.gz over the CT in 3D Slicer or"
+	@echo "ITK-SNAP; *_overlay.png for a quick look); training curves: tensorboard --logdir $(DEMO_RUN)"
 
 # Removes the environment and caches only; data/ and runs/ hold your results and stay.
 clean:

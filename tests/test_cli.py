@@ -17,7 +17,7 @@ from pipeline.cli import main, parse_value
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """Run ``python -m pipeline`` in a subprocess, as the console script would."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 @pytest.mark.parametrize(("text", "value"), [("2", 2), ("0.5", 0.5), ("[7]", [7]), ("null", None), ("true", True), ("cpu", "cpu")])

@@ -123,3 +123,13 @@ def test_explainer_outputs_importance_and_probability(image: torch.Tensor) -> No
         maps = explainer(image)
     assert maps.shape == (2, 2, 16, 16) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert not explainer.noise_net.training
+
+
+def test_channels_last_explainer_gives_the_same_maps(image: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    noise_net, utility = build_unet("small"), build_unet("small")
+    reference = UNoiseExplainer(noise_net, utility)
+    with torch.no_grad():
+        expected = reference(image)
+        fast = UNoiseExplainer(noise_net, utility, channels_last=True)(image)
+    assert torch.allclose(fast, expected, atol=1e-5)
