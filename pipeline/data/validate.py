@@ -8,6 +8,7 @@ message names the file, says what is wrong and how to fix it.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -202,7 +203,7 @@ def validate_datalist(
         label_values: every value a label may hold; None means 0 plus ``pancreas_labels``, ``"any"``
             disables the check (multi-organ labels such as TotalSegmentator's).
         require_labels: fail on a case without label (training needs them).
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (only when it is a terminal).
 
     Returns:
         A :class:`DatasetSummary`.
@@ -217,7 +218,8 @@ def validate_datalist(
     allowed = allowed_label_values(pancreas_labels, label_values)
     pancreas = torch.tensor([float(v) for v in pancreas_labels])
     cases: list[CaseSummary] = []
-    entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not progress, leave=False)
+    show = progress and sys.stderr.isatty()  # no bar in logs and CI output
+    entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not show, leave=False)
     for entry in entries:
         image_path = str(entry["image"])
         image = load_volume(image_path)

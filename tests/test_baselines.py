@@ -1,0 +1,77 @@
+"""Baseline explainers: one signature, [0, 1] maps, each baseline's defining property."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.baselines import GradCAMMap, OcclusionMap, OracleMap, PancreasScore, RandomMap, UNoiseMap
+from pipeline.networks import build_unet
+
+
+def bright_segmenter() -> torch.nn.Module:
+    """A utility whose logits are 20 * (x - 0.5): it segments the bright pixels."""
+    conv = torch.nn.Conv2d(1, 1, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.fill_(20.0)
+        conv.bias.fill_(-10.0)
+    return conv
+
+
+def square_image(size: int = 32) -> torch.Tensor:
+    image = torch.full((1, 1, size, size), 0.2)
+    image[..., 12:18, 12:18] = 0.9
+    return image
+
+
+def test_occlusion_is_high_on_the_segmented_object_and_zero_far_away() -> None:
+    explainer = OcclusionMap(bright_segmenter(), window=5, stride=2)
+    importance = explainer(square_image())
+    assert importance.shape == (1, 1, 32, 32)
+    assert float(importance[0, 0, 14, 14]) > 0.5 and float(importance[0, 0, 0, 0]) == 0.0
+    assert float(importance.max()) == pytest.approx(1.0)
+    assert explainer.forwards == len(explainer.positions(32, 32))
+
+
+def test_occlusion_windows_cover_the_borders() -> None:
+    corners = OcclusionMap(bright_segmenter(), window=15, stride=2).positions(32, 33)
+    assert (0, 0) in corners and (17, 18) in corners  # the last window ends at the border
+
+
+def test_gradcam_gives_unit_range_maps_of_the_input_size() -> None:
+    torch.manual_seed(0)
+    maps = GradCAMMap(build_unet("small"), target_layer="downs.1")(torch.rand(2, 1, 32, 32))
+    assert maps.shape == (2, 1, 32, 32) and float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+
+
+def test_gradcam_names_the_layers_it_can_use() -> None:
+    with pytest.raises(ValueError, match=r"target layer 'downs.9' is not in the utility; choose one of \['downs.0', 'downs.1'\]"):
+        GradCAMMap(build_unet("small"), target_layer="downs.9")
+
+
+def test_pancreas_score_averages_logits_over_the_predicted_region() -> None:
+    score = PancreasScore(bright_segmenter())(square_image())
+    assert score.shape == (1, 1) and float(score) == pytest.approx(20 * 0.9 - 10)
+
+
+def test_random_map_is_seeded() -> None:
+    image = torch.zeros(2, 1, 8, 8)
+    assert torch.equal(RandomMap(3)(image), RandomMap(3)(image))
+    assert not torch.equal(RandomMap(3)(image), RandomMap(4)(image))
+
+
+def test_oracle_is_one_on_the_pancreas_and_decays_outside() -> None:
+    label = torch.zeros(1, 1, 16, 16)
+    label[..., 5:8, 5:8] = 1
+    maps = OracleMap(decay_pixels=2.0)(torch.zeros(1, 1, 16, 16), label)
+    assert float(maps[0, 0, 6, 6]) == 1.0 and float(maps[0, 0, 15, 15]) < 0.01
+    with pytest.raises(ValueError, match="needs the label"):
+        OracleMap()(torch.zeros(1, 1, 4, 4))
+
+
+def test_unoise_map_is_one_minus_tolerance() -> None:
+    class Constant(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(image)  # logits 0 -> B = 0.5
+
+    assert torch.allclose(UNoiseMap(Constant())(torch.rand(1, 1, 4, 4)), torch.full((1, 1, 4, 4), 0.5))
