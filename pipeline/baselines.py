@@ -67,8 +67,8 @@ class GradCAMMap:
         self.cam = GradCAM(nn_module=PancreasScore(utility), target_layers=f"utility.{target_layer}")
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.enable_grad():
-            maps = self.cam(image.detach().clone().requires_grad_(False), class_idx=0)  # (B, 1, H, W) in [0, 1]
+        with torch.enable_grad():  # gradients w.r.t. activations only: works with frozen weights too
+            maps = self.cam(image.detach().clone().requires_grad_(True), class_idx=0)  # (B, 1, H, W) in [0, 1]
         return maps.detach().clamp(0.0, 1.0)
 
 

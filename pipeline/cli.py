@@ -163,6 +163,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluation_run import summarise
+
+    overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility, "output_dir": args.output,
+                 "noise_checkpoints": list(args.noise), **args.overrides}
+    run_bundle("evaluate", overrides, args.bundle_root)
+    result = json.loads((Path(args.output) / "evaluation.json").read_text())
+    print(summarise(result))
+    print(f"report: {Path(args.output) / 'report' / 'report.html'}")
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pancreas_labels", "--pancreas-labels", type=parse_value, default=[1, 2],
                         help='label values that mean pancreas, merged into one class (default "[1, 2]": MSD)')
@@ -266,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
     explain.set_defaults(func=_cmd_explain, takes_overrides=True)
+
+    evaluate = sub.add_parser("evaluate", help="compare U-Noise with Grad-CAM, occlusion, random and oracle maps "
+                              "(configs/evaluate.json); writes evaluation.json and report/")
+    evaluate.add_argument("--dataset", required=True, help="dataset the models were trained on (same split by seed)")
+    evaluate.add_argument("--utility", required=True, help="utility checkpoint")
+    evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")
+    evaluate.add_argument("--output", required=True, help="run folder for evaluation.json and report/")
+    evaluate.set_defaults(func=_cmd_evaluate, takes_overrides=True)
     return parser
 
 

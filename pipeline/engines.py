@@ -109,27 +109,36 @@ def metric_score(name: str) -> Callable[[Engine], float]:
     return score
 
 
-def prepare_run_dir(output_dir: str | os.PathLike, resume: bool, run_config: dict[str, Any]) -> Path:
+def prepare_run_dir(
+    output_dir: str | os.PathLike,
+    resume: bool,
+    run_config: dict[str, Any],
+    marker: str = "checkpoints/last.pt",
+    subfolders: tuple[str, ...] = ("checkpoints", "tensorboard"),
+) -> Path:
     """Create ``RUN_DIR`` (checkpoints/, tensorboard/) and write ``config.json``; never clobber a run.
 
     Args:
         output_dir: the run folder.
-        resume: continue the run whose ``checkpoints/last.pt`` is there.
+        resume: continue the run whose ``marker`` (``checkpoints/last.pt``) is there.
         run_config: the experiment values, written to ``RUN_DIR/config.json``.
+        marker: the file whose presence means "this folder holds a run".
+        subfolders: folders created inside the run folder.
 
     Raises:
         ConfigError: the folder already holds a run and ``resume`` is false, or ``resume`` is true and
             there is nothing to resume.
     """
     run_dir = Path(output_dir)
-    last = run_dir / "checkpoints" / "last.pt"
+    last = run_dir / marker
     if last.exists() and not resume:
         raise ConfigError(
             f"{run_dir}: already holds a run ({last}); pass --resume (unoise) or --resume true (monai.bundle run) to continue it, or choose another --output."
         )
     if resume and not last.exists():
         raise ConfigError(f"{run_dir}: --resume was asked for but {last} does not exist; start a new run without --resume.")
-    for sub in ("checkpoints", "tensorboard"):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for sub in subfolders:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_config, run_dir / ("config_resume.json" if resume else "config.json"))
     return run_dir

@@ -134,3 +134,150 @@ def bootstrap_ci(values: Sequence[float], samples: int = 1000, level: float = 0.
     means = data[rng.integers(0, data.size, size=(samples, data.size))].mean(axis=1)
     tail = (1.0 - level) / 2.0
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
+def compute_ranked_spearman(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Mean over slices of the Spearman rank correlation of two (B, 1, H, W) maps."""
+    from scipy.stats import spearmanr
+
+    values = []
+    for a, b in zip(first.flatten(1).numpy(), second.flatten(1).numpy()):
+        rho = spearmanr(a, b).statistic if a.std() > 0 and b.std() > 0 else float("nan")
+        values.append(float(rho))
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def time_per_map_ms(explainer: Callable, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Explain slice by slice; return the maps (B, 1, H, W) and the median milliseconds of one slice.
+
+    The first slice is explained once more beforehand as warm-up, so set-up costs are not counted.
+    """
+    import time
+
+    explainer(image[:1], label[:1])
+    maps, times = [], []
+    for i in range(image.shape[0]):
+        start = time.perf_counter()
+        maps.append(explainer(image[i : i + 1], label[i : i + 1]))
+        times.append((time.perf_counter() - start) * 1000.0)
+    return torch.cat(maps), float(np.median(times))
+
+
+def _nanmean(values: np.ndarray | Sequence[float], axis: int | None = None) -> np.ndarray | float:
+    """``np.nanmean`` that returns NaN for all-NaN input without a RuntimeWarning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def evaluate_explainers(
+    utility: torch.nn.Module,
+    explainers: dict[str, Callable],
+    image: torch.Tensor,
+    label: torch.Tensor,
+    cases: Sequence[str],
+    spacing_mm: torch.Tensor,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    baseline: str = "floor",
+    ring_mm: float = 10.0,
+    seed: int = 0,
+    bootstrap: int = 1000,
+) -> dict:
+    """Every protocol for every explainer on one set of slices; the content of ``evaluation.json``.
+
+    Args:
+        utility: the frozen segmentation network (eval mode).
+        explainers: ``{name: explainer(image, label) -> (B, 1, H, W) in [0, 1]}``.
+        image: slices (B, C, H, W) windowed to [0, 1]; label: (B, 1, H, W) binary.
+        cases: case name per slice (curves are averaged per case, intervals bootstrap over cases).
+        spacing_mm: (B, 2) in-plane pixel size per slice, for the ring.
+        fractions: visible shares of the curves; baseline: hidden-pixel baseline.
+        ring_mm: ring around the pancreas for the localisation share.
+        seed: tie-breaking, noise baseline and bootstrap.
+        bootstrap: resamples for the 95% intervals.
+
+    Returns:
+        ``{"clean_dice", "utility_forward_ms", "cases", "methods": {name: {...}}}``.
+    """
+    from pipeline.metrics import compute_region_share
+
+    utility.eval()
+    case_names = sorted(set(cases))
+    case_index = np.asarray([case_names.index(c) for c in cases])
+    with torch.inference_mode():
+        _, utility_ms = time_per_map_ms(lambda x, y: utility(x), image, label)
+        clean = (utility(image) > 0).float()  # (B, 1, H, W)
+    clean_dice = compute_dice(clean, label.float()).numpy()
+    result: dict = {"clean_dice": float(_nanmean(clean_dice)), "utility_forward_ms": utility_ms, "cases": case_names,
+                    "slices": int(image.shape[0]), "fractions": list(map(float, fractions)), "baseline": baseline,
+                    "ring_mm": ring_mm, "methods": {}, "maps": {}}
+    half = int(np.argmin(np.abs(np.asarray(fractions) - 0.5)))
+    for name, explainer in explainers.items():
+        maps, ms = time_per_map_ms(explainer, image, label)
+        maps = maps.detach().float().cpu()
+        result["maps"][name] = maps
+        visible = compute_curve(utility, image, label, maps, fractions, baseline, deletion=False, seed=seed)
+        deleted = compute_curve(utility, image, label, maps, fractions, baseline, deletion=True, seed=seed)
+        per_case: dict[str, dict[str, float]] = {}
+        for c, case in enumerate(case_names):
+            rows = case_index == c
+            vis = _nanmean(visible["dice_label"][:, rows], axis=1)
+            dele = _nanmean(deleted["dice_label"][:, rows], axis=1)
+            per_case[case] = {"visibility_auc": compute_auc(fractions, vis), "dice_at_50": float(vis[half]),
+                              "deletion_auc": compute_auc(fractions, dele)}
+        sums = np.zeros(3)
+        pancreas = np.zeros(3)
+        for i in range(maps.shape[0]):
+            sums += compute_region_share(maps[i, 0], label[i, 0], spacing_mm[i].tolist(), ring_mm)
+            pancreas += compute_region_share(maps[i, 0], label[i, 0], spacing_mm[i].tolist(), 0.0)
+        pixels = float(np.prod(maps.shape[-2:]) * maps.shape[0])
+        entry: dict = {
+            "curve": {"dice_label": _nanmean(visible["dice_label"], axis=1).tolist(),
+                      "dice_clean": _nanmean(visible["dice_clean"], axis=1).tolist()},
+            "deletion_curve": {"dice_label": _nanmean(deleted["dice_label"], axis=1).tolist()},
+            "dice_at_50_clean": float(_nanmean(visible["dice_clean"][half])),
+            "ring_share": sums[0] / sums[2] if sums[2] > 0 else float("nan"),
+            "ring_chance": sums[1] / pixels,
+            "pancreas_share": pancreas[0] / pancreas[2] if pancreas[2] > 0 else float("nan"),
+            "pancreas_chance": pancreas[1] / pixels,
+            "ms_per_map": ms,
+            "forward_equivalents": ms / utility_ms if utility_ms > 0 else float("nan"),
+            "per_case": per_case,
+        }
+        for metric in ("visibility_auc", "dice_at_50", "deletion_auc"):
+            values = [per_case[c][metric] for c in case_names]
+            entry[metric] = float(_nanmean(values))
+            entry[f"{metric}_ci95"] = list(bootstrap_ci(values, bootstrap, seed=seed))
+        result["methods"][name] = entry
+    return result
+
+
+def randomise_layers(network: torch.nn.Module, prefixes: Sequence[str] | None = None, seed: int = 0) -> torch.nn.Module:
+    """Re-initialise (in place) the modules whose names start with one of ``prefixes`` (all when None)."""
+    torch.manual_seed(seed)
+    for name, module in network.named_modules():
+        if hasattr(module, "reset_parameters") and (prefixes is None or name.startswith(tuple(prefixes))):
+            module.reset_parameters()
+        if hasattr(module, "reset_running_stats") and (prefixes is None or name.startswith(tuple(prefixes))):
+            module.reset_running_stats()
+    return network
+
+
+def train_noise_briefly(noise_net: torch.nn.Module, utility: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                        steps: int, min_scale: float, max_scale: float, perturbation: str, noise_weight: float,
+                        learning_rate: float = 3e-3) -> torch.nn.Module:
+    """A short U-Noise training (plain loop, for the sanity check) against ``utility``."""
+    from pipeline.noise import UNoiseLoss, UNoiseModel
+
+    model = UNoiseModel(noise_net, utility, min_scale, max_scale, perturbation)
+    loss_function = UNoiseLoss(noise_weight)
+    optimizer = torch.optim.Adam(noise_net.parameters(), lr=learning_rate)
+    for step in range(steps):
+        image, label = batches[step % len(batches)]
+        model.train()
+        optimizer.zero_grad()
+        loss_function(model(image), label).backward()
+        optimizer.step()
+    return noise_net.eval()

@@ -402,16 +402,20 @@ class ImportanceExporter:
         def screen(array: np.ndarray) -> np.ndarray:  # RAS (x, y) -> radiological view: patient right on the left
             return np.fliplr(np.rot90(array))
 
-        figure, axes = plt.subplots(1, len(slices), figsize=(4 * len(slices), 4.3), squeeze=False)
-        for axis, z in zip(axes[0], slices):
-            axis.imshow(screen(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
-            heat = axis.imshow(screen(pred[0, :, :, z]), cmap="inferno", alpha=0.45, vmin=0, vmax=1)
+        figure, axes = plt.subplots(2, len(slices), figsize=(3.6 * len(slices), 7.2), squeeze=False)
+        for column, z in enumerate(slices):
+            ct_axis, map_axis = axes[0, column], axes[1, column]
+            ct_axis.imshow(screen(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            heat = map_axis.imshow(screen(pred[0, :, :, z]), cmap="inferno", vmin=0, vmax=1)
             if pred[1, :, :, z].max() > 0.5:
-                axis.contour(screen(pred[1, :, :, z]), levels=[0.5], colors="cyan", linewidths=1)
-            axis.set_title(f"{case} slice {z}")
-            axis.axis("off")
-        figure.colorbar(heat, ax=axes[0].tolist(), fraction=0.02, label="importance (1 - tolerance)")
-        figure.suptitle("CT, U-Noise importance (heat) and utility segmentation (cyan); patient right on the left")
+                for axis in (ct_axis, map_axis):
+                    axis.contour(screen(pred[1, :, :, z]), levels=[0.5], colors="cyan", linewidths=1)
+            ct_axis.set_title(f"{case} slice {z}: CT")
+            map_axis.set_title("importance (1 - tolerance)")
+            for axis in (ct_axis, map_axis):
+                axis.axis("off")
+        figure.colorbar(heat, ax=axes[1].tolist(), fraction=0.03, label="importance")
+        figure.suptitle("U-Noise: CT (top) and importance map (bottom); cyan: utility segmentation; patient right on the left")
         path = self.output_dir / f"{case}_overlay.png"
         with atomic_path(path) as tmp:
             figure.savefig(tmp, dpi=90, format="png")

@@ -44,6 +44,13 @@ def test_gradcam_gives_unit_range_maps_of_the_input_size() -> None:
     assert maps.shape == (2, 1, 32, 32) and float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
 
 
+def test_gradcam_works_on_a_frozen_utility() -> None:
+    from pipeline.noise import freeze
+
+    maps = GradCAMMap(freeze(build_unet("small")), target_layer="downs.1")(torch.rand(1, 1, 32, 32))
+    assert maps.shape == (1, 1, 32, 32)
+
+
 def test_gradcam_names_the_layers_it_can_use() -> None:
     with pytest.raises(ValueError, match=r"target layer 'downs.9' is not in the utility; choose one of \['downs.0', 'downs.1'\]"):
         GradCAMMap(build_unet("small"), target_layer="downs.9")
