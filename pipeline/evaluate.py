@@ -217,6 +217,7 @@ def evaluate_explainers(
     for name, explainer in explainers.items():
         maps, ms = time_per_map_ms(explainer, image, label)
         maps = maps.detach().float().cpu()
+        utility.eval()  # an explainer must not leave the shared utility in train mode
         result["maps"][name] = maps
         visible = compute_curve(utility, image, label, maps, fractions, baseline, deletion=False, seed=seed)
         deleted = compute_curve(utility, image, label, maps, fractions, baseline, deletion=True, seed=seed)

@@ -51,6 +51,12 @@ def test_gradcam_works_on_a_frozen_utility() -> None:
     assert maps.shape == (1, 1, 32, 32)
 
 
+def test_gradcam_leaves_the_utility_in_eval_mode() -> None:
+    utility = build_unet("small").eval()
+    GradCAMMap(utility, target_layer="downs.1")(torch.rand(1, 1, 32, 32))
+    assert not any(module.training for module in utility.modules())
+
+
 def test_gradcam_names_the_layers_it_can_use() -> None:
     with pytest.raises(ValueError, match=r"target layer 'downs.9' is not in the utility; choose one of \['downs.0', 'downs.1'\]"):
         GradCAMMap(build_unet("small"), target_layer="downs.9")

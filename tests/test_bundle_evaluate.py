@@ -46,6 +46,12 @@ def test_every_method_has_every_metric(evaluation: Path) -> None:
     assert set(result["sanity"]) == names - {"random", "oracle"}
 
 
+def test_every_curve_ends_at_the_clean_dice(evaluation: Path) -> None:
+    result = json.loads((evaluation / "evaluation.json").read_text())
+    ends = {name: m["curve"]["dice_label"][-1] for name, m in result["methods"].items()}  # 100% visible: the image
+    assert max(ends.values()) - min(ends.values()) < 1e-9, ends
+
+
 def test_random_map_scores_below_the_oracle(evaluation: Path) -> None:
     methods = json.loads((evaluation / "evaluation.json").read_text())["methods"]
     assert methods["random"]["visibility_auc"] < methods["oracle"]["visibility_auc"]
