@@ -12,14 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.handlers import CheckpointLoader, from_engine
 
 from pipeline.checkpoints import load_checkpoint, save_atomic
+from pipeline.fileio import atomic_path, write_json_atomic
 from pipeline.metrics import compute_region_share
-from pipeline.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -354,11 +356,6 @@ class ImportanceExporter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        import nibabel as nib
-        import numpy as np
-
-        from pipeline.fileio import atomic_path
-
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         for item, source in zip(engine.state.output, batch):
             case = str(source["case"])
@@ -390,9 +387,6 @@ class ImportanceExporter:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import numpy as np
-
-        from pipeline.fileio import atomic_path
 
         image = torch.as_tensor(item["image"]).float().cpu().numpy()[0]  # (X, Y, Z), RAS, windowed [0, 1]
         pred = torch.as_tensor(item["pred_ras"]).float().cpu().numpy()  # (2, X, Y, Z)
