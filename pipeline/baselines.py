@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from monai.visualize import GradCAM
 
+from pipeline.metrics import compute_dice
 from pipeline.noise import apply_tolerance, freeze, importance_from_tolerance
 
 
@@ -78,13 +79,6 @@ class GradCAMMap:
         return maps.detach().clamp(0.0, 1.0)
 
 
-def _dice(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Dice per item of binary (N, 1, H, W) masks; 1 when both are empty."""
-    inter = (pred * reference).flatten(1).sum(1)
-    total = pred.flatten(1).sum(1) + reference.flatten(1).sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.ones_like(total))
-
-
 class OcclusionMap:
     """Occlusion sensitivity: mean dice drop of the utility over the windows covering each pixel.
 
@@ -125,7 +119,7 @@ class OcclusionMap:
                 for i, (r, c) in enumerate(chunk):
                     occluded[i, :, r : r + self.window, c : c + self.window] = self.fill
                 pred = (self.utility(occluded) > 0).float()  # (N, 1, H, W)
-                drops = 1.0 - _dice(pred, clean.expand_as(pred))  # (N,)
+                drops = 1.0 - torch.nan_to_num(compute_dice(pred, clean.expand_as(pred)), nan=1.0)  # (N,); both empty: no drop
                 self.forwards += len(chunk)
                 for drop, (r, c) in zip(drops.tolist(), chunk):
                     drop_sum[r : r + self.window, c : c + self.window] += drop

@@ -98,12 +98,14 @@ def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None 
 
 def _user_error(err: BaseException) -> BaseException | None:
     """The user-facing error inside MONAI's "Failed to evaluate ..." wrappers, if any."""
-    seen = err
+    seen, first_value_error = err, None
     while seen is not None:
         if isinstance(seen, UNoiseError):
             return seen
+        if first_value_error is None and isinstance(seen, (ValueError, FileNotFoundError)):
+            first_value_error = seen  # our argument checks (bad preset, fraction...) raised during config parsing
         seen = seen.__cause__ or seen.__context__
-    return None
+    return first_value_error
 
 
 def _print_training_summary(output: str) -> None:
@@ -155,8 +157,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         overrides["overlay"] = True
     if args.overwrite:
         overrides["overwrite"] = True
+    import time
+
+    started = time.time()
     run_bundle("inference", overrides, args.bundle_root)
-    written = sorted(Path(args.output).glob("*_importance.nii.gz"))
+    written = sorted(p for p in Path(args.output).glob("*_importance.nii.gz") if p.stat().st_mtime >= started - 1)
     print(f"explained {len(written)} volume(s): importance maps and segmentations in {args.output}")
     for path in written:
         print(f"  {path}")
@@ -303,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = parse_overrides(extra)
         return int(args.func(args) or 0)
     except Exception as err:
-        user_error = _user_error(err) or (err if isinstance(err, (ValueError, FileNotFoundError)) else None)
+        user_error = _user_error(err)
         if user_error is None or args.traceback:
             raise
         print(f"error: {user_error}", file=sys.stderr)

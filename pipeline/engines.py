@@ -132,9 +132,9 @@ def prepare_run_dir(
     run_dir = Path(output_dir)
     last = run_dir / marker
     if last.exists() and not resume:
-        raise ConfigError(
-            f"{run_dir}: already holds a run ({last}); pass --resume (unoise) or --resume true (monai.bundle run) to continue it, or choose another --output."
-        )
+        hint = ("pass --resume (unoise) or --resume true (monai.bundle run) to continue it, or choose another --output"
+                if marker == "checkpoints/last.pt" else "choose another --output")
+        raise ConfigError(f"{run_dir}: already holds a run ({last}); {hint}.")
     if resume and not last.exists():
         raise ConfigError(f"{run_dir}: --resume was asked for but {last} does not exist; start a new run without --resume.")
     run_dir.mkdir(parents=True, exist_ok=True)

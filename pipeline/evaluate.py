@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.metrics import compute_dice
+
 HIDDEN_BASELINES = ("floor", "mean", "noise", "blur")
 DEFAULT_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(21))
 
@@ -30,7 +32,7 @@ def apply_hidden_baseline(image: torch.Tensor, baseline: str, generator: torch.G
         return image.mean(dim=(-2, -1), keepdim=True).expand_as(image).clone()
     if baseline == "noise":
         mean, std = image.mean(dim=(-2, -1), keepdim=True), image.std(dim=(-2, -1), keepdim=True)
-        return mean + std * torch.randn(image.shape, generator=generator, dtype=image.dtype)
+        return mean + std * torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
     if baseline == "blur":
         radius = 12
         x = torch.arange(-radius, radius + 1, dtype=image.dtype)
@@ -68,16 +70,9 @@ def apply_visibility(
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
     count = int(round(fraction * ranks.shape[1]))
-    top = (ranks < count).view(image.shape[0], 1, *image.shape[-2:])  # (B, 1, H, W)
+    top = (ranks < count).view(image.shape[0], 1, *image.shape[-2:]).to(image.device)  # (B, 1, H, W)
     keep = ~top if deletion else top
     return torch.where(keep, image, hidden)
-
-
-def compute_dice(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Dice per slice of binary (B, 1, H, W) masks; NaN where both are empty (excluded from means)."""
-    inter = (pred * reference).flatten(1).sum(1)
-    total = pred.flatten(1).sum(1) + reference.flatten(1).sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.full_like(total, float("nan")))
 
 
 def compute_curve(
@@ -113,8 +108,8 @@ def compute_curve(
         dice_label, dice_clean = [], []
         for fraction in fractions:
             pred = (utility(apply_visibility(image, ranks, fraction, hidden, deletion)) > 0).float()
-            dice_label.append(compute_dice(pred, label.float()).numpy())
-            dice_clean.append(compute_dice(pred, clean).numpy())
+            dice_label.append(compute_dice(pred, label.float()).cpu().numpy())
+            dice_clean.append(compute_dice(pred, clean).cpu().numpy())
     return {"fractions": np.asarray(fractions, dtype=float), "dice_label": np.stack(dice_label),
             "dice_clean": np.stack(dice_clean)}
 
@@ -219,7 +214,7 @@ def evaluate_explainers(
     with torch.inference_mode():
         _, utility_ms = time_per_map_ms(lambda x, y: utility(x), image, label)
         clean = (utility(image) > 0).float()  # (B, 1, H, W)
-    clean_dice = compute_dice(clean, label.float()).numpy()
+    clean_dice = compute_dice(clean, label.float()).cpu().numpy()
     result: dict = {"clean_dice": float(_nanmean(clean_dice)), "utility_forward_ms": utility_ms, "cases": case_names,
                     "slices": int(image.shape[0]), "fractions": list(map(float, fractions)), "baseline": baseline,
                     "ring_mm": ring_mm, "methods": {}, "maps": {}}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.baselines import GradCAMMap, OcclusionMap, OracleMap, RandomMap, UNoiseMap
-from pipeline.checkpoints import load_network_from_checkpoint
+from pipeline.checkpoints import load_network_from_checkpoint, save_atomic
 from pipeline.data import build_slice_dataset, load_datalist, split_datalist
 from pipeline.evaluate import (
     compute_ranked_spearman,
@@ -25,7 +25,8 @@ from pipeline.evaluate import (
     train_noise_briefly,
 )
 from pipeline.fileio import write_json_atomic
-from pipeline.networks import build_unet
+from pipeline.engines import resolve_device
+from pipeline.networks import build_unet, get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def run_evaluation(
     The split is the one training used (same datalist, fractions and seed). Returns the written content.
     """
     torch.manual_seed(seed)
+    device = resolve_device(device)
     utility, utility_meta = load_network_from_checkpoint(utility_checkpoint, device)
     utility.eval()
     splits = split_datalist(load_datalist(dataset_dir, datalist_key), val_fraction, test_fraction, seed)
@@ -87,13 +89,15 @@ def run_evaluation(
     label = torch.stack([item["label"] for item in items]).to(device)  # (N, 1, H, W)
     cases = [item["case"] for item in items]
     spacing = torch.stack([item["spacing"] for item in items])
-    layer = gradcam_layer or f"downs.{build_unet(utility_meta['preset']).downsamplings - 1}"
+    layer = gradcam_layer or f"downs.{get_preset(utility_meta['preset']).downsamplings - 1}"
 
     explainers: dict[str, Any] = {}
     noise_models: dict[str, tuple[torch.nn.Module, dict]] = {}
     for path in noise_checkpoints:
         noise_net, meta = load_network_from_checkpoint(path, device)
         name = unoise_name(meta)
+        if name in noise_models:  # same preset/perturbation from another run: keep both
+            name = next(f"{name}_{k}" for k in range(2, 100) if f"{name}_{k}" not in noise_models)
         noise_models[name] = (noise_net, meta)
         explainers[name] = UNoiseMap(noise_net)
     explainers["gradcam"] = GradCAMMap(utility, layer)
@@ -105,7 +109,7 @@ def run_evaluation(
     result = evaluate_explainers(utility, explainers, image, label, cases, spacing, baseline=hidden_baseline,
                                  ring_mm=ring_mm, seed=seed, bootstrap=bootstrap)
     maps = result.pop("maps")
-    result["methods"]["occlusion"]["forward_equivalents_counted"] = occlusion.forwards / max(1, 2 * len(items))
+    result["methods"]["occlusion"]["windows_per_map"] = len(occlusion.positions(*image.shape[-2:]))
     for name, (_, meta) in noise_models.items():
         result["methods"][name]["checkpoint"] = {k: meta.get(k) for k in ("preset", "perturbation", "init_from",
                                                                          "min_scale", "max_scale", "noise_weight")}
@@ -119,7 +123,7 @@ def run_evaluation(
             utility, noise_models, maps, image, label, occlusion_window, occlusion_stride, layer, sanity_steps, seed)
     out = Path(output_dir)
     write_json_atomic(result, out / "evaluation.json")
-    torch.save({"image": image.cpu(), "label": label.cpu(), "cases": cases, "maps": maps}, out / "maps.pt")
+    save_atomic({"image": image.cpu(), "label": label.cpu(), "cases": cases, "maps": maps}, out / "maps.pt")
     return result
 
 

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -37,4 +39,20 @@ def write_json_atomic(content: Any, path: str | os.PathLike) -> Path:
     """Write ``content`` as indented JSON to ``path`` atomically (non-JSON values via ``str``)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(content, indent=2, default=str))
+    return Path(path)
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a NIfTI with qform = sform = ``affine`` (code 1, scanner) and units mm, atomically.
+
+    Only the voxels and the affine are written: no other header field is carried over from anywhere.
+    """
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
     return Path(path)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -20,7 +19,7 @@ from ignite.metrics import Metric
 from monai.handlers import CheckpointLoader, from_engine
 
 from pipeline.checkpoints import load_checkpoint, save_atomic
-from pipeline.fileio import atomic_path, write_json_atomic
+from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
 from pipeline.metrics import compute_region_share
 
 logger = logging.getLogger(__name__)
@@ -350,7 +349,6 @@ class ImportanceExporter:
     def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3) -> None:
         self.output_dir = Path(output_dir)
         self.overlay, self.overlay_slices = overlay, max(1, int(overlay_slices))
-        self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -370,16 +368,9 @@ class ImportanceExporter:
                 "seg": (pred[1] > 0.5).astype(np.uint8),
             }
             for name, array in outputs.items():
-                image = nib.Nifti1Image(array, affine)
-                image.set_qform(affine, code=1)
-                image.set_sform(affine, code=1)
-                image.header.set_xyzt_units("mm")
-                path = self.output_dir / f"{case}_{name}.nii.gz"
-                with atomic_path(path) as tmp:
-                    nib.save(image, tmp)
-                self.written.append(path)
+                save_nifti(array, affine, self.output_dir / f"{case}_{name}.nii.gz")
             if self.overlay:
-                self.written.append(self._write_overlay(case, item))
+                self._write_overlay(case, item)
             logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", case, case, case)
 
     def _write_overlay(self, case: str, item: dict[str, Any]) -> Path:
@@ -422,7 +413,7 @@ class RegionShare(Metric):
 
     Pools over validated slices: share = importance inside / total importance; chance = region pixels /
     all pixels; ``compute()`` returns share / chance (1 = no better than a uniform map). ``share`` and
-    ``chance`` are kept as attributes. Reads ``pred_tolerance`` (importance = 1 - B) or ``importance_key``
+    ``chance`` are kept as attributes. Reads ``tolerance_key`` (importance = 1 - B)
     from the decollated output, ``label`` from it, and the pixel ``spacing`` from ``engine.state.batch``.
 
     Args:

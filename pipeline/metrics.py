@@ -44,3 +44,10 @@ def compute_region_share(
     if weights.shape != region.shape:
         raise ValueError(f"importance {weights.shape} and label {region.shape} must have the same (H, W) shape.")
     return float(weights[region].sum()), float(region.sum()), float(weights.sum())
+
+
+def compute_dice(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Dice per slice of binary (B, 1, H, W) masks; NaN where both are empty (excluded from means)."""
+    inter = (pred * reference).flatten(1).sum(1)
+    total = pred.flatten(1).sum(1) + reference.flatten(1).sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.full_like(total, float("nan")))

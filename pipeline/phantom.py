@@ -14,12 +14,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
-from pipeline.fileio import atomic_path, write_json_atomic
+from pipeline.fileio import save_nifti, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -410,16 +409,6 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
     return PhantomCase(image, label, _affine(size, slices, spacing, thickness, orientation), case_id)
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI with qform = sform = ``affine`` (code 1, scanner), units mm, atomically."""
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    with atomic_path(path) as tmp:
-        nib.save(image, tmp)
-
-
 def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128, slices: int = 48,
                           seed: int = 0, test_cases: int = 0) -> Path:
     """Write a synthetic pancreas CT set in the MSD Task07 layout; return the path of its dataset.json.
@@ -457,11 +446,11 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
         case = generate_case(int(child.generate_state(1, np.uint64)[0]), size, slices,
                              "LPS" if index % 2 else "RAS", case_id=name[:-7])
         if split == "test":
-            _save_nifti(case.image, case.affine, root / "imagesTs" / name)
+            save_nifti(case.image, case.affine, root / "imagesTs" / name)
             test.append(f"./imagesTs/{name}")
         else:
-            _save_nifti(case.image, case.affine, root / "imagesTr" / name)
-            _save_nifti(case.label, case.affine, root / "labelsTr" / name)
+            save_nifti(case.image, case.affine, root / "imagesTr" / name)
+            save_nifti(case.label, case.affine, root / "labelsTr" / name)
             training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
         logger.info("phantom %d/%d %s (%s): %d pancreas voxels, %d tumour voxels", index + 1, len(children),
                     name, split, int((case.label > 0).sum()), int((case.label == TUMOUR_LABEL).sum()))

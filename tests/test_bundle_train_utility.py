@@ -125,3 +125,10 @@ def test_monai_bundle_run_command(phantom: Path, tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_bad_value_inside_the_config_is_one_line(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["train-utility", "--dataset", str(phantom), "--output", str(tmp_path / "run"), "--preset", "tiny",
+                 "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: unknown network preset 'tiny'" in err and "Traceback" not in err, err

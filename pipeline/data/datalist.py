@@ -259,8 +259,6 @@ def collect_inputs(sources: Sequence[str | os.PathLike] | str | os.PathLike, key
         path = Path(os.path.expanduser(str(source))).resolve()
         if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
             entries.append({"image": str(path)})
-        elif path.is_dir() and is_dicom_series(path):
-            entries.append({"image": str(path)})
-        else:
+        else:  # folders (a DICOM series is one case), MSD folders and datalists
             entries.extend({"image": e["image"]} for e in load_datalist(path, key=key))
     return _with_case_names(entries)
