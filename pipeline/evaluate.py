@@ -84,6 +84,7 @@ def compute_curve(
     baseline: str = "floor",
     deletion: bool = False,
     seed: int = 0,
+    clean: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Visibility (or deletion) curve of one batch of slices.
 
@@ -96,6 +97,7 @@ def compute_curve(
         baseline: hidden-pixel baseline, see ``HIDDEN_BASELINES``.
         deletion: the deletion protocol.
         seed: for tie-breaking and the ``noise`` baseline.
+        clean: the utility's binary prediction on ``image`` (B, 1, H, W), if the caller has it already.
 
     Returns:
         ``{"fractions": (F,), "dice_label": (F, B), "dice_clean": (F, B)}``, NaN where dice is undefined.
@@ -104,7 +106,8 @@ def compute_curve(
     ranks = rank_pixels(importance, seed)
     hidden = apply_hidden_baseline(image, baseline, generator)
     with torch.inference_mode():
-        clean = (utility(image) > 0).float()
+        if clean is None:
+            clean = (utility(image) > 0).float()
         dice_label, dice_clean = [], []
         for fraction in fractions:
             pred = (utility(apply_visibility(image, ranks, fraction, hidden, deletion)) > 0).float()
@@ -224,8 +227,8 @@ def evaluate_explainers(
         maps = maps.detach().float().cpu()
         utility.eval()  # an explainer must not leave the shared utility in train mode
         result["maps"][name] = maps
-        visible = compute_curve(utility, image, label, maps, fractions, baseline, deletion=False, seed=seed)
-        deleted = compute_curve(utility, image, label, maps, fractions, baseline, deletion=True, seed=seed)
+        visible = compute_curve(utility, image, label, maps, fractions, baseline, deletion=False, seed=seed, clean=clean)
+        deleted = compute_curve(utility, image, label, maps, fractions, baseline, deletion=True, seed=seed, clean=clean)
         per_case: dict[str, dict[str, float]] = {}
         for c, case in enumerate(case_names):
             rows = case_index == c

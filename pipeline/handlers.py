@@ -25,6 +25,11 @@ from pipeline.metrics import compute_region_share
 logger = logging.getLogger(__name__)
 
 
+def radiological_view(array: np.ndarray) -> np.ndarray:
+    """A RAS (x, y) slice as shown in radiology: patient right on the screen's left, anterior up."""
+    return np.fliplr(np.rot90(array))
+
+
 class VolumeDice(Metric):
     """Dice per patient in 3D: slice predictions are summed back into their volume, then averaged over cases.
 
@@ -384,17 +389,14 @@ class ImportanceExporter:
         area = (pred[1] > 0.5).sum(axis=(0, 1))
         slices = sorted(np.argsort(area)[::-1][: self.overlay_slices].tolist())
 
-        def screen(array: np.ndarray) -> np.ndarray:  # RAS (x, y) -> radiological view: patient right on the left
-            return np.fliplr(np.rot90(array))
-
         figure, axes = plt.subplots(2, len(slices), figsize=(3.6 * len(slices), 7.2), squeeze=False)
         for column, z in enumerate(slices):
             ct_axis, map_axis = axes[0, column], axes[1, column]
-            ct_axis.imshow(screen(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
-            heat = map_axis.imshow(screen(pred[0, :, :, z]), cmap="inferno", vmin=0, vmax=1)
+            ct_axis.imshow(radiological_view(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            heat = map_axis.imshow(radiological_view(pred[0, :, :, z]), cmap="inferno", vmin=0, vmax=1)
             if pred[1, :, :, z].max() > 0.5:
                 for axis in (ct_axis, map_axis):
-                    axis.contour(screen(pred[1, :, :, z]), levels=[0.5], colors="cyan", linewidths=1)
+                    axis.contour(radiological_view(pred[1, :, :, z]), levels=[0.5], colors="cyan", linewidths=1)
             ct_axis.set_title(f"{case} slice {z}: CT")
             map_axis.set_title("importance (1 - tolerance)")
             for axis in (ct_axis, map_axis):

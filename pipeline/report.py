@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.fileio import atomic_path
+from pipeline.handlers import radiological_view
 
 
 def _pyplot():
@@ -25,11 +26,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _screen(array: np.ndarray) -> np.ndarray:
-    """RAS (x, y) slice -> radiological display: patient right on the left, anterior up."""
-    return np.fliplr(np.rot90(array))
 
 
 def _save(figure, path: Path) -> Path:
@@ -51,13 +47,13 @@ def plot_grid(saved: dict, methods: list[str], path: Path, rows: int = 4) -> Pat
     for r, index in enumerate(picks):
         image = saved["image"][index, 0].numpy()
         label = saved["label"][index, 0].numpy()
-        axes[r, 0].imshow(_screen(image), cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].contour(_screen(label), levels=[0.5], colors="lime", linewidths=1)
+        axes[r, 0].imshow(radiological_view(image), cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].contour(radiological_view(label), levels=[0.5], colors="lime", linewidths=1)
         axes[r, 0].set_title(saved["cases"][index], fontsize=9)
         for c, name in enumerate(methods, start=1):
-            axes[r, c].imshow(_screen(image), cmap="gray", vmin=0, vmax=1)
-            axes[r, c].imshow(_screen(saved["maps"][name][index, 0].numpy()), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-            axes[r, c].contour(_screen(label), levels=[0.5], colors="lime", linewidths=0.6)
+            axes[r, c].imshow(radiological_view(image), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].imshow(radiological_view(saved["maps"][name][index, 0].numpy()), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+            axes[r, c].contour(radiological_view(label), levels=[0.5], colors="lime", linewidths=0.6)
             if r == 0:
                 axes[r, c].set_title(name, fontsize=9)
         for axis in axes[r]:
