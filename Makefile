@@ -16,8 +16,8 @@ endif
 # Demo settings (CPU, 2 cores, a few minutes each); the bundle's defaults are for real CT at 256 px.
 # Both stages must split the patients alike: same fractions and seed.
 DEMO_SPLIT ?= --val_fraction 0.15 --test_fraction 0.15 --seed 0
-DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --learning_rate 0.003 --cpu_bf16 true
-DEMO_NOISE ?= --noise_preset large --epochs 7 --batch_size 8 --learning_rate 0.003 --cpu_bf16 true
+DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --learning_rate 0.003
+DEMO_NOISE ?= --noise_preset large --epochs 7 --batch_size 8 --learning_rate 0.003
 # Occlusion at stride 4 (the paper: 2) keeps the CPU demo's evaluation to a few minutes.
 DEMO_EVALUATE ?= --slices_per_case 1 --occlusion_stride 4 --sanity_steps 30
 UNOISE := $(VENV)/bin/unoise

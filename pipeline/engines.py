@@ -71,6 +71,30 @@ def build_inferer(device: torch.device, cpu_bf16: bool = False) -> Inferer:
     return SimpleInferer()
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` or ``torch.contiguous_format``: what ``network.to(memory_format=...)`` takes.
+
+    Channels-last (NHWC) lets oneDNN on x86 CPUs and cuDNN with AMP on GPUs run 2D convolutions without
+    layout conversions (``unoise benchmark`` measures the gain); values agree with the contiguous layout
+    to float rounding.
+    """
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def resolve_workers(num_workers: int | str, device: torch.device) -> int:
+    """Data-loader worker processes: ``auto`` -> 4 (at most half the CPUs) with CUDA, 0 on the CPU.
+
+    On the CPU the workers would take cores from the training step itself, and slices come from the
+    cache in well under 1% of a step (``unoise benchmark`` reports the wait); with a GPU the CPU is free to
+    augment ahead of it.
+    """
+    if num_workers == "auto":
+        return min(4, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"num_workers must be 'auto' or an integer >= 0, got {num_workers!r}.")
+    return num_workers
+
+
 def build_loss(name: str = "dicece") -> torch.nn.Module:
     """Segmentation loss on one-channel logits: ``dicece`` (Dice + BCE, MONAI) or ``bce``."""
     if name == "dicece":
