@@ -22,7 +22,7 @@ DEMO_NOISE ?= --noise_preset large --epochs 7 --batch_size 8 --learning_rate 0.0
 DEMO_EVALUATE ?= --slices_per_case 1 --occlusion_stride 4 --sanity_steps 30
 UNOISE := $(VENV)/bin/unoise
 
-.PHONY: demo test venv clean
+.PHONY: demo test benchmark venv clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,14 @@ demo: $(STAMP)
 	@echo "  maps: $(DEMO_RUN)/explain (open *_importance.nii.gz over the CT in 3D Slicer or ITK-SNAP; *_overlay.png)"
 	@echo "  report: $(DEMO_RUN)/evaluation/report/report.html"
 	@echo "  training curves: tensorboard --logdir $(DEMO_RUN)"
+
+# Benchmarks (not tests; about 10 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
+# After `make demo`, the latest demo utility is used for the fp32 / fast-path dice check.
+BENCH_OUT ?= benchmark.json
+BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/best.pt)))
+benchmark: $(STAMP)
+	$(UNOISE) benchmark --output $(BENCH_OUT) --overwrite \
+		$(if $(BENCH_UTILITY),--utility $(BENCH_UTILITY) --dataset $(DEMO_DATA) $(DEMO_SPLIT))
 
 # Removes the environment and caches only; data/ and runs/ hold your results and stay.
 clean:

@@ -180,6 +180,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from pipeline.benchmark import format_table, run_benchmark
+    from pipeline.fileio import write_json_atomic
+
+    if args.table:
+        print(format_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.output.exists() and not args.overwrite:
+        raise ConfigError(f"{args.output}: already exists; choose another --output or pass --overwrite.")
+    if args.overrides and args.utility is None:
+        raise ConfigError(f"--{next(iter(args.overrides))}: config overrides go to the dice check's train_noise.json "
+                          "runs, which need --utility and --dataset.")
+    if args.overrides:
+        check_override_keys(Path(args.bundle_root or default_bundle_root()) / "configs" / "train_noise.json", args.overrides)
+    result = run_benchmark(
+        spatial_size=args.spatial_size, batch_size=args.batch_size, utility_preset=args.utility_preset,
+        noise_preset=args.noise_preset, repeats=args.repeats, warmup=args.warmup, device=args.device,
+        cases=args.cases, slices=args.slices, bundle_root=args.bundle_root, utility_checkpoint=args.utility,
+        dataset=args.dataset, dice_epochs=args.dice_epochs, dice_overrides=args.overrides,
+    )
+    write_json_atomic(result, args.output)
+    print(format_table(result))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pancreas_labels", "--pancreas-labels", type=parse_value, default=[1, 2],
                         help='label values that mean pancreas, merged into one class (default "[1, 2]": MSD)')
@@ -291,6 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")
     evaluate.add_argument("--output", required=True, help="run folder for evaluation.json and report/")
     evaluate.set_defaults(func=_cmd_evaluate, takes_overrides=True)
+
+    bench = sub.add_parser("benchmark", help="time training steps, explainers and the data path; writes benchmark.json",
+                           epilog="Any other --key value overrides a train_noise.json key of the dice check's runs "
+                                  "(e.g. the split of the utility's run: --val_fraction 0.15 --test_fraction 0.15).")
+    bench.add_argument("--output", type=Path, default=Path("benchmark.json"), help="JSON to write (default benchmark.json)")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    bench.add_argument("--table", default=None, metavar="JSON", help="only print the table of an existing benchmark.json")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    bench.add_argument("--spatial-size", "--spatial_size", dest="spatial_size", type=int, default=256,
+                       help="slice size in pixels (default 256)")
+    bench.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8, help="default 8")
+    bench.add_argument("--utility-preset", "--utility_preset", dest="utility_preset", default="paper",
+                       help="utility network of the steps (default paper)")
+    bench.add_argument("--noise-preset", "--noise_preset", dest="noise_preset", default="large",
+                       help="noise model of the steps and the ratios (default large)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    bench.add_argument("--cases", type=int, default=4, help="phantom cases the bundle trainer uses (default 4)")
+    bench.add_argument("--slices", type=int, default=16, help="slices per phantom case (default 16)")
+    bench.add_argument("--utility", default=None, help="trained utility checkpoint for the dice check (with --dataset)")
+    bench.add_argument("--dataset", default=None, help="the utility's dataset, for the dice check")
+    bench.add_argument("--dice-epochs", "--dice_epochs", dest="dice_epochs", type=int, default=3,
+                       help="noise-training epochs per precision in the dice check (default 3)")
+    bench.set_defaults(func=_cmd_benchmark, takes_overrides=True)
     return parser
 
 

@@ -20,13 +20,3 @@ def test_bench_data_writes_json(tmp_path: Path) -> None:
     for key in ("phantom_cases_per_s", "load_window_volumes_per_s", "cached_slices_per_s_memory", "cached_slices_per_s_disk"):
         assert figures[key] > 0, key
     assert figures["machine"]["cpu_count"] >= 1
-
-
-def test_bench_explain_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "explain.json"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "bench_explain.py"), "--size", "32", "--repeats", "1",
-                             "--output", str(out)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    figures = json.loads(out.read_text())
-    assert figures["utility_forward_ms"] > 0 and figures["unoise_large_ms"] > 0
-    assert figures["unoise_small_parameters"] < figures["unoise_large_parameters"] < figures["utility_parameters"]
