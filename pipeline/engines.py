@@ -18,6 +18,7 @@ from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer
 from monai.losses import DiceCELoss
 
+from pipeline.distributed import is_main_process
 from pipeline.errors import ConfigError
 from pipeline.fileio import write_json_atomic
 
@@ -142,6 +143,9 @@ def prepare_run_dir(
 ) -> Path:
     """Create ``RUN_DIR`` (checkpoints/, tensorboard/) and write ``config.json``; never clobber a run.
 
+    Under several processes every rank checks the folder (so all fail alike), but only rank 0 creates it
+    and writes ``config.json``; ``multi_gpu_train.json`` makes the other ranks wait for it.
+
     Args:
         output_dir: the run folder.
         resume: continue the run whose ``marker`` (``checkpoints/last.pt``) is there.
@@ -161,6 +165,8 @@ def prepare_run_dir(
         raise ConfigError(f"{run_dir}: already holds a run ({last}); {hint}.")
     if resume and not last.exists():
         raise ConfigError(f"{run_dir}: --resume was asked for but {last} does not exist; start a new run without --resume.")
+    if not is_main_process():
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for sub in subfolders:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from ignite.metrics import Metric
 from monai.handlers import CheckpointLoader, from_engine
 
 from pipeline.checkpoints import load_checkpoint, save_atomic
+from pipeline.distributed import gather_objects, is_main_process, sum_over_ranks
 from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
 from pipeline.metrics import compute_region_share
 
@@ -37,6 +38,9 @@ class VolumeDice(Metric):
     and the case names from ``engine.state.batch["case"]``. The 3D dice of a case is
     2 |P ∩ L| / (|P| + |L|) over all its validated slices (1.0 when both are empty). Per-case values are
     kept in ``per_case`` after ``compute()``.
+
+    Under several processes a case's slices are spread over the ranks: ``compute()`` gathers every
+    rank's per-case sums and adds them before dividing, so each rank gets the dice of all cases.
 
     Args:
         pred_key: output key of the binary prediction.
@@ -69,10 +73,16 @@ class VolumeDice(Metric):
             sums[2] += float(label.sum())
 
     def compute(self) -> float:
-        if not self._sums:
+        sums: dict[str, list[float]] = {}
+        for rank_sums in gather_objects(self._sums):  # a collective: before any check that could raise on one rank
+            for case, values in rank_sums.items():
+                total = sums.setdefault(case, [0.0, 0.0, 0.0])
+                for i, value in enumerate(values):
+                    total[i] += value
+        if not sums:
             raise RuntimeError("VolumeDice needs at least one validated slice before compute().")
         self.per_case = {
-            case: (2 * inter / (p + lab) if p + lab > 0 else 1.0) for case, (inter, p, lab) in sorted(self._sums.items())
+            case: (2 * inter / (p + lab) if p + lab > 0 else 1.0) for case, (inter, p, lab) in sorted(sums.items())
         }
         return sum(self.per_case.values()) / len(self.per_case)
 
@@ -84,6 +94,10 @@ class CheckpointHandler:
     evaluator ran this epoch and its ``metric_name`` beat the best so far, ``best.pt`` gets the model.
     With ``resume``, MONAI's ``CheckpointLoader`` restores ``last.pt`` when the trainer starts and the best
     score is read back from it, so a worse epoch after the resume does not replace ``best.pt``.
+
+    Under several processes attach it on every rank: each rank tracks the best score (the validation
+    metrics are reduced over ranks, so all agree) and restores ``last.pt`` on a resume, but only rank 0
+    writes files.
 
     Args:
         save_dir: ``RUN_DIR/checkpoints``.
@@ -149,14 +163,18 @@ class CheckpointHandler:
         epoch = engine.state.epoch
         meta = {**self.meta, "epoch": epoch, "metric_name": self.metric_name}
         validated = self.evaluator.state.epoch == epoch and self.metric_name in self.evaluator.state.metrics
+        writes = is_main_process()  # every rank tracks the best; rank 0 alone writes
         if validated:
             metric = float(self.evaluator.state.metrics[self.metric_name])
             meta["metric"] = metric
             if self.sign * metric > self.sign * self.best_metric:
                 self.best_metric, self.best_epoch = metric, epoch
-                save_atomic({"model": self.network.state_dict(), "meta": {**meta, "best_metric": metric, "best_epoch": epoch}},
-                            self.best_path)
-                logger.info("epoch %d: new best %s %.4f -> %s", epoch, self.metric_name, metric, self.best_path)
+                if writes:
+                    best_meta = {**meta, "best_metric": metric, "best_epoch": epoch}
+                    save_atomic({"model": self.network.state_dict(), "meta": best_meta}, self.best_path)
+                    logger.info("epoch %d: new best %s %.4f -> %s", epoch, self.metric_name, metric, self.best_path)
+        if not writes:
+            return
         state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
         state["meta"] = {**meta, "best_metric": self.best_metric, "best_epoch": self.best_epoch}
         save_atomic(state, self.last_path)
@@ -167,6 +185,8 @@ class MetricsRecorder:
 
     Also sets ``engine.state.lr`` each iteration, so ``TensorBoardStatsHandler(state_attributes=["lr"])``
     can plot it. On a resume, records of epochs after the resumed one are dropped and new ones appended.
+    Under several processes attach it on every rank: ``train_loss`` is the mean over every rank's
+    iterations, and only rank 0 writes the file.
 
     Args:
         path: the JSON file.
@@ -216,9 +236,10 @@ class MetricsRecorder:
         self._losses.append(float(loss[0] if isinstance(loss, (list, tuple)) else loss))
 
     def __call__(self, engine: Engine) -> None:
+        losses = sum_over_ranks({"total": sum(self._losses), "count": len(self._losses)})  # a collective: every rank
         record: dict[str, Any] = {
             "epoch": engine.state.epoch,
-            "train_loss": sum(self._losses) / max(1, len(self._losses)),
+            "train_loss": losses["total"] / max(1, losses["count"]),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "seconds": round(time.perf_counter() - self._start, 3),
         }
@@ -228,6 +249,8 @@ class MetricsRecorder:
             for name, metric in self.per_case.items():
                 record[f"{name}_per_case"] = dict(metric.per_case)
         self.records.append(record)
+        if not is_main_process():
+            return
         validated = [r for r in self.records if self.best_key in r]
         summary: dict[str, Any] = {"epochs": self.records}
         if validated:
@@ -241,6 +264,7 @@ class LossTermsHandler:
     """Per-epoch means of a loss's ``last_terms`` (e.g. :class:`pipeline.noise.UNoiseLoss`) into ``engine.state.metrics``.
 
     Attach it before the stats/TensorBoard handlers so they log ``train_<term>`` at the end of each epoch.
+    Under several processes the means are over every rank's iterations.
     """
 
     def __init__(self, loss_function: torch.nn.Module, prefix: str = "train_") -> None:
@@ -264,8 +288,10 @@ class LossTermsHandler:
         self._count += 1
 
     def __call__(self, engine: Engine) -> None:
-        for key, total in self._sums.items():
-            engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, self._count)
+        totals = sum_over_ranks(self._sums)  # collectives: every rank calls them
+        count = sum_over_ranks({"iterations": self._count})["iterations"]
+        for key, total in totals.items():
+            engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, count)
 
 
 class OutputMean(Metric):
@@ -274,6 +300,8 @@ class OutputMean(Metric):
     Args:
         key: output key holding a tensor per item (e.g. ``pred_tolerance``); its mean is averaged.
         loss_function: instead of ``key``, average ``loss_function(item["pred"][None], item["label"][None])``.
+
+    Under several processes ``compute()`` averages over the items of every rank.
     """
 
     def __init__(self, key: str | None = None, loss_function: Callable | None = None) -> None:
@@ -295,9 +323,10 @@ class OutputMean(Metric):
             self._count += 1
 
     def compute(self) -> float:
-        if self._count == 0:
+        totals = sum_over_ranks({"total": self._total, "count": self._count})  # a collective: before the check
+        if totals["count"] == 0:
             raise RuntimeError("OutputMean needs at least one validated item before compute().")
-        return self._total / self._count
+        return totals["total"] / totals["count"]
 
 
 class SliceImagesHandler:
@@ -417,6 +446,7 @@ class RegionShare(Metric):
     all pixels; ``compute()`` returns share / chance (1 = no better than a uniform map). ``share`` and
     ``chance`` are kept as attributes. Reads ``tolerance_key`` (importance = 1 - B)
     from the decollated output, ``label`` from it, and the pixel ``spacing`` from ``engine.state.batch``.
+    Under several processes ``compute()`` pools the slices of every rank.
 
     Args:
         ring_mm: ring width around the pancreas, mm (0: the pancreas alone).
@@ -445,7 +475,8 @@ class RegionShare(Metric):
             self._pixels += importance.numel()
 
     def compute(self) -> float:
-        if self._pixels == 0 or self._total == 0:
+        pooled = sum_over_ranks({"inside": self._inside, "region": self._region, "total": self._total, "pixels": self._pixels})
+        if pooled["pixels"] == 0 or pooled["total"] == 0:
             raise RuntimeError("RegionShare needs at least one validated slice with non-zero importance.")
-        self.share, self.chance = self._inside / self._total, self._region / self._pixels
+        self.share, self.chance = pooled["inside"] / pooled["total"], pooled["region"] / pooled["pixels"]
         return self.share / self.chance if self.chance > 0 else float("nan")

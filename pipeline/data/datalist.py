@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from pipeline.distributed import is_main_process
 from pipeline.errors import DataError
 from pipeline.fileio import write_json_atomic
 
@@ -215,6 +216,8 @@ def split_datalist(
 def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathLike) -> Path:
     """Write a split datalist as JSON with paths relative to its folder, atomically.
 
+    Under several processes only rank 0 writes; the others return the path without touching it.
+
     Args:
         splits: ``{"training": [...], ...}`` as from :func:`split_datalist`.
         path: the JSON file to write; its folder is created.
@@ -223,6 +226,8 @@ def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathL
         The written path; :func:`load_datalist` reads it back with ``key="training"`` etc.
     """
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
     content: dict[str, list[dict[str, Any]]] = {}
