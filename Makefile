@@ -20,6 +20,9 @@ DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --le
 DEMO_NOISE ?= --noise_preset large --epochs 7 --batch_size 8 --learning_rate 0.003
 # Occlusion at stride 4 (the paper: 2) keeps the CPU demo's evaluation to a few minutes.
 DEMO_EVALUATE ?= --slices_per_case 1 --occlusion_stride 4 --sanity_steps 30
+# The demo hands on the utility of its last epoch (the end of the cosine schedule): with 4 validation
+# patients, the epoch of the best 3D dice can be an early spike of an unconverged model.
+DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
 UNOISE := $(VENV)/bin/unoise
 
 .PHONY: demo test benchmark venv clean
@@ -46,13 +49,13 @@ demo: $(STAMP)
 	@echo "== 3/6 train the utility (pancreas segmentation) -> $(DEMO_RUN)/utility"
 	$(UNOISE) train-utility --dataset $(DEMO_DATA) --output $(DEMO_RUN)/utility $(DEMO_SPLIT) $(DEMO_UTILITY)
 	@echo "== 4/6 train the U-Noise model against the frozen utility -> $(DEMO_RUN)/noise"
-	$(UNOISE) train-noise --dataset $(DEMO_DATA) --utility $(DEMO_RUN)/utility/checkpoints/best.pt \
+	$(UNOISE) train-noise --dataset $(DEMO_DATA) --utility $(DEMO_UTILITY_CKPT) \
 		--output $(DEMO_RUN)/noise $(DEMO_SPLIT) $(DEMO_NOISE)
 	@echo "== 5/6 explain the held-out test volumes -> $(DEMO_RUN)/explain"
 	$(UNOISE) explain --input $(DEMO_DATA)/imagesTs --output $(DEMO_RUN)/explain --overlay \
-		--noise $(DEMO_RUN)/noise/checkpoints/best.pt --utility $(DEMO_RUN)/utility/checkpoints/best.pt
+		--noise $(DEMO_RUN)/noise/checkpoints/best.pt --utility $(DEMO_UTILITY_CKPT)
 	@echo "== 6/6 evaluate U-Noise against Grad-CAM, occlusion, random and oracle maps -> $(DEMO_RUN)/evaluation"
-	$(UNOISE) evaluate --dataset $(DEMO_DATA) --utility $(DEMO_RUN)/utility/checkpoints/best.pt \
+	$(UNOISE) evaluate --dataset $(DEMO_DATA) --utility $(DEMO_UTILITY_CKPT) \
 		--noise $(DEMO_RUN)/noise/checkpoints/best.pt --output $(DEMO_RUN)/evaluation $(DEMO_SPLIT) $(DEMO_EVALUATE)
 	@echo "demo finished:"
 	@echo "  maps: $(DEMO_RUN)/explain (open *_importance.nii.gz over the CT in 3D Slicer or ITK-SNAP; *_overlay.png)"
@@ -62,7 +65,7 @@ demo: $(STAMP)
 # Benchmarks (not tests; about 10 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
 # After `make demo`, the latest demo utility is used for the fp32 / fast-path dice check.
 BENCH_OUT ?= benchmark.json
-BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/best.pt)))
+BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/last.pt)))
 benchmark: $(STAMP)
 	$(UNOISE) benchmark --output $(BENCH_OUT) --overwrite \
 		$(if $(BENCH_UTILITY),--utility $(BENCH_UTILITY) --dataset $(DEMO_DATA) $(DEMO_SPLIT))

@@ -185,7 +185,11 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from pipeline.fileio import write_json_atomic
 
     if args.table:
-        print(format_table(json.loads(Path(args.table).read_text())))
+        try:
+            record = json.loads(Path(args.table).read_text())
+            print(format_table(record))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{args.table}: not a benchmark.json written by `unoise benchmark` ({type(err).__name__}: {err}).") from err
         return 0
     if args.output.exists() and not args.overwrite:
         raise ConfigError(f"{args.output}: already exists; choose another --output or pass --overwrite.")
@@ -194,11 +198,16 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
                           "runs, which need --utility and --dataset.")
     if args.overrides:
         check_override_keys(Path(args.bundle_root or default_bundle_root()) / "configs" / "train_noise.json", args.overrides)
+    from pipeline.networks import NETWORK_PRESETS
+
+    for flag, preset in (("--utility-preset", args.utility_preset), ("--noise-preset", args.noise_preset)):
+        if preset not in NETWORK_PRESETS:
+            raise ConfigError(f"{flag} {preset!r} is not a preset; choose one of {', '.join(NETWORK_PRESETS)}.")
     result = run_benchmark(
         spatial_size=args.spatial_size, batch_size=args.batch_size, utility_preset=args.utility_preset,
         noise_preset=args.noise_preset, repeats=args.repeats, warmup=args.warmup, device=args.device,
         cases=args.cases, slices=args.slices, bundle_root=args.bundle_root, utility_checkpoint=args.utility,
-        dataset=args.dataset, dice_epochs=args.dice_epochs, dice_overrides=args.overrides,
+        dataset=args.dataset, dice_epochs=args.dice_epochs, dice_overrides=args.overrides, work_dir=args.work_dir,
     )
     write_json_atomic(result, args.output)
     print(format_table(result))
@@ -340,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dataset", default=None, help="the utility's dataset, for the dice check")
     bench.add_argument("--dice-epochs", "--dice_epochs", dest="dice_epochs", type=int, default=3,
                        help="noise-training epochs per precision in the dice check (default 3)")
+    bench.add_argument("--work-dir", "--work_dir", dest="work_dir", type=Path, default=None,
+                       help="keep the phantom set and the benchmark's runs here (default: a temporary folder)")
     bench.set_defaults(func=_cmd_benchmark, takes_overrides=True)
     return parser
 

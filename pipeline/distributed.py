@@ -44,18 +44,27 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _launched_by_torchrun() -> bool:
+    """Every variable ``torchrun`` sets is there, for more than one process.
+
+    A lone ``RANK`` (as some cluster schedulers set for other purposes) is not enough: a single-process
+    run that took it for its rank would silently write no checkpoints.
+    """
+    return all(name in os.environ for name in TORCHRUN_VARIABLES) and _env_int("WORLD_SIZE", 1) > 1
+
+
 def get_rank() -> int:
-    """This process's rank: from the process group when it exists, else ``$RANK`` (torchrun), else 0."""
+    """This process's rank: from the process group when it exists, else ``$RANK`` under torchrun, else 0."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return _env_int("RANK", 0)
+    return _env_int("RANK", 0) if _launched_by_torchrun() else 0
 
 
 def get_world_size() -> int:
     """Number of processes: from the process group when it exists, else ``$WORLD_SIZE``, else 1."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
-    return _env_int("WORLD_SIZE", 1)
+    return _env_int("WORLD_SIZE", 1) if _launched_by_torchrun() else 1
 
 
 def is_main_process() -> bool:

@@ -65,9 +65,33 @@ class AutocastInferer(Inferer):
         return logits.float()
 
 
-def build_inferer(device: torch.device, cpu_bf16: bool = False) -> Inferer:
-    """bf16 :class:`AutocastInferer` on CPU when asked, else MONAI's ``SimpleInferer`` (CUDA uses engine AMP)."""
-    if cpu_bf16 and device.type == "cpu":
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (``avx512_bf16`` or AMX flags in ``/proc/cpuinfo``).
+
+    Without them bf16 autocast is emulated and usually slower than fp32; off Linux the answer is False.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return False
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.split() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def build_inferer(device: torch.device, cpu_bf16: bool | str = False) -> Inferer:
+    """bf16 :class:`AutocastInferer` on CPU when asked, else MONAI's ``SimpleInferer`` (CUDA uses engine AMP).
+
+    Args:
+        device: the run's device.
+        cpu_bf16: True, False, or ``auto`` (bf16 where :func:`cpu_has_bf16`).
+    """
+    if cpu_bf16 not in (True, False, "auto"):
+        raise ConfigError(f"cpu_bf16 must be true, false or 'auto', got {cpu_bf16!r}.")
+    if device.type == "cpu" and (cpu_has_bf16() if cpu_bf16 == "auto" else cpu_bf16):
         return AutocastInferer("cpu", torch.bfloat16)
     return SimpleInferer()
 
@@ -83,14 +107,18 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def resolve_workers(num_workers: int | str, device: torch.device) -> int:
-    """Data-loader worker processes: ``auto`` -> 4 (at most half the CPUs) with CUDA, 0 on the CPU.
+    """Data-loader worker processes: ``auto`` -> 4 with CUDA (at most half this process's share of the
+    CPUs, when ``torchrun`` puts several processes on the node), 0 on the CPU.
 
     On the CPU the workers would take cores from the training step itself, and slices come from the
     cache in well under 1% of a step (``unoise benchmark`` reports the wait); with a GPU the CPU is free to
     augment ahead of it.
     """
     if num_workers == "auto":
-        return min(4, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+        if device.type != "cuda":
+            return 0
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        return min(4, max(1, (os.cpu_count() or 2) // (2 * processes)))
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers must be 'auto' or an integer >= 0, got {num_workers!r}.")
     return num_workers

@@ -16,11 +16,12 @@ from pipeline.benchmark import format_table
 from pipeline.benchmark.measure import count_flops, peak_memory, time_runs
 from pipeline.benchmark.training import TrainerTimer
 from pipeline.cli import main, run_bundle
+from pipeline.engines import cpu_has_bf16
 from pipeline.phantom import write_phantom_dataset
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TOY = ["--spatial-size", "32", "--batch-size", "2", "--utility-preset", "small", "--noise-preset", "small",
-       "--repeats", "1", "--warmup", "0", "--cases", "3", "--slices", "8", "--device", "cpu"]
+       "--repeats", "1", "--warmup", "0", "--cases", "4", "--slices", "8", "--device", "cpu"]
 
 
 def test_count_flops_of_a_convolution_matches_the_formula() -> None:
@@ -90,6 +91,12 @@ def test_benchmark_script_writes_the_record_and_the_table(tmp_path: Path, toy_ut
     assert step["pipeline_over_plain"] == pytest.approx(step["fast_slices_per_s"] / step["plain_loop_slices_per_s"], rel=1e-2)
     assert isinstance(step["dice_delta"], float) and abs(step["dice_delta"]) <= 1.0
     assert record["dice_check"]["fp32"]["val_dice_clean"] >= 0.0
+    assert record["dice_check"]["within_tolerance"] == (abs(step["dice_delta"]) <= 0.01
+                                                        and abs(record["dice_check"]["clean_dice_delta"]) <= 0.01)
+    fp32, fast = step["pipeline"]["fp32"]["effective"], step["pipeline"]["fast"]["effective"]
+    assert (fp32["inferer"], fp32["autocast"], fp32["channels_last"]) == ("SimpleInferer", False, False)  # truly fp32
+    assert fast["channels_last"] and fast["autocast"] == cpu_has_bf16()  # the configs' defaults on this CPU
+    assert record["settings"]["numerics"]["tf32"] is False
 
     explain = record["explain"]
     for key in ("unoise_small_ms", "unoise_medium_ms", "unoise_large_ms", "gradcam_ms", "occlusion_ms"):
@@ -113,3 +120,11 @@ def test_benchmark_refuses_to_overwrite_and_prints_a_table(tmp_path: Path, capsy
     assert "needs both --utility" in capsys.readouterr().err
     assert main(["benchmark", *TOY, "--output", str(tmp_path / "b.json"), "--val_fraction", "0.2"]) == 2
     assert "need --utility and --dataset" in capsys.readouterr().err
+    assert main(["benchmark", *TOY, "--output", str(tmp_path / "b.json"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be an integer >= 1" in capsys.readouterr().err
+    assert main(["benchmark", *TOY, "--output", str(tmp_path / "b.json"), "--utility", str(tmp_path / "no.pt"),
+                 "--dataset", str(tmp_path)]) == 2
+    assert "no.pt: not found" in capsys.readouterr().err
+    assert main(["benchmark", "--table", str(out)]) == 2  # "{}" is no benchmark record
+    assert f"{out}: not a benchmark.json" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()

@@ -51,8 +51,8 @@ def no_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def rank_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """This process poses as rank 1 of 2 of a torchrun job whose process group is not initialised yet."""
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
 
 
 # ---- rank helpers, single process ---------------------------------------------------------------
@@ -66,6 +66,11 @@ def test_a_plain_process_is_rank_zero_of_one(no_torchrun: None) -> None:
 
 def test_rank_comes_from_torchrun_before_the_process_group_exists(rank_one: None) -> None:
     assert (get_rank(), get_world_size(), is_main_process()) == (1, 2, False)
+
+
+def test_a_lone_rank_variable_does_not_make_a_single_process_silent(no_torchrun: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "3")  # e.g. set by a cluster scheduler, no torchrun
+    assert (get_rank(), get_world_size(), is_main_process()) == (0, 1, True)
 
 
 def test_init_outside_torchrun_says_how_to_start(no_torchrun: None) -> None:

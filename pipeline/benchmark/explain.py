@@ -1,9 +1,10 @@
 """Explanation cost per slice: U-Noise (small/medium/large), Grad-CAM and occlusion on the same utility.
 
-Every method runs in fp32 and channels-last (what ``unoise explain`` uses), one slice at a time, through
-the explainers of :mod:`pipeline.baselines`. Occlusion at the paper's settings (15 x 15 window, stride 2)
-needs about 15,000 utility forwards per 256 x 256 slice, so it is timed on a coarse stride with the same
-window and batch size and extrapolated per window; the JSON says so.
+Every method runs in fp32 and channels-last (what ``unoise explain`` uses on the CPU), one slice at a
+time, through the explainers of :mod:`pipeline.baselines`. Occlusion at the paper's settings (15 x 15
+window, stride 2) needs about 15,000 utility forwards per 256 x 256 slice, so it is timed on a coarse
+stride that gives about one full batch of windows, with the same window and batch size, and extrapolated
+per window; the JSON says so.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ def time_explainers(
     """Milliseconds per slice of each explainer and the ratios to U-Noise.
 
     Args:
-        utility: the segmentation network (eval mode is set; weights are not changed).
+        utility: the segmentation network; it is put in eval mode, channels-last, and frozen (no
+            gradient on its weights) by the explainers; weights are not changed.
         image: one slice (1, C, H, W) windowed to [0, 1], on the device.
         noise_presets: U-Noise sizes to time (``small``, ``medium``, ``large``).
         repeats, warmup: timed and untimed calls per method.
         gradcam_layer: the utility layer Grad-CAM reads (default: its bottleneck, the deepest ``downs.N``).
         occlusion_window, occlusion_stride: the occlusion settings the cost is reported for.
-        occlusion_timed_stride: stride actually timed (default: about 25 windows per slice).
+        occlusion_timed_stride: stride actually timed (default: about 16 windows, one batch, per slice).
 
     Returns:
         ``unoise_<preset>_ms``, ``gradcam_ms``, ``occlusion_ms``, ``gradcam_over_unoise_<preset>``,
@@ -48,12 +50,14 @@ def time_explainers(
     fmt = torch.channels_last
     utility = utility.eval().to(memory_format=fmt)
     image = image.contiguous(memory_format=fmt)
-    result: dict[str, Any] = {"precision": "fp32", "memory_format": "channels_last", "peak_memory_mb": {}}
+    result: dict[str, Any] = {"precision": "fp32", "memory_format": "channels_last", "peak_memory_mb": {},
+                              "memory_increase_mb": {}}
 
     def timed(name: str, explainer: Any, runs: int, warm: int) -> float:
         with peak_memory(device) as memory:
             seconds = median(time_runs(lambda: explainer(image), runs, warm, device))
         result["peak_memory_mb"][name] = memory["peak_mb"]
+        result["memory_increase_mb"][name] = memory["increase_mb"]
         return seconds * 1000.0
 
     for preset in noise_presets:
@@ -69,7 +73,7 @@ def time_explainers(
     height, width = image.shape[-2:]
     reported = OcclusionMap(utility, window=occlusion_window, stride=occlusion_stride)
     windows = len(reported.positions(height, width))
-    timed_stride = occlusion_timed_stride or max(occlusion_stride, math.ceil((max(height, width) - occlusion_window) / 4))
+    timed_stride = occlusion_timed_stride or max(occlusion_stride, math.ceil((max(height, width) - occlusion_window) / 3))
     probe = OcclusionMap(utility, window=occlusion_window, stride=timed_stride)
     probe_windows = len(probe.positions(height, width))
     with torch.inference_mode():

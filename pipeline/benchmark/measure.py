@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -69,21 +70,30 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
 
     CUDA: ``peak_mb`` = ``torch.cuda.max_memory_allocated`` (tensors only), ``kind`` ``cuda_allocated``.
     CPU (Linux): ``peak_mb`` = the process's peak resident memory while the block ran (the peak is reset
-    on entry), ``kind`` ``cpu_rss``; it includes everything the process holds (Python, libraries, caches),
-    and ``start_mb`` is the resident memory on entry. Elsewhere ``peak_mb`` is None.
+    on entry), ``kind`` ``cpu_rss``; it includes everything the process holds (Python, libraries, caches).
+    ``start_mb`` is the memory on entry and ``increase_mb`` = ``peak_mb - start_mb``, what the enclosed
+    work added at its peak. Off Linux the CPU figures are None.
     """
     record: dict[str, Any] = {}
     if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device) / 2**20
         yield record
-        record.update(peak_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1), kind="cuda_allocated")
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        record.update(peak_mb=round(peak, 1), start_mb=round(start, 1), increase_mb=round(peak - start, 1),
+                      kind="cuda_allocated")
         return
+    gc.collect()
     reset = _reset_rss_peak()
     start = _proc_status_mb("VmRSS")
     yield record
     peak = _proc_status_mb("VmHWM") if reset else None
+    known = peak is not None and start is not None
     record.update(peak_mb=None if peak is None else round(peak, 1), kind="cpu_rss",
-                  start_mb=None if start is None else round(start, 1))
+                  start_mb=None if start is None else round(start, 1),
+                  increase_mb=round(peak - start, 1) if known else None)
 
 
 def count_flops(function: Callable[[], Any]) -> int:

@@ -22,32 +22,79 @@ from typing import Any
 import torch
 
 from pipeline.benchmark.explain import time_explainers
-from pipeline.benchmark.measure import describe_machine
+from pipeline.benchmark.measure import count_flops, describe_machine
 from pipeline.benchmark.training import (
-    NOISE_SETTINGS,
     build_networks,
     build_noise_step,
     build_utility_step,
+    build_workflow,
+    noise_settings,
     run_pipeline,
-    step_flops,
     time_step,
+    uses_autocast,
 )
 from pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fast")
+PRECISION_KEYS = ("cpu_bf16", "channels_last", "amp", "device")  # set by the benchmark, per precision
+DICE_TOLERANCE = 0.01
 
 
 def fast_path_description(device: torch.device) -> str:
+    if not uses_autocast(device, True):
+        return "channels-last (no bf16 instructions on this CPU, so no autocast: the configs' cpu_bf16 'auto')"
     autocast = "bf16 autocast" if device.type == "cpu" else "fp16 AMP with gradient scaling"
     return f"channels-last + {autocast}"
 
 
 def _pipeline_overrides(precision: str, device: torch.device) -> dict[str, Any]:
-    """Config values that select fp32 or the fast path (the fast path is the configs' default)."""
-    fast = precision == "fast"
-    return {"cpu_bf16": fast, "channels_last": fast, "amp": fast, "device": str(device)}
+    """Config values that select fp32 or the fast path (the fast path is the configs' defaults)."""
+    if precision == "fast":
+        return {"cpu_bf16": "auto", "channels_last": True, "amp": True, "device": str(device)}
+    return {"cpu_bf16": False, "channels_last": False, "amp": False, "device": str(device)}
+
+
+def _pin_numerics(device: torch.device) -> dict[str, Any]:
+    """Same numerics for every measurement: no TF32 (fp32 means fp32), cuDNN flags fixed before any run.
+
+    The training configs call ``set_determinism``, which switches cuDNN to deterministic algorithms for
+    the rest of the process; doing it first keeps the plain loops and the bundle trainer comparable.
+    """
+    from monai.utils import set_determinism
+
+    set_determinism(seed=0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return {"tf32": False, "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def check_arguments(spatial_size: int, batch_size: int, repeats: int, warmup: int, cases: int, slices: int,
+                    utility_checkpoint: str | None, dataset: str | None, dice_epochs: int,
+                    dice_overrides: dict[str, Any]) -> None:
+    """Refuse bad settings before any work, naming the option (the run takes minutes)."""
+    for name, value, minimum in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0),
+                                 ("--cases", cases, 4), ("--slices", slices, 8), ("--dice-epochs", dice_epochs, 1),
+                                 ("--spatial-size", spatial_size, 32)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if spatial_size % 16:
+        raise ConfigError(f"--spatial-size must be divisible by 16 (the networks down-sample 4 times), got {spatial_size}.")
+    if (cases - 1) * slices < batch_size:
+        raise ConfigError(f"the trainer's split ({cases - 1} cases x {slices} slices) is smaller than one batch of "
+                          f"{batch_size}; raise --cases or --slices, or lower --batch-size.")
+    if (utility_checkpoint is None) != (dataset is None):
+        raise ConfigError("the dice check needs both --utility (a trained utility checkpoint) and --dataset (its data); "
+                          "give both, or neither to skip it.")
+    for name, path in (("--utility", utility_checkpoint), ("--dataset", dataset)):
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{name} {path}: not found.")
+    fixed = sorted(set(dice_overrides) & set(PRECISION_KEYS))
+    if fixed:
+        raise ConfigError(f"--{fixed[0]}: the benchmark sets {', '.join(PRECISION_KEYS)} itself (fp32 and the fast "
+                          "path); use --device for the device.")
 
 
 def prepare_inputs(work_dir: Path, spatial_size: int, batch_size: int, cases: int, slices: int, utility_preset: str,
@@ -109,16 +156,17 @@ def run_benchmark(
     from pipeline.cli import default_bundle_root
     from pipeline.engines import resolve_device
 
+    dice_overrides = dict(dice_overrides or {})
+    check_arguments(spatial_size, batch_size, repeats, warmup, cases, slices, utility_checkpoint, dataset,
+                    dice_epochs, dice_overrides)
     if noise_preset not in noise_presets:
         noise_presets = (*noise_presets, noise_preset)
-    if (utility_checkpoint is None) != (dataset is None):
-        raise ConfigError("the dice check needs both --utility (a trained utility checkpoint) and --dataset (its data); "
-                          "give both, or neither to skip it.")
     run_device = resolve_device(device)
     root = Path(bundle_root or default_bundle_root())
     settings = {"spatial_size": spatial_size, "batch_size": batch_size, "utility_preset": utility_preset,
                 "noise_preset": noise_preset, "repeats": repeats, "warmup": warmup,
-                "fast_path": fast_path_description(run_device), "noise_settings": NOISE_SETTINGS}
+                "fast_path": fast_path_description(run_device), "noise_settings": noise_settings(root),
+                "numerics": _pin_numerics(run_device)}
     result: dict[str, Any] = {"settings": settings, "machine": describe_machine(run_device)}
     with tempfile.TemporaryDirectory(prefix="unoise-benchmark-") as scratch:
         work = Path(work_dir or scratch)
@@ -133,7 +181,7 @@ def run_benchmark(
         utility, _ = build_networks(utility_preset, "small", run_device)
         result["explain"] = time_explainers(utility, image[:1], tuple(noise_presets), repeats, warmup)
         if utility_checkpoint is not None:
-            dice = _dice_section(root, work, utility_checkpoint, dataset, dice_epochs, dice_overrides or {}, run_device)
+            dice = _dice_section(root, work, utility_checkpoint, dataset, dice_epochs, dice_overrides, run_device)
             result["dice_check"] = dice
             result["train_noise_step"]["dice_delta"] = dice["dice_delta"]
         else:
@@ -148,9 +196,9 @@ def _noise_step_section(root: Path, work: Path, dataset_dir: Path, checkpoint: P
 
     def fresh_step(precision: str):
         utility, noise_net = build_networks(settings["utility_preset"], settings["noise_preset"], device)
-        return build_noise_step(utility, noise_net, image, label, fast=precision == "fast")
+        return build_noise_step(utility, noise_net, image, label, precision == "fast", settings["noise_settings"])
 
-    flops = step_flops(lambda: fresh_step("fp32"))
+    flops = count_flops(fresh_step("fp32"))  # forward and backward convolutions; Adam's elementwise work is not counted
     plain, pipeline = {}, {}
     for precision in PRECISIONS:
         logger.info("benchmark: U-Noise training step, plain loop, %s", precision)
@@ -183,7 +231,9 @@ def _noise_step_section(root: Path, work: Path, dataset_dir: Path, checkpoint: P
             "wait_fraction": fast["wait_fraction"],
             "fp32_wait_fraction": fp32["wait_fraction"],
             "cache": "memory",
-            "num_workers": "auto",
+            "loader_workers": fast["effective"]["loader_workers"],
+            "pin_memory": fast["effective"]["pin_memory"],
+            "timed_iterations": fast["effective"]["timed_iterations"],
         },
     }
 
@@ -194,7 +244,7 @@ def _utility_step_section(image: torch.Tensor, label: torch.Tensor, settings: di
         utility, _ = build_networks(settings["utility_preset"], "small", device)
         return build_utility_step(utility, image, label, fast=precision == "fast")
 
-    flops = step_flops(lambda: fresh_step("fp32"))
+    flops = count_flops(fresh_step("fp32"))
     section: dict[str, Any] = {"gflop_per_step": round(flops / 1e9, 1)}
     for precision in PRECISIONS:
         logger.info("benchmark: utility training step, plain loop, %s", precision)
@@ -209,8 +259,6 @@ def _dice_section(root: Path, work: Path, utility_checkpoint: str, dataset: str,
     """Train the noise model ``epochs`` epochs in fp32 and on the fast path; compare validation dice."""
     import json
 
-    from monai.bundle import ConfigWorkflow
-
     section: dict[str, Any] = {"utility_checkpoint": str(utility_checkpoint), "dataset": str(dataset), "epochs": epochs,
                                "metric": "last epoch's val_dice_perturbed (mean per-slice dice of the utility on "
                                          "U-Noise-perturbed validation slices); val_dice_clean beside it"}
@@ -219,16 +267,16 @@ def _dice_section(root: Path, work: Path, utility_checkpoint: str, dataset: str,
         output = work / f"dice-{precision}"
         config = {"dataset_dir": str(dataset), "utility_checkpoint": str(utility_checkpoint), "output_dir": str(output),
                   "epochs": epochs, **overrides, **_pipeline_overrides(precision, device)}
-        workflow = ConfigWorkflow(config_file=str(root / "configs" / "train_noise.json"),
-                                  meta_file=str(root / "configs" / "metadata.json"), logging_file=False,
-                                  workflow_type="train", bundle_root=str(root), **config)
+        workflow = build_workflow(root, "train_noise", config)
         workflow.initialize()
         workflow.run()
         workflow.finalize()
         last = json.loads((output / "metrics.json").read_text())["epochs"][-1]
         section[precision] = {key: round(float(last[key]), 4) for key in
                               ("val_dice_perturbed", "val_dice_clean", "val_mean_tolerance", "val_ring_ratio") if key in last}
-        section[precision]["seconds_per_epoch"] = round(float(last["seconds"]), 1)
+        section[precision]["seconds_per_epoch"] = round(float(last["seconds"]), 1)  # training + validation
     section["dice_delta"] = round(section["fast"]["val_dice_perturbed"] - section["fp32"]["val_dice_perturbed"], 4)
     section["clean_dice_delta"] = round(section["fast"]["val_dice_clean"] - section["fp32"]["val_dice_clean"], 4)
+    section["tolerance"] = DICE_TOLERANCE
+    section["within_tolerance"] = abs(section["dice_delta"]) <= DICE_TOLERANCE and abs(section["clean_dice_delta"]) <= DICE_TOLERANCE
     return section

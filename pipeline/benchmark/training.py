@@ -1,8 +1,9 @@
 """Training-step benchmarks: plain PyTorch loops and the bundle's own trainer, in fp32 and on the fast path.
 
 The *fast path* is what the training configs do by default: channels-last networks, and autocast of the
-forward (bf16 on the CPU through :class:`pipeline.engines.AutocastInferer`, fp16 AMP with a gradient
-scaler on CUDA through MONAI's ``amp=True``). *fp32* is the same step without either.
+forward (bf16 on a CPU with bf16 instructions through :class:`pipeline.engines.AutocastInferer`, fp16 AMP
+with a gradient scaler on CUDA through MONAI's ``amp=True``). *fp32* is the same step without either
+(TF32 is switched off by :func:`pipeline.benchmark.run_benchmark`, so fp32 means fp32 on a GPU too).
 
 The plain loops hold one batch of real slices in memory and call the networks, the U-Noise loss and the
 optimizer directly (no Ignite, no MONAI engine, no data loader): they are the reference for what the
@@ -22,44 +23,68 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from pipeline.benchmark.measure import count_flops, median, peak_memory, time_runs
-from pipeline.engines import build_loss, memory_format
+from pipeline.benchmark.measure import count_flops, median, peak_memory, synchronize, time_runs
+from pipeline.engines import build_loss, cpu_has_bf16, memory_format
 from pipeline.networks import build_unet
 from pipeline.noise import UNoiseLoss, UNoiseModel
 
 logger = logging.getLogger(__name__)
 
-# The noise-training settings of train_noise.json (kept equal so the plain loop does the pipeline's work).
-NOISE_SETTINGS = {"min_scale": 0.0, "max_scale": 0.4, "noise_weight": 0.01, "learning_rate": 0.003}
+NOISE_KEYS = ("min_scale", "max_scale", "noise_weight", "learning_rate")
+
+
+def noise_settings(bundle_root: Path) -> dict[str, float]:
+    """The noise-training values of ``configs/train_noise.json``, so the plain loop does the pipeline's work."""
+    import json
+
+    config = json.loads((bundle_root / "configs" / "train_noise.json").read_text())
+    return {key: float(config[key]) for key in NOISE_KEYS}
+
+
+def build_workflow(bundle_root: Path, config: str, overrides: dict[str, Any]) -> Any:
+    """A MONAI ``ConfigWorkflow`` of ``configs/<config>.json``, as ``monai.bundle run`` builds it (no logging set-up)."""
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(config_file=str(bundle_root / "configs" / f"{config}.json"),
+                          meta_file=str(bundle_root / "configs" / "metadata.json"), logging_file=False,
+                          workflow_type="train", bundle_root=str(bundle_root), **overrides)
+
+
+def uses_autocast(device: torch.device, fast: bool) -> bool:
+    """Whether the fast path autocasts here: always with CUDA, on the CPU only with bf16 instructions
+    (the configs' ``cpu_bf16: auto``)."""
+    return fast and (device.type == "cuda" or cpu_has_bf16())
 
 
 def autocast_context(device: torch.device, fast: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the CPU, fp16 on CUDA, when ``fast``; otherwise nothing."""
-    if not fast:
+    """bf16 autocast on the CPU, fp16 on CUDA, when the fast path autocasts (:func:`uses_autocast`)."""
+    if not uses_autocast(device, fast):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
 
 
 def build_noise_step(
-    utility: torch.nn.Module, noise_net: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, fast: bool
+    utility: torch.nn.Module, noise_net: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, fast: bool,
+    settings: dict[str, float],
 ) -> Callable[[], float]:
     """One U-Noise training step as a plain loop: noise model + frozen utility, U-Noise loss, Adam.
 
     Args:
-        utility: the frozen segmentation network (frozen here), on the target device.
+        utility: the segmentation network (frozen here), on the target device.
         noise_net: the noise model being trained, on the same device.
         image: CT slices windowed to [0, 1], shape (B, C, H, W), on the device.
         label: pancreas masks in {0, 1}, shape (B, 1, H, W).
         fast: channels-last and autocast (see the module docstring), else fp32 in the default layout.
+        settings: ``min_scale``, ``max_scale``, ``noise_weight``, ``learning_rate`` (:func:`noise_settings`).
 
     Returns:
         A function that runs one step and returns its loss.
     """
     fmt = memory_format(fast)
     model = UNoiseModel(noise_net.to(memory_format=fmt), utility.to(memory_format=fmt),
-                        NOISE_SETTINGS["min_scale"], NOISE_SETTINGS["max_scale"]).train()
-    loss_function = UNoiseLoss(NOISE_SETTINGS["noise_weight"])
-    optimizer = torch.optim.Adam(noise_net.parameters(), lr=NOISE_SETTINGS["learning_rate"])
+                        settings["min_scale"], settings["max_scale"]).train()
+    loss_function = UNoiseLoss(settings["noise_weight"])
+    optimizer = torch.optim.Adam(noise_net.parameters(), lr=settings["learning_rate"])
     return _step(model, loss_function, optimizer, image.contiguous(memory_format=fmt), label, fast)
 
 
@@ -74,7 +99,7 @@ def build_utility_step(utility: torch.nn.Module, image: torch.Tensor, label: tor
 def _step(model: torch.nn.Module, loss_function: Callable, optimizer: torch.optim.Optimizer,
           image: torch.Tensor, label: torch.Tensor, fast: bool) -> Callable[[], float]:
     device = image.device
-    scaler = torch.amp.GradScaler("cuda", enabled=fast and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=uses_autocast(device, fast) and device.type == "cuda")
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -96,15 +121,11 @@ def time_step(step: Callable[[], float], batch_size: int, repeats: int, warmup: 
         times = time_runs(step, repeats, warmup, device)
     seconds = median(times)
     result: dict[str, Any] = {"step_s": round(seconds, 4), "slices_per_s": round(batch_size / seconds, 3),
-                              "step_times_s": [round(t, 4) for t in times], "peak_memory_mb": memory["peak_mb"]}
+                              "step_times_s": [round(t, 4) for t in times], "peak_memory_mb": memory["peak_mb"],
+                              "memory_increase_mb": memory["increase_mb"]}
     if flops:
         result["gflop_per_s"] = round(flops / seconds / 1e9, 1)
     return result
-
-
-def step_flops(step_builder: Callable[[], Callable[[], float]]) -> int:
-    """FLOPs of one step (forward, backward; the optimizer's elementwise work is not counted)."""
-    return count_flops(step_builder())
 
 
 class TrainerTimer:
@@ -119,7 +140,7 @@ class TrainerTimer:
         self.warmup, self.device = warmup, device
         self.iteration_s: list[float] = []
         self.wait_s: list[float] = []
-        self._last = self._get_start = 0.0
+        self._last = self._get_start = self._wait = 0.0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._get_started)
@@ -135,8 +156,6 @@ class TrainerTimer:
         self._wait = time.perf_counter() - self._get_start
 
     def _completed(self, engine: Engine) -> None:
-        from pipeline.benchmark.measure import synchronize
-
         synchronize(self.device)
         now = time.perf_counter()
         if engine.state.iteration > self.warmup:
@@ -155,12 +174,16 @@ def run_pipeline(
     flops: int | None = None,
     loader_batches: int = 0,
 ) -> dict[str, Any]:
-    """Time the bundle's noise trainer for ``warmup + repeats`` iterations of one epoch.
+    """Time the bundle's noise trainer over ``warmup + repeats`` iterations of one epoch (no validation).
+
+    The timed iterations cover fetching the batch, the step and every iteration handler; validation,
+    checkpoints and ``metrics.json`` come once per epoch and are not in them. When the loader has worker
+    processes, more iterations are timed than the workers prefetch, so a slow loader shows in the wait.
 
     Args:
         bundle_root: the bundle folder.
         overrides: config values (dataset, utility checkpoint, output folder, precision settings...).
-        warmup, repeats: iterations not timed / timed.
+        warmup, repeats: iterations not timed / timed (at least).
         batch_size: slices per iteration (also passed to the config).
         device: where it runs (for synchronisation and memory).
         flops: FLOPs of one step, to report GFLOP/s.
@@ -170,15 +193,23 @@ def run_pipeline(
         ``slices_per_s``, ``step_s``, ``wait_fraction`` (data wait / iteration time, summed over the timed
         iterations), ``loader_slices_per_s`` and peak memory.
     """
-    from monai.bundle import ConfigWorkflow
+    from pipeline.engines import AutocastInferer, resolve_workers
 
-    config = {**overrides, "batch_size": batch_size, "epochs": 1, "val_interval": 2,
-              "train#trainer#epoch_length": warmup + repeats}
-    workflow = ConfigWorkflow(config_file=str(bundle_root / "configs" / "train_noise.json"),
-                              meta_file=str(bundle_root / "configs" / "metadata.json"), logging_file=False,
-                              workflow_type="train", bundle_root=str(bundle_root), **config)
+    workers = resolve_workers(overrides.get("num_workers", "auto"), device)
+    timed = max(repeats, 3 * workers * 2)  # 2: torch's default prefetch_factor per worker
+    workflow = build_workflow(bundle_root, "train_noise", {**overrides, "batch_size": batch_size, "epochs": 1,
+                                                           "val_interval": 2, "train#trainer#epoch_length": warmup + timed})
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
+    noise_net = workflow.parser.get_parsed_content("noise_net")
+    effective = {
+        "inferer": type(workflow.parser.get_parsed_content("inferer")).__name__,
+        "autocast": isinstance(workflow.parser.get_parsed_content("inferer"), AutocastInferer) or bool(trainer.amp),
+        "channels_last": is_channels_last(noise_net),
+        "cuda_amp": bool(trainer.amp), "loader_workers": workers,
+        "pin_memory": bool(getattr(workflow.parser.get_parsed_content("train#dataloader"), "pin_memory", False)),
+        "timed_iterations": timed,
+    }
     timer = TrainerTimer(warmup, device)
     timer.attach(trainer)
     with peak_memory(device) as memory:
@@ -195,10 +226,21 @@ def run_pipeline(
         wait_fraction=round(sum(timer.wait_s) / sum(timer.iteration_s), 5),
         step_times_s=[round(t, 4) for t in timer.iteration_s],
         peak_memory_mb=memory["peak_mb"],
+        memory_increase_mb=memory["increase_mb"],
+        effective=effective,
     )
     if flops:
         result["gflop_per_s"] = round(flops / seconds / 1e9, 1)
     return result
+
+
+def is_channels_last(network: torch.nn.Module) -> bool:
+    """Whether the network's convolution weights are stored channels-last (judged on the first one with
+    more than one input channel, where the two layouts differ)."""
+    for weight in network.parameters():
+        if weight.dim() == 4 and weight.shape[1] > 1:
+            return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return False
 
 
 def _loader_rate(loader: Any, batches: int, batch_size: int) -> float:
