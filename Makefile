@@ -62,7 +62,7 @@ demo: $(STAMP)
 	@echo "  report: $(DEMO_RUN)/evaluation/report/report.html"
 	@echo "  training curves: tensorboard --logdir $(DEMO_RUN)"
 
-# Benchmarks (not tests; about 10 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
+# Benchmarks (not tests; about 12 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
 # After `make demo`, the latest demo utility is used for the fp32 / fast-path dice check.
 BENCH_OUT ?= benchmark.json
 BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/last.pt)))

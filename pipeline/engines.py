@@ -82,6 +82,16 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+def cpu_autocast_dtype(device: torch.device, cpu_bf16: bool | str) -> torch.dtype | None:
+    """``torch.bfloat16`` when bf16 autocast applies on this CPU (``cpu_bf16`` true, or ``auto`` with
+    :func:`cpu_has_bf16`), else None (on CUDA, MONAI's ``amp`` autocasts instead)."""
+    if cpu_bf16 not in (True, False, "auto"):
+        raise ConfigError(f"cpu_bf16 must be true, false or 'auto', got {cpu_bf16!r}.")
+    if device.type == "cpu" and (cpu_has_bf16() if cpu_bf16 == "auto" else cpu_bf16):
+        return torch.bfloat16
+    return None
+
+
 def build_inferer(device: torch.device, cpu_bf16: bool | str = False) -> Inferer:
     """bf16 :class:`AutocastInferer` on CPU when asked, else MONAI's ``SimpleInferer`` (CUDA uses engine AMP).
 
@@ -89,11 +99,8 @@ def build_inferer(device: torch.device, cpu_bf16: bool | str = False) -> Inferer
         device: the run's device.
         cpu_bf16: True, False, or ``auto`` (bf16 where :func:`cpu_has_bf16`).
     """
-    if cpu_bf16 not in (True, False, "auto"):
-        raise ConfigError(f"cpu_bf16 must be true, false or 'auto', got {cpu_bf16!r}.")
-    if device.type == "cpu" and (cpu_has_bf16() if cpu_bf16 == "auto" else cpu_bf16):
-        return AutocastInferer("cpu", torch.bfloat16)
-    return SimpleInferer()
+    dtype = cpu_autocast_dtype(device, cpu_bf16)
+    return AutocastInferer("cpu", dtype) if dtype is not None else SimpleInferer()
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

@@ -98,6 +98,9 @@ class UNoiseModel(torch.nn.Module):
         with_clean: also return the utility's logits on the clean image (for validation).
         noise_seed: draw the noise from a generator seeded with this value on every call (repeatable
             validation); None draws from the global generator.
+        utility_dtype: run the frozen utility's forward (and so its part of the backward) under autocast
+            to this dtype, e.g. ``torch.bfloat16`` on CPUs with bf16 instructions; the noise model, the
+            perturbation and the outputs stay float32. None: no autocast here.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class UNoiseModel(torch.nn.Module):
         baseline: float = 0.0,
         with_clean: bool = False,
         noise_seed: int | None = None,
+        utility_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if perturbation not in PERTURBATIONS:
@@ -121,6 +125,7 @@ class UNoiseModel(torch.nn.Module):
         self.perturbation, self.baseline = perturbation, float(baseline)
         self.with_clean = with_clean
         self.noise_seed = noise_seed
+        self.utility_dtype = utility_dtype
 
     def train(self, mode: bool = True) -> UNoiseModel:
         super().train(mode)
@@ -137,10 +142,16 @@ class UNoiseModel(torch.nn.Module):
         tolerance = apply_tolerance(self.noise_net(image))  # (B, 1, H, W)
         perturbed = apply_perturbation(image, tolerance, self.min_scale, self.max_scale, self.perturbation,
                                        self.baseline, self._noise(image))  # (B, C, H, W)
-        outputs = [self.utility(perturbed), tolerance, perturbed[:, :1]]
+        outputs = [self._utility(perturbed), tolerance, perturbed[:, :1]]
         if self.with_clean:
-            outputs.append(self.utility(image))
+            outputs.append(self._utility(image))
         return torch.cat(outputs, dim=1)  # (B, 3 or 4, H, W)
+
+    def _utility(self, image: torch.Tensor) -> torch.Tensor:
+        if self.utility_dtype is None:
+            return self.utility(image)
+        with torch.autocast(image.device.type, dtype=self.utility_dtype):
+            return self.utility(image).float()  # (B, 1, H, W) logits
 
 
 def freeze(network: torch.nn.Module) -> torch.nn.Module:

@@ -133,3 +133,14 @@ def test_channels_last_explainer_gives_the_same_maps(image: torch.Tensor) -> Non
         expected = reference(image)
         fast = UNoiseExplainer(noise_net, utility, channels_last=True)(image)
     assert torch.allclose(fast, expected, atol=1e-5)
+
+
+def test_utility_autocast_keeps_the_noise_model_in_float32() -> None:
+    torch.manual_seed(0)
+    noise_net, utility = torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Conv2d(1, 1, 3, padding=1)
+    image = torch.rand(2, 1, 8, 8)
+    plain = UNoiseModel(noise_net, utility, 0.0, 0.4, with_clean=True, noise_seed=0)(image)
+    mixed = UNoiseModel(noise_net, utility, 0.0, 0.4, with_clean=True, noise_seed=0, utility_dtype=torch.bfloat16)(image)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed[:, 1:3], plain[:, 1:3])  # tolerance and perturbed image: untouched by the autocast
+    assert torch.allclose(mixed[:, [0, 3]], plain[:, [0, 3]], atol=0.05)  # utility logits to bf16 rounding

@@ -56,9 +56,9 @@ def uses_autocast(device: torch.device, fast: bool) -> bool:
     return fast and (device.type == "cuda" or cpu_has_bf16())
 
 
-def autocast_context(device: torch.device, fast: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the CPU, fp16 on CUDA, when the fast path autocasts (:func:`uses_autocast`)."""
-    if not uses_autocast(device, fast):
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU, fp16 on CUDA, when ``enabled``; otherwise nothing."""
+    if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
 
@@ -81,11 +81,15 @@ def build_noise_step(
         A function that runs one step and returns its loss.
     """
     fmt = memory_format(fast)
+    device = image.device
+    # as train_noise.json: on the CPU only the frozen utility runs in bf16; on CUDA, AMP covers the step
+    utility_dtype = torch.bfloat16 if device.type == "cpu" and uses_autocast(device, fast) else None
     model = UNoiseModel(noise_net.to(memory_format=fmt), utility.to(memory_format=fmt),
-                        settings["min_scale"], settings["max_scale"]).train()
+                        settings["min_scale"], settings["max_scale"], utility_dtype=utility_dtype).train()
     loss_function = UNoiseLoss(settings["noise_weight"])
     optimizer = torch.optim.Adam(noise_net.parameters(), lr=settings["learning_rate"])
-    return _step(model, loss_function, optimizer, image.contiguous(memory_format=fmt), label, fast)
+    return _step(model, loss_function, optimizer, image.contiguous(memory_format=fmt), label,
+                 autocast=device.type == "cuda" and uses_autocast(device, fast))
 
 
 def build_utility_step(utility: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, fast: bool) -> Callable[[], float]:
@@ -93,17 +97,19 @@ def build_utility_step(utility: torch.nn.Module, image: torch.Tensor, label: tor
     fmt = memory_format(fast)
     utility = utility.to(memory_format=fmt).train()
     optimizer = torch.optim.Adam(utility.parameters(), lr=1e-3)
-    return _step(utility, build_loss("dicece"), optimizer, image.contiguous(memory_format=fmt), label, fast)
+    return _step(utility, build_loss("dicece"), optimizer, image.contiguous(memory_format=fmt), label,
+                 autocast=uses_autocast(image.device, fast))
 
 
 def _step(model: torch.nn.Module, loss_function: Callable, optimizer: torch.optim.Optimizer,
-          image: torch.Tensor, label: torch.Tensor, fast: bool) -> Callable[[], float]:
+          image: torch.Tensor, label: torch.Tensor, autocast: bool) -> Callable[[], float]:
+    """One training step with the forward under autocast (bf16 on the CPU, fp16 + gradient scaling on CUDA)."""
     device = image.device
-    scaler = torch.amp.GradScaler("cuda", enabled=uses_autocast(device, fast) and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast and device.type == "cuda")
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device, fast):
+        with autocast_context(device, autocast):
             outputs = model(image)
         loss = loss_function(outputs.float(), label)
         scaler.scale(loss).backward()
@@ -204,7 +210,9 @@ def run_pipeline(
     noise_net = workflow.parser.get_parsed_content("noise_net")
     effective = {
         "inferer": type(workflow.parser.get_parsed_content("inferer")).__name__,
-        "autocast": isinstance(workflow.parser.get_parsed_content("inferer"), AutocastInferer) or bool(trainer.amp),
+        "utility_dtype": str(workflow.parser.get_parsed_content("utility_dtype")),
+        "autocast": isinstance(workflow.parser.get_parsed_content("inferer"), AutocastInferer) or bool(trainer.amp)
+        or workflow.parser.get_parsed_content("utility_dtype") is not None,
         "channels_last": is_channels_last(noise_net),
         "cuda_amp": bool(trainer.amp), "loader_workers": workers,
         "pin_memory": bool(getattr(workflow.parser.get_parsed_content("train#dataloader"), "pin_memory", False)),
