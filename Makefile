@@ -17,7 +17,7 @@ endif
 # Both stages must split the patients alike: same fractions and seed.
 DEMO_SPLIT ?= --val_fraction 0.15 --test_fraction 0.15 --seed 0
 DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --learning_rate 0.003
-DEMO_NOISE ?= --noise_preset large --epochs 7 --batch_size 8 --learning_rate 0.003
+DEMO_NOISE ?= --noise_preset large --epochs 9 --batch_size 8 --learning_rate 0.003
 # Occlusion at stride 4 (the paper: 2) keeps the CPU demo's evaluation to a few minutes.
 DEMO_EVALUATE ?= --slices_per_case 1 --occlusion_stride 4 --sanity_steps 30
 # The demo hands on the utility of its last epoch (the end of the cosine schedule): with 4 validation

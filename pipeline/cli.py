@@ -347,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slices", type=int, default=16, help="slices per phantom case (default 16)")
     bench.add_argument("--utility", default=None, help="trained utility checkpoint for the dice check (with --dataset)")
     bench.add_argument("--dataset", default=None, help="the utility's dataset, for the dice check")
-    bench.add_argument("--dice-epochs", "--dice_epochs", dest="dice_epochs", type=int, default=7,
-                       help="noise-training epochs per precision in the dice check (default 7, the demo's schedule)")
+    bench.add_argument("--dice-epochs", "--dice_epochs", dest="dice_epochs", type=int, default=9,
+                       help="noise-training epochs per precision in the dice check (default 9, the demo's schedule)")
     bench.add_argument("--work-dir", "--work_dir", dest="work_dir", type=Path, default=None,
                        help="keep the phantom set and the benchmark's runs here (default: a temporary folder)")
     bench.set_defaults(func=_cmd_benchmark, takes_overrides=True)

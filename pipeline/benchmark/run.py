@@ -9,7 +9,7 @@ not depend on trained weights):
 - ``explain``: milliseconds per slice of U-Noise small/medium/large, Grad-CAM and occlusion.
 - ``data``: what the loader delivers against what the trainer consumes, and the trainer's data wait.
 - ``dice_check`` (with ``utility_checkpoint`` and ``dataset``): trains the noise model in fp32 and on the
-  fast path against a trained utility (7 epochs: the demo's schedule) and compares their validation dice.
+  fast path against a trained utility (9 epochs: the demo's schedule) and compares their validation dice.
   Early in training the learned noise level still climbs fast, and two runs that differ only in rounding
   can be an epoch apart on that climb, so compare at the end of a schedule.
 """
@@ -135,7 +135,7 @@ def run_benchmark(
     bundle_root: Path | None = None,
     utility_checkpoint: str | None = None,
     dataset: str | None = None,
-    dice_epochs: int = 7,
+    dice_epochs: int = 9,
     dice_overrides: dict[str, Any] | None = None,
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
