@@ -68,18 +68,23 @@ class AutocastInferer(Inferer):
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first CPU in ``/proc/cpuinfo``; empty off Linux."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bf16 in hardware (``avx512_bf16`` or AMX flags in ``/proc/cpuinfo``).
+    """True when the CPU multiplies bf16 in hardware (``avx512_bf16`` or AMX flags).
 
     Without them bf16 autocast is emulated and usually slower than fp32; off Linux the answer is False.
     """
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return False
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return any(flag in line.split() for flag in BF16_CPU_FLAGS)
-    return False
+    return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
 
 
 def cpu_autocast_dtype(device: torch.device, cpu_bf16: bool | str) -> torch.dtype | None:

@@ -113,21 +113,18 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
     import ignite
     import monai
 
+    from pipeline.engines import BF16_CPU_FLAGS, cpu_flags
+
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
-    flags: set[str] = set()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    if cpuinfo.is_file() and cpu in ("", platform.machine()):
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     machine: dict[str, Any] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu_bf16_instructions": sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile")),
+        "cpu_bf16_instructions": sorted(cpu_flags() & set(BF16_CPU_FLAGS)),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "platform": platform.platform(),
