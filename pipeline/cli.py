@@ -198,11 +198,6 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
                           "runs, which need --utility and --dataset.")
     if args.overrides:
         check_override_keys(Path(args.bundle_root or default_bundle_root()) / "configs" / "train_noise.json", args.overrides)
-    from pipeline.networks import NETWORK_PRESETS
-
-    for flag, preset in (("--utility-preset", args.utility_preset), ("--noise-preset", args.noise_preset)):
-        if preset not in NETWORK_PRESETS:
-            raise ConfigError(f"{flag} {preset!r} is not a preset; choose one of {', '.join(NETWORK_PRESETS)}.")
     result = run_benchmark(
         spatial_size=args.spatial_size, batch_size=args.batch_size, utility_preset=args.utility_preset,
         noise_preset=args.noise_preset, repeats=args.repeats, warmup=args.warmup, device=args.device,

@@ -75,8 +75,13 @@ def _pin_numerics(device: torch.device) -> dict[str, Any]:
 
 def check_arguments(spatial_size: int, batch_size: int, repeats: int, warmup: int, cases: int, slices: int,
                     utility_checkpoint: str | None, dataset: str | None, dice_epochs: int,
-                    dice_overrides: dict[str, Any]) -> None:
+                    dice_overrides: dict[str, Any], utility_preset: str, noise_preset: str) -> None:
     """Refuse bad settings before any work, naming the option (the run takes minutes)."""
+    from pipeline.networks import NETWORK_PRESETS
+
+    for flag, preset in (("--utility-preset", utility_preset), ("--noise-preset", noise_preset)):
+        if preset not in NETWORK_PRESETS:
+            raise ConfigError(f"{flag} {preset!r} is not a preset; choose one of {', '.join(NETWORK_PRESETS)}.")
     for name, value, minimum in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0),
                                  ("--cases", cases, 4), ("--slices", slices, 8), ("--dice-epochs", dice_epochs, 1),
                                  ("--spatial-size", spatial_size, 32)):
@@ -160,7 +165,7 @@ def run_benchmark(
 
     dice_overrides = dict(dice_overrides or {})
     check_arguments(spatial_size, batch_size, repeats, warmup, cases, slices, utility_checkpoint, dataset,
-                    dice_epochs, dice_overrides)
+                    dice_epochs, dice_overrides, utility_preset, noise_preset)
     if noise_preset not in noise_presets:
         noise_presets = (*noise_presets, noise_preset)
     run_device = resolve_device(device)

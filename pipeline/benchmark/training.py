@@ -1,8 +1,9 @@
 """Training-step benchmarks: plain PyTorch loops and the bundle's own trainer, in fp32 and on the fast path.
 
-The *fast path* is what the training configs do by default: channels-last networks, and autocast of the
-forward (bf16 on a CPU with bf16 instructions through :class:`pipeline.engines.AutocastInferer`, fp16 AMP
-with a gradient scaler on CUDA through MONAI's ``amp=True``). *fp32* is the same step without either
+The *fast path* is what the training configs do by default: channels-last networks, and autocast (on a
+CPU with bf16 instructions: bf16 for the utility's forward in utility training, through
+:class:`pipeline.engines.AutocastInferer`, and for the frozen utility alone in noise training, through
+``UNoiseModel(utility_dtype=...)``; on CUDA: fp16 AMP with a gradient scaler, MONAI's ``amp=True``). *fp32* is the same step without either
 (TF32 is switched off by :func:`pipeline.benchmark.run_benchmark`, so fp32 means fp32 on a GPU too).
 
 The plain loops hold one batch of real slices in memory and call the networks, the U-Noise loss and the
@@ -24,7 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.benchmark.measure import count_flops, median, peak_memory, synchronize, time_runs
-from pipeline.engines import build_loss, cpu_has_bf16, memory_format
+from pipeline.engines import build_loss, cpu_autocast_dtype, memory_format
 from pipeline.networks import build_unet
 from pipeline.noise import UNoiseLoss, UNoiseModel
 
@@ -53,7 +54,7 @@ def build_workflow(bundle_root: Path, config: str, overrides: dict[str, Any]) ->
 def uses_autocast(device: torch.device, fast: bool) -> bool:
     """Whether the fast path autocasts here: always with CUDA, on the CPU only with bf16 instructions
     (the configs' ``cpu_bf16: auto``)."""
-    return fast and (device.type == "cuda" or cpu_has_bf16())
+    return fast and (device.type == "cuda" or cpu_autocast_dtype(device, "auto") is not None)
 
 
 def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -83,7 +84,7 @@ def build_noise_step(
     fmt = memory_format(fast)
     device = image.device
     # as train_noise.json: on the CPU only the frozen utility runs in bf16; on CUDA, AMP covers the step
-    utility_dtype = torch.bfloat16 if device.type == "cpu" and uses_autocast(device, fast) else None
+    utility_dtype = cpu_autocast_dtype(device, "auto" if fast else False)
     model = UNoiseModel(noise_net.to(memory_format=fmt), utility.to(memory_format=fmt),
                         settings["min_scale"], settings["max_scale"], utility_dtype=utility_dtype).train()
     loss_function = UNoiseLoss(settings["noise_weight"])
@@ -208,11 +209,12 @@ def run_pipeline(
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     noise_net = workflow.parser.get_parsed_content("noise_net")
+    inferer = workflow.parser.get_parsed_content("inferer")
+    utility_dtype = workflow.parser.get_parsed_content("utility_dtype")
     effective = {
-        "inferer": type(workflow.parser.get_parsed_content("inferer")).__name__,
-        "utility_dtype": str(workflow.parser.get_parsed_content("utility_dtype")),
-        "autocast": isinstance(workflow.parser.get_parsed_content("inferer"), AutocastInferer) or bool(trainer.amp)
-        or workflow.parser.get_parsed_content("utility_dtype") is not None,
+        "inferer": type(inferer).__name__,
+        "utility_dtype": str(utility_dtype),
+        "autocast": isinstance(inferer, AutocastInferer) or bool(trainer.amp) or utility_dtype is not None,
         "channels_last": is_channels_last(noise_net),
         "cuda_amp": bool(trainer.amp), "loader_workers": workers,
         "pin_memory": bool(getattr(workflow.parser.get_parsed_content("train#dataloader"), "pin_memory", False)),
