@@ -443,7 +443,8 @@ class RegionShare(Metric):
     """How much of the importance lies in the pancreas plus a ring, relative to that region's area.
 
     Pools over validated slices: share = importance inside / total importance; chance = region pixels /
-    all pixels; ``compute()`` returns share / chance (1 = no better than a uniform map). ``share`` and
+    all pixels; ``compute()`` returns share / chance (1 = no better than a uniform map). When the batch
+    carries the slices' ``body`` masks, only body pixels count (air says nothing about a map). ``share`` and
     ``chance`` are kept as attributes. Reads ``tolerance_key`` (importance = 1 - B)
     from the decollated output, ``label`` from it, and the pixel ``spacing`` from ``engine.state.batch``.
     Under several processes ``compute()`` pools the slices of every rank.
@@ -467,12 +468,16 @@ class RegionShare(Metric):
     def iteration_completed(self, engine: Engine) -> None:
         batch = engine.state.batch
         spacings = [item["spacing"] for item in batch] if isinstance(batch, list) else list(batch["spacing"])
-        for item, spacing in zip(engine.state.output, spacings):
+        bodies = ([item.get("body") for item in batch] if isinstance(batch, list) else
+                  list(batch["body"]) if "body" in batch else [None] * len(spacings))
+        for item, spacing, body in zip(engine.state.output, spacings, bodies):
             importance = 1.0 - torch.as_tensor(item[self.tolerance_key])[0]  # (H, W)
             label = torch.as_tensor(item["label"])[0]
-            inside, region, total = compute_region_share(importance, label, torch.as_tensor(spacing).tolist(), self.ring_mm)
+            within = None if body is None else torch.as_tensor(body)[0]
+            inside, region, total, pixels = compute_region_share(importance, label, torch.as_tensor(spacing).tolist(),
+                                                                 self.ring_mm, within)
             self._inside, self._region, self._total = self._inside + inside, self._region + region, self._total + total
-            self._pixels += importance.numel()
+            self._pixels += pixels
 
     def compute(self) -> float:
         pooled = sum_over_ranks({"inside": self._inside, "region": self._region, "total": self._total, "pixels": self._pixels})

@@ -25,25 +25,33 @@ def compute_region(label: np.ndarray | torch.Tensor, spacing_mm: Sequence[float]
 
 
 def compute_region_share(
-    importance: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], ring_mm: float
-) -> tuple[float, float, float]:
-    """Importance mass inside the pancreas + ring, the region's area, and the image's total importance.
+    importance: np.ndarray | torch.Tensor,
+    label: np.ndarray | torch.Tensor,
+    spacing_mm: Sequence[float],
+    ring_mm: float,
+    within: np.ndarray | torch.Tensor | None = None,
+) -> tuple[float, float, float, float]:
+    """Importance mass inside the pancreas + ring, the region's area, the total importance and area.
 
     Args:
         importance: map (H, W), >= 0.
-        label: binary pancreas mask (H, W).
+        label: binary mask of the region's core (H, W): the pancreas, or a planted cue.
         spacing_mm: pixel size (row, column) in mm.
         ring_mm: ring width in mm.
+        within: binary (H, W) mask of the pixels that count (the body); None: the whole slice.
 
     Returns:
-        ``(importance inside the region, pixels in the region, total importance)``; pool these over
-        slices, then share = inside / total and chance = region pixels / all pixels.
+        ``(importance inside the region, pixels in the region, total importance, pixels counted)``, all
+        over the ``within`` pixels; pool these over slices, then share = inside / total and chance =
+        region pixels / pixels counted.
     """
     weights = np.asarray(torch.as_tensor(importance).detach().float().cpu(), dtype=np.float64)
     region = compute_region(label, spacing_mm, ring_mm)
     if weights.shape != region.shape:
         raise ValueError(f"importance {weights.shape} and label {region.shape} must have the same (H, W) shape.")
-    return float(weights[region].sum()), float(region.sum()), float(weights.sum())
+    counted = np.ones_like(region) if within is None else np.asarray(torch.as_tensor(within).detach().cpu()) > 0.5
+    region = region & counted
+    return float(weights[region].sum()), float(region.sum()), float(weights[counted].sum()), float(counted.sum())
 
 
 def compute_dice(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from monai.transforms import Compose, Lambdad
 
 from pipeline.data import (
     SliceDataset,
+    build_slice_dataset,
+    compute_body_mask,
     build_volume_dataset,
     build_volume_transforms,
     load_datalist,
@@ -202,6 +204,36 @@ def test_lps_file_is_reoriented_to_the_same_ras_array(tmp_path: Path) -> None:
     out_ras, out_lps = chain(entries[0]), chain(entries[1])
     assert torch.equal(out_ras["image"].as_tensor(), out_lps["image"].as_tensor())
     assert torch.equal(out_ras["label"].as_tensor(), out_lps["label"].as_tensor())
+
+
+def test_body_mask_fills_holes_and_drops_the_table() -> None:
+    hu = np.full((40, 40), -1000.0)
+    yy, xx = np.mgrid[:40, :40]
+    hu[(yy - 18) ** 2 + (xx - 20) ** 2 < 14**2] = 40.0  # the patient
+    hu[(yy - 18) ** 2 + (xx - 20) ** 2 < 4**2] = -900.0  # bowel gas inside
+    hu[36:39, 5:35] = 200.0  # the table, apart from the patient
+    body = compute_body_mask(hu)
+    assert body[18, 20] and body[18, 30] and not body[37, 20] and not body[1, 1]
+    assert not compute_body_mask(np.full((8, 8), -1000.0)).any()
+
+
+def test_volume_chain_adds_the_body_from_hu_before_the_window(msd_dir: Path) -> None:
+    entry = load_datalist(msd_dir)[0]
+    volume = build_volume_transforms(window="pancreas", spatial_size=16, with_body=True)(entry)
+    body = volume["body"]
+    assert body.shape == (1, 16, 16, SHAPE[2]) and set(torch.unique(body).tolist()) == {0.0, 1.0}
+    assert float(body[0, :1].max()) == 0.0  # the fixture's air rows (x = 0, 1)
+    assert float(body[0, 8].min()) == 1.0  # soft tissue at 40 +- 30 HU: windowed near the floor, but body
+    assert torch.allclose(body.affine, volume["image"].affine)
+
+
+def test_slice_items_carry_the_body_and_extra_keys(msd_dir: Path) -> None:
+    entries = [dict(e, twin=e["image"], cue=e["label"]) for e in load_datalist(msd_dir)[:2]]
+    dataset = build_slice_dataset(entries, spatial_size=None, policy="pancreas", progress=False,
+                                  extra_images=["twin"], extra_masks=["cue"])
+    item = dataset[0]
+    assert item["body"].shape == item["image"].shape and torch.equal(item["twin"], item["image"])
+    assert torch.equal(item["cue"], item["label"])
 
 
 # ---------------------------------------------------------------- slices, split, cache

@@ -29,12 +29,21 @@ def test_zero_ring_is_the_pancreas() -> None:
 
 
 def test_uniform_map_scores_chance() -> None:
-    inside, region, total = compute_region_share(np.ones((21, 21)), _label(), (1.0, 1.0), 3.0)
-    assert inside / total == pytest.approx(region / 21**2)
+    inside, region, total, pixels = compute_region_share(np.ones((21, 21)), _label(), (1.0, 1.0), 3.0)
+    assert pixels == 21**2 and inside / total == pytest.approx(region / 21**2)
+
+
+def test_only_pixels_within_the_body_count() -> None:
+    body = np.zeros((21, 21), bool)
+    body[:, :11] = True  # the pancreas and half the slice
+    importance = np.ones((21, 21))
+    importance[:, 11:] = 100.0  # mass outside the body must not dilute the share
+    inside, region, total, pixels = compute_region_share(importance, _label(), (1.0, 1.0), 0.0, within=body)
+    assert pixels == body.sum() and total == body.sum() and inside == region == float(((_label() > 0) & body).sum())
 
 
 def test_map_on_the_pancreas_has_all_its_mass_inside() -> None:
-    inside, _, total = compute_region_share(_label(), _label(), (1.0, 1.0), 2.0)
+    inside, _, total, _ = compute_region_share(_label(), _label(), (1.0, 1.0), 2.0)
     assert inside == total == 1.0
 
 
@@ -43,15 +52,27 @@ def test_shape_mismatch_is_refused() -> None:
         compute_region_share(np.ones((4, 4)), np.ones((5, 5)), (1.0, 1.0), 1.0)
 
 
-def test_region_share_metric_pools_slices() -> None:
+def _one_pixel_metric(batch_extra: dict) -> RegionShare:
+    """RegionShare after one 4 x 4 slice whose importance all lies on its one pancreas pixel."""
     metric = RegionShare(ring_mm=0.0)
     metric.reset()
     engine = Engine(lambda e, b: None)
     label = torch.zeros(1, 4, 4)
     label[0, 0, 0] = 1
     tolerance = torch.ones(1, 4, 4)
-    tolerance[0, 0, 0] = 0  # all importance on the one pancreas pixel
-    engine.state.batch = {"spacing": [torch.tensor([1.0, 1.0])]}
+    tolerance[0, 0, 0] = 0
+    engine.state.batch = {"spacing": [torch.tensor([1.0, 1.0])], **batch_extra}
     engine.state.output = [{"pred_tolerance": tolerance, "label": label}]
     metric.iteration_completed(engine)
+    return metric
+
+
+def test_region_share_metric_pools_slices() -> None:
+    metric = _one_pixel_metric({})
     assert metric.compute() == pytest.approx(16.0) and metric.share == pytest.approx(1.0)
+
+
+def test_region_share_metric_counts_the_body_when_the_batch_has_it() -> None:
+    body = torch.zeros(1, 1, 4, 4)
+    body[..., :2, :2] = 1  # 4 body pixels
+    assert _one_pixel_metric({"body": body}).compute() == pytest.approx(4.0)

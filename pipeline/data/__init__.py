@@ -16,11 +16,21 @@ from typing import Any
 
 from pipeline.data.datalist import case_name, collect_inputs, is_dicom_series, load_datalist, split_datalist, write_datalist
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
-from pipeline.data.transforms import WINDOW_PRESETS, build_slice_augmentation, build_volume_transforms, resolve_window
+from pipeline.data.transforms import (
+    BODY_HU,
+    WINDOW_PRESETS,
+    BodyMaskd,
+    build_slice_augmentation,
+    build_volume_transforms,
+    compute_body_mask,
+    resolve_window,
+)
 from pipeline.data.validate import DatasetSummary, load_volume, validate_datalist
 
 __all__ = [
+    "BODY_HU",
     "SLICE_POLICIES",
+    "BodyMaskd",
     "WINDOW_PRESETS",
     "DatasetSummary",
     "SliceDataset",
@@ -30,6 +40,7 @@ __all__ = [
     "build_volume_transforms",
     "case_name",
     "collect_inputs",
+    "compute_body_mask",
     "is_dicom_series",
     "load_datalist",
     "load_volume",
@@ -54,13 +65,17 @@ def build_slice_dataset(
     transform: Callable | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    extra_images: Sequence[str] = (),
+    extra_masks: Sequence[str] = (),
 ) -> SliceDataset:
     """Volumes -> transforms -> cache -> 2D slices, in one call (the bundle configs use this).
 
     Args are those of :func:`build_volume_transforms`, :func:`build_volume_dataset` and
-    :class:`SliceDataset`; labels are expected when the first entry has one.
+    :class:`SliceDataset`; labels are expected when the first entry has one. Every slice carries its
+    body mask (``body``), computed from HU before the window.
     """
     with_label = bool(datalist) and bool(datalist[0].get("label"))
-    volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label)
+    volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label, with_body=True,
+                                               extra_images=extra_images, extra_masks=extra_masks)
     volumes = build_volume_dataset(datalist, volume_transform, cache, cache_dir, num_workers, progress)
     return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform)

@@ -93,7 +93,8 @@ def select_slices(label: torch.Tensor | None, n_slices: int, policy: str, other_
 class SliceDataset(torch.utils.data.Dataset):
     """2D axial slices of 3D volumes.
 
-    Each item is ``{"image": (C, X, Y) float32, "label": (1, X, Y) float32 (if labelled), "case": str,
+    Each item is ``{"image": (C, X, Y) float32, "label": (1, X, Y) float32 (if labelled), "body": (1, X, Y)
+    float32 body mask (if the volume chain made one), "case": str,
     "slice": int, "volume": int, "spacing": (2,) float32 in-plane pixel size in mm}``: plain tensors, the
     rest of the 3D geometry stays with the volume.
 
@@ -157,9 +158,9 @@ class SliceDataset(torch.utils.data.Dataset):
         v, z = self.index[i]
         volume = self._volume(v)
         item: dict[str, Any] = {"case": self.cases[v], "slice": z, "volume": v, "spacing": self.spacings[v].clone()}
-        for key in ("image", "label"):
-            if key in volume:
-                data = volume[key]
-                data = data.as_tensor() if isinstance(data, MetaTensor) else torch.as_tensor(data)
+        depth = volume["image"].shape[-1]
+        for key, data in volume.items():  # image, label, body, and any extra image or mask on the grid
+            if isinstance(data, torch.Tensor) and data.ndim == 4 and data.shape[-1] == depth:
+                data = data.as_tensor() if isinstance(data, MetaTensor) else data
                 item[key] = data[..., z].clone()  # (C, X, Y, Z) -> (C, X, Y)
         return self.transform(item) if self.transform is not None else item

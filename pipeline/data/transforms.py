@@ -7,14 +7,20 @@ does not decode files again; random augmentation acts on 2D slices after the cac
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     AsDiscreted,
     Compose,
     EnsureTyped,
     LabelFilterd,
     LoadImaged,
+    MapTransform,
     Orientationd,
     Rand2DElasticd,
     RandAffined,
@@ -32,6 +38,61 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "spleen": (-57.0, 164.0),
     "abdomen": (-160.0, 240.0),
 }
+
+
+BODY_HU = -500.0  # above: tissue; below: air, the table's foam, the lungs (filled back in as holes)
+
+
+def compute_body_mask(hu_slice: np.ndarray, threshold_hu: float = BODY_HU) -> np.ndarray:
+    """The patient's body on one axial slice: HU above ``threshold_hu``, largest component, holes filled.
+
+    Args:
+        hu_slice: CT in HU, shape (X, Y).
+        threshold_hu: tissue threshold; -500 HU separates tissue from air and lung.
+
+    Returns:
+        bool (X, Y): the largest connected component above the threshold (drops the table and
+        clothing), with enclosed air (bowel gas, lungs) filled in. All False on a slice without tissue.
+    """
+    from scipy import ndimage
+
+    tissue = np.asarray(hu_slice) > threshold_hu
+    components, count = ndimage.label(tissue)
+    if count == 0:
+        return tissue
+    sizes = np.bincount(components.ravel())[1:]  # (count,)
+    return ndimage.binary_fill_holes(components == int(np.argmax(sizes)) + 1)
+
+
+class BodyMaskd(MapTransform):
+    """Add the body mask of a CT volume in HU, slice by slice (:func:`compute_body_mask`).
+
+    Must run before the HU window (which clips everything below the window to its floor). The mask is a
+    float32 (1, X, Y, Z) MetaTensor in {0, 1} with the image's affine, stored under ``body_key``.
+
+    Args:
+        keys: the image key (one).
+        body_key: where the mask goes.
+        threshold_hu: tissue threshold in HU.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", body_key: str = "body", threshold_hu: float = BODY_HU) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"BodyMaskd takes the one image key, got {self.keys}.")
+        self.body_key, self.threshold_hu = body_key, float(threshold_hu)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.keys[0]]  # (C, X, Y, Z) HU
+        hu = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)[0]
+        body = np.stack([compute_body_mask(hu[..., z], self.threshold_hu) for z in range(hu.shape[-1])], axis=-1)
+        mask = torch.as_tensor(body[None].astype(np.float32))  # (1, X, Y, Z)
+        if isinstance(image, MetaTensor):
+            meta = {k: v for k, v in image.meta.items() if k != "affine"}
+            mask = MetaTensor(mask, affine=image.affine.clone(), meta=meta)
+        d[self.body_key] = mask
+        return d
 
 
 def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
@@ -55,38 +116,56 @@ def build_volume_transforms(
     spatial_size: int | None = None,
     pancreas_labels: Sequence[int] = (1, 2),
     with_label: bool = True,
+    with_body: bool = False,
+    extra_images: Sequence[str] = (),
+    extra_masks: Sequence[str] = (),
 ) -> Compose:
-    """Deterministic chain: load -> channel first -> RAS -> window to [0, 1] -> binary label -> in-plane size.
+    """Deterministic chain: load -> channel first -> RAS -> body mask -> window to [0, 1] -> binary label -> size.
 
     Args:
         window: HU window preset name or ``[lower, upper]``; HU outside are clipped, then scaled to [0, 1].
         spatial_size: in-plane size S (the volume becomes S x S x Z, Z unchanged); None keeps the size.
         pancreas_labels: label values merged into the pancreas class (MSD: 1 pancreas, 2 tumour).
         with_label: the data dicts carry a ``label`` key.
+        with_body: add ``body``, the body mask from HU (:class:`BodyMaskd`), float32 (1, S, S, Z) in {0, 1}.
+        extra_images: more CT keys on the image's grid, windowed like it (e.g. ``image_nocue``, the
+            shortcut benchmark's twin without the cue).
+        extra_masks: more mask keys on the image's grid, binarised (> 0) like a label (e.g. ``shortcut``,
+            the cue's mask).
 
     Returns:
         A Compose mapping ``{"image": path, "label": path, ...}`` to ``image`` float32 (1, S, S, Z) in
-        [0, 1] and ``label`` float32 (1, S, S, Z) in {0, 1}, both MetaTensors with a RAS affine.
+        [0, 1], ``label`` float32 (1, S, S, Z) in {0, 1} (and ``body`` likewise), MetaTensors with a
+        RAS affine.
     """
     lower, upper = resolve_window(window)
     if spatial_size is not None and int(spatial_size) < 8:
         raise ValueError(f"spatial_size is the in-plane size in pixels (>= 8) or null, got {spatial_size}.")
     if not pancreas_labels:
         raise ValueError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
-    keys = ["image", "label"] if with_label else ["image"]
+    images = ["image", *extra_images]
+    masks = (["label"] if with_label else []) + list(extra_masks)
     chain = [
-        LoadImaged(keys, image_only=True, ensure_channel_first=True),
-        Orientationd(keys, axcodes="RAS"),
-        ScaleIntensityRanged("image", a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True),
+        LoadImaged([*images, *masks], image_only=True, ensure_channel_first=True),
+        Orientationd([*images, *masks], axcodes="RAS"),
+    ]
+    if with_body:
+        chain.append(BodyMaskd("image", "body"))
+        masks.append("body")
+    chain += [
+        ScaleIntensityRanged(images, a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True),
     ]
     if with_label:
         chain += [
             LabelFilterd("label", applied_labels=[int(v) for v in pancreas_labels]),
             AsDiscreted("label", threshold=0.5),
         ]
+    if extra_masks:
+        chain.append(AsDiscreted(list(extra_masks), threshold=0.5))
+    keys = [*images, *masks]
     if spatial_size is not None:
         size = (int(spatial_size), int(spatial_size), -1)
-        chain.append(Resized(keys, spatial_size=size, mode=("area", "nearest")[: len(keys)]))
+        chain.append(Resized(keys, spatial_size=size, mode=[*["area"] * len(images), *["nearest"] * len(masks)]))
     chain.append(EnsureTyped(keys, dtype="float32", track_meta=True))
     return Compose(chain)
 
