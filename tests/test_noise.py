@@ -12,8 +12,11 @@ from pipeline.noise import (
     UNoiseModel,
     apply_noise_scale,
     apply_perturbation,
+    compute_total_variation,
     importance_from_tolerance,
+    resolve_baseline,
 )
+from pipeline.infill import apply_blur
 
 
 @pytest.fixture
@@ -64,6 +67,12 @@ def test_bad_arguments() -> None:
         apply_perturbation(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8), 0, 1)
     with pytest.raises(ValueError, match="noise_weight"):
         UNoiseLoss(noise_weight=-1)
+    with pytest.raises(ValueError, match="target must be one of"):
+        UNoiseLoss(target="segmentation")
+    with pytest.raises(ValueError, match="area must be one of"):
+        UNoiseLoss(area="l2")
+    with pytest.raises(ValueError, match="baseline must be a number or 'blur'"):
+        resolve_baseline(torch.zeros(1, 1, 4, 4), "median")
 
 
 def test_importance_is_one_minus_tolerance() -> None:
@@ -71,12 +80,76 @@ def test_importance_is_one_minus_tolerance() -> None:
     assert torch.equal(importance_from_tolerance(tolerance), torch.tensor([1.0, 0.75, 0.0]))
 
 
+def _outputs(seg: torch.Tensor, tolerance: float, clean: torch.Tensor, deleted: torch.Tensor | None = None) -> torch.Tensor:
+    """A (B, 5, H, W) UNoiseModel output by hand."""
+    shape = seg.shape
+    return torch.cat([seg, torch.full(shape, tolerance), torch.zeros(shape), clean,
+                      clean if deleted is None else deleted], dim=1)
+
+
 def test_loss_is_utility_loss_minus_weighted_log_tolerance() -> None:
-    outputs = torch.cat([torch.randn(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5), torch.zeros(2, 1, 4, 4)], dim=1)
+    seg = torch.randn(2, 1, 4, 4)
     target = (torch.rand(2, 1, 4, 4) > 0.5).float()
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(outputs[:, :1], target)
-    loss = UNoiseLoss(noise_weight=0.1)(outputs, target)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(seg, target)
+    loss = UNoiseLoss(noise_weight=0.1)(_outputs(seg, 0.5, torch.zeros_like(seg)), target)
     assert torch.allclose(loss, bce - 0.1 * torch.log(torch.tensor(0.5)))
+
+
+def test_l1_area_term_is_the_weighted_mean_importance() -> None:
+    seg = torch.randn(2, 1, 4, 4)
+    target = torch.zeros(2, 1, 4, 4)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(seg, target)
+    loss = UNoiseLoss(noise_weight=0.2, area="l1")(_outputs(seg, 0.75, torch.zeros_like(seg)), target)
+    assert torch.allclose(loss, bce + 0.2 * 0.25)
+
+
+def test_prediction_target_ignores_the_label() -> None:
+    seg = torch.randn(2, 1, 4, 4)
+    clean = torch.randn(2, 1, 4, 4)
+    loss_function = UNoiseLoss(noise_weight=0.0, target="prediction")
+    label_a, label_b = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(seg, (clean > 0).float())
+    assert torch.allclose(loss_function(_outputs(seg, 0.5, clean), label_a), expected)
+    assert torch.allclose(loss_function(_outputs(seg, 0.5, clean), label_b), expected)
+
+
+def test_deletion_term_is_low_when_hiding_the_important_pixels_destroys_the_segmentation() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    seg = torch.where(target > 0, 10.0, -10.0)
+    loss_function = UNoiseLoss(noise_weight=0.0, deletion_weight=1.0)
+    kept = loss_function(_outputs(seg, 0.5, seg, deleted=seg), target)  # the complement still segments
+    destroyed = loss_function(_outputs(seg, 0.5, seg, deleted=torch.full_like(seg, -10.0)), target)
+    assert float(destroyed) < float(kept) - 0.5
+    assert loss_function.last_terms["deletion_term"] < 0.01
+
+
+def test_total_variation_is_zero_for_a_constant_and_counts_edges() -> None:
+    assert float(compute_total_variation(torch.full((1, 1, 4, 4), 0.3))) == 0.0
+    step = torch.zeros(1, 1, 4, 4)
+    step[..., 2:] = 1.0
+    assert float(compute_total_variation(step)) == pytest.approx(4 / 12)
+
+
+def test_replace_towards_blur_hides_with_the_blurred_slice(image: torch.Tensor) -> None:
+    blurred = resolve_baseline(image, "blur", 2.0)
+    assert torch.allclose(blurred, apply_blur(image, 2.0))
+    full = apply_perturbation(image, torch.ones(2, 1, 16, 16), 0.0, 0.0, "replace", baseline=blurred)
+    none = apply_perturbation(image, torch.zeros(2, 1, 16, 16), 0.0, 0.0, "replace", baseline=blurred)
+    assert torch.allclose(full, blurred) and torch.equal(none, image)
+
+
+def test_model_outputs_five_channels_with_clean_and_deleted_logits(image: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    utility = build_unet("small").eval()
+    model = UNoiseModel(build_unet("small"), utility, 0.0, 0.0, "replace", baseline="blur", deletion=True).eval()
+    with torch.no_grad():
+        outputs = model(image)
+        clean = utility(image)
+        tolerance = outputs[:, 1:2]
+        deleted = utility(tolerance * image + (1 - tolerance) * apply_blur(image))
+    assert outputs.shape == (2, 5, 16, 16)
+    assert torch.allclose(outputs[:, 3:4], clean, atol=1e-5) and torch.allclose(outputs[:, 4:5], deleted, atol=1e-5)
 
 
 def _model(perturbation: str = "additive") -> UNoiseModel:
@@ -96,9 +169,10 @@ def test_gradients_reach_only_the_noise_model(image: torch.Tensor) -> None:
 @pytest.mark.parametrize("perturbation", ["additive", "replace"])
 def test_utility_weights_and_batchnorm_statistics_stay_bitwise_equal(image: torch.Tensor, perturbation: str) -> None:
     model = _model(perturbation)
+    model.deletion = True  # the deletion pass runs the utility a third time
     before = {k: v.clone() for k, v in model.utility.state_dict().items()}
     optimizer = torch.optim.Adam(model.noise_net.parameters(), lr=1e-2)
-    loss_function = UNoiseLoss()
+    loss_function = UNoiseLoss(target="prediction", deletion_weight=1.0, tv_weight=0.1)
     for _ in range(3):  # a few training steps in train mode, as the engine runs them
         model.train()
         optimizer.zero_grad()
@@ -110,10 +184,10 @@ def test_utility_weights_and_batchnorm_statistics_stay_bitwise_equal(image: torc
 
 
 def test_validation_noise_is_repeatable(image: torch.Tensor) -> None:
-    model = UNoiseModel(build_unet("small"), build_unet("small"), 0.0, 0.5, with_clean=True, noise_seed=3).eval()
+    model = UNoiseModel(build_unet("small"), build_unet("small"), 0.0, 0.5, noise_seed=3).eval()
     with torch.no_grad():
         first, second = model(image), model(image)
-    assert first.shape == (2, 4, 16, 16) and torch.equal(first, second)
+    assert first.shape == (2, 5, 16, 16) and torch.equal(first, second)
 
 
 def test_explainer_outputs_importance_and_probability(image: torch.Tensor) -> None:
@@ -139,8 +213,8 @@ def test_utility_autocast_keeps_the_noise_model_in_float32() -> None:
     torch.manual_seed(0)
     noise_net, utility = torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Conv2d(1, 1, 3, padding=1)
     image = torch.rand(2, 1, 8, 8)
-    plain = UNoiseModel(noise_net, utility, 0.0, 0.4, with_clean=True, noise_seed=0)(image)
-    mixed = UNoiseModel(noise_net, utility, 0.0, 0.4, with_clean=True, noise_seed=0, utility_dtype=torch.bfloat16)(image)
+    plain = UNoiseModel(noise_net, utility, 0.0, 0.4, noise_seed=0)(image)
+    mixed = UNoiseModel(noise_net, utility, 0.0, 0.4, noise_seed=0, utility_dtype=torch.bfloat16)(image)
     assert mixed.dtype == torch.float32
     assert torch.equal(mixed[:, 1:3], plain[:, 1:3])  # tolerance and perturbed image: untouched by the autocast
     assert torch.allclose(mixed[:, [0, 3]], plain[:, [0, 3]], atol=0.05)  # utility logits to bf16 rounding

@@ -1,7 +1,7 @@
 """Explanation cost per slice: U-Noise (small/medium/large), Grad-CAM and occlusion on the same utility.
 
 Every method runs in fp32 and channels-last (what ``unoise explain`` uses on the CPU), one slice at a
-time, through the explainers of :mod:`pipeline.baselines`. Occlusion at the paper's settings (15 x 15
+time, through the explainers of :mod:`pipeline.explain`. Occlusion at the paper's settings (15 x 15
 window, stride 2) needs about 15,000 utility forwards per 256 x 256 slice, so it is timed on a coarse
 stride that gives about one full batch of windows, with the same window and batch size, and extrapolated
 per window; the JSON says so.
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pipeline.baselines import GradCAMMap, OcclusionMap, UNoiseMap
+from pipeline.explain import GradCAMMap, OcclusionMap, UNoiseMap
 from pipeline.benchmark.measure import median, peak_memory, time_runs
 from pipeline.networks import build_unet
 

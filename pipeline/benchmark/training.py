@@ -31,15 +31,16 @@ from pipeline.noise import UNoiseLoss, UNoiseModel
 
 logger = logging.getLogger(__name__)
 
-NOISE_KEYS = ("min_scale", "max_scale", "noise_weight", "learning_rate")
+NOISE_KEYS = ("min_scale", "max_scale", "noise_weight", "learning_rate", "deletion_weight", "tv_weight", "blur_sigma")
+NOISE_CHOICES = ("perturbation", "baseline", "target", "area")
 
 
-def noise_settings(bundle_root: Path) -> dict[str, float]:
+def noise_settings(bundle_root: Path) -> dict[str, Any]:
     """The noise-training values of ``configs/train_noise.json``, so the plain loop does the pipeline's work."""
     import json
 
     config = json.loads((bundle_root / "configs" / "train_noise.json").read_text())
-    return {key: float(config[key]) for key in NOISE_KEYS}
+    return {**{key: float(config[key]) for key in NOISE_KEYS}, **{key: config[key] for key in NOISE_CHOICES}}
 
 
 def build_workflow(bundle_root: Path, config: str, overrides: dict[str, Any]) -> Any:
@@ -76,7 +77,8 @@ def build_noise_step(
         image: CT slices windowed to [0, 1], shape (B, C, H, W), on the device.
         label: pancreas masks in {0, 1}, shape (B, 1, H, W).
         fast: channels-last and autocast (see the module docstring), else fp32 in the default layout.
-        settings: ``min_scale``, ``max_scale``, ``noise_weight``, ``learning_rate`` (:func:`noise_settings`).
+        settings: the train_noise.json values of :func:`noise_settings` (scales, perturbation and its
+            baseline, target, loss terms, learning rate).
 
     Returns:
         A function that runs one step and returns its loss.
@@ -86,8 +88,11 @@ def build_noise_step(
     # as train_noise.json: on the CPU only the frozen utility runs in bf16; on CUDA, AMP covers the step
     utility_dtype = cpu_autocast_dtype(device, "auto" if fast else False)
     model = UNoiseModel(noise_net.to(memory_format=fmt), utility.to(memory_format=fmt),
-                        settings["min_scale"], settings["max_scale"], utility_dtype=utility_dtype).train()
-    loss_function = UNoiseLoss(settings["noise_weight"])
+                        settings["min_scale"], settings["max_scale"], settings["perturbation"], settings["baseline"],
+                        utility_dtype=utility_dtype, deletion=settings["deletion_weight"] > 0,
+                        blur_sigma=settings["blur_sigma"]).train()
+    loss_function = UNoiseLoss(settings["noise_weight"], target=settings["target"], area=settings["area"],
+                               deletion_weight=settings["deletion_weight"], tv_weight=settings["tv_weight"])
     optimizer = torch.optim.Adam(noise_net.parameters(), lr=settings["learning_rate"])
     return _step(model, loss_function, optimizer, image.contiguous(memory_format=fmt), label,
                  autocast=device.type == "cuda" and uses_autocast(device, fast))

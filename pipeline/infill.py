@@ -1,0 +1,154 @@
+"""What hidden pixels become: the infills shared by noise training (``replace`` perturbation) and evaluation.
+
+Pure torch, batched over slices (B, C, H, W). Every infill fills the pixels of a boolean ``hidden`` mask
+(B, 1, H, W) and leaves the others untouched:
+
+- ``blur``: the slice blurred with a Gaussian of ``blur_sigma`` pixels (the default: a hidden region
+  keeps the slice's low frequencies, not its edges or texture; Fong & Vedaldi 2017);
+- ``floor``: 0, the bottom of the HU window (for the pancreas window, also the value of fat);
+- ``mean``: the mean over the slice's body pixels;
+- ``noise``: Gaussian noise with the mean and standard deviation of the body pixels;
+- ``road``: noisy linear imputation (Rong et al. 2022, ROAD): each hidden pixel is the weighted mean of
+  its 8 neighbours (weights 1/6 side, 1/12 corner), solved jointly for all hidden pixels with conjugate
+  gradients, plus Gaussian noise of ``road_noise`` std. It fills a hole from its rim, so the shape of the
+  hidden set leaks less than with a constant.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+INFILLS = ("blur", "floor", "mean", "noise", "road")
+DEFAULT_BLUR_SIGMA = 4.0  # pixels
+DEFAULT_ROAD_NOISE = 0.01  # std in [0, 1] intensity units
+
+
+def apply_blur(image: torch.Tensor, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur of each channel, replicate padding: (B, C, H, W) -> (B, C, H, W).
+
+    Args:
+        image: slices, any range.
+        sigma: standard deviation in pixels (> 0); the kernel reaches 3 sigma.
+    """
+    if sigma <= 0:
+        raise ValueError(f"blur sigma must be > 0 pixels, got {sigma}.")
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()  # (2r + 1,)
+    channels = image.shape[1]
+    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def _body_stats(image: torch.Tensor, body: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of each slice's body pixels (the whole slice without a body mask): (B, C, 1, 1) each."""
+    weights = torch.ones_like(image[:, :1]) if body is None else body.to(image.dtype)  # (B, 1, H, W)
+    count = weights.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    mean = (image * weights).sum(dim=(-2, -1), keepdim=True) / count
+    var = (((image - mean) ** 2) * weights).sum(dim=(-2, -1), keepdim=True) / count
+    return mean, var.sqrt()
+
+
+_ROAD_KERNEL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
+
+
+def apply_linear_imputation(
+    image: torch.Tensor, hidden: torch.Tensor, iterations: int = 400, tolerance: float = 1e-5
+) -> torch.Tensor:
+    """ROAD's linear imputation without the noise: hidden pixels = weighted mean of their neighbours.
+
+    Solves ``v_i - sum_j K_ij v_j = 0`` for every hidden pixel i (known pixels fixed; outside the slice
+    counts as known 0) with batched conjugate gradients; the system is symmetric positive definite
+    because every hidden region touches a known pixel or the border.
+
+    Args:
+        image: (B, C, H, W).
+        hidden: bool (B, 1, H, W).
+        iterations: CG iterations at most.
+        tolerance: stop when every slice's residual norm is below this times its right-hand side's.
+
+    Returns:
+        (B, C, H, W): ``image`` with the hidden pixels imputed.
+    """
+    batch, channels = image.shape[:2]
+    mask = hidden.to(image.dtype).expand_as(image).reshape(batch * channels, 1, *image.shape[-2:])
+    known = image.reshape(batch * channels, 1, *image.shape[-2:]) * (1 - mask)
+    kernel = _ROAD_KERNEL.to(image.device, image.dtype).view(1, 1, 3, 3)
+
+    def operator(values: torch.Tensor) -> torch.Tensor:  # A v = v - P K P v on the hidden pixels
+        return mask * (values - F.conv2d(values * mask, kernel, padding=1))
+
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).flatten(1).sum(1).view(-1, 1, 1, 1)
+
+    rhs = mask * F.conv2d(known, kernel, padding=1)  # (N, 1, H, W): what the known neighbours contribute
+    weight = apply_blur(1 - mask, 8.0)  # start from known pixels only (normalised convolution)
+    solution = mask * torch.where(weight > 1e-3, apply_blur(known, 8.0) / weight.clamp_min(1e-3), torch.zeros_like(weight))
+    residual = rhs - operator(solution)
+    direction = residual.clone()
+    rs_old = dot(residual, residual)
+    stop = (tolerance**2) * dot(rhs, rhs).clamp_min(1e-12)
+    for _ in range(iterations):
+        if bool((rs_old <= stop).all()):
+            break
+        a_direction = operator(direction)
+        alpha = rs_old / dot(direction, a_direction).clamp_min(1e-20)
+        solution = solution + alpha * direction
+        residual = residual - alpha * a_direction
+        rs_new = dot(residual, residual)
+        direction = residual + (rs_new / rs_old.clamp_min(1e-20)) * direction
+        rs_old = rs_new
+    filled = known + mask * solution
+    return filled.reshape(image.shape)
+
+
+def apply_infill(
+    image: torch.Tensor,
+    hidden: torch.Tensor,
+    infill: str = "blur",
+    body: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    blur_sigma: float = DEFAULT_BLUR_SIGMA,
+    road_noise: float = DEFAULT_ROAD_NOISE,
+    blurred: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Replace the ``hidden`` pixels of ``image`` by an infill; the others keep their values.
+
+    Args:
+        image: slices windowed to [0, 1], (B, C, H, W); not modified.
+        hidden: bool (B, 1, H, W), broadcast over C.
+        infill: one of ``INFILLS`` (see the module docstring).
+        body: (B, 1, H, W) body mask for the ``mean`` / ``noise`` statistics; None: the whole slice.
+        generator: CPU generator for ``noise`` and ``road`` (seeded: repeatable curves).
+        blur_sigma: ``blur`` sigma in pixels.
+        road_noise: std of the noise ROAD adds to imputed pixels.
+        blurred: ``apply_blur(image, blur_sigma)`` if the caller has it (saves the blur per curve point).
+
+    Returns:
+        (B, C, H, W) tensor.
+    """
+    if infill not in INFILLS:
+        raise ValueError(f"infill (hidden-pixel baseline) must be one of {INFILLS}, got {infill!r}.")
+    if hidden.shape[0] != image.shape[0] or hidden.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"hidden mask {tuple(hidden.shape)} does not match image {tuple(image.shape)}.")
+    hidden = hidden.bool()
+    if infill == "blur":
+        values = apply_blur(image, blur_sigma) if blurred is None else blurred
+    elif infill == "floor":
+        values = torch.zeros_like(image)
+    elif infill == "mean":
+        values = _body_stats(image, body)[0].expand_as(image)
+    elif infill == "noise":
+        mean, std = _body_stats(image, body)
+        values = mean + std * torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
+    else:
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
+        values = apply_linear_imputation(image, hidden) + road_noise * noise
+    return torch.where(hidden, values, image)  # (B, C, H, W)
+
+
+__all__ = ["DEFAULT_BLUR_SIGMA", "DEFAULT_ROAD_NOISE", "INFILLS", "apply_blur", "apply_infill",
+           "apply_linear_imputation"]
