@@ -19,6 +19,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
 from pipeline.fileio import save_nifti, write_json_atomic
+from pipeline.phantom_cue import SHORTCUTS, CueSettings, cue_positions, draw_cue, plant_twin_gland
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,16 @@ class PhantomCase:
         label: uint8, same shape: 0 background, ``PANCREAS_LABEL`` pancreas, ``TUMOUR_LABEL`` tumour.
         affine: (4, 4) float64 voxel -> RAS+ world (NIfTI convention), mm.
         case_id: name of the case, e.g. ``"pancreas_003"``.
+        cue: shortcut phantoms only: uint8 mask of the planted cue, same shape (see :mod:`pipeline.phantom_cue`).
+        image_nocue: shortcut phantoms only: the same CT without the cue (the twin), int16 HU.
     """
 
     image: np.ndarray
     label: np.ndarray
     affine: np.ndarray
     case_id: str
+    cue: np.ndarray | None = None
+    image_nocue: np.ndarray | None = None
 
 
 def _check_int(name: str, value: object, minimum: int, hint: str) -> int:
@@ -352,7 +357,7 @@ def _affine(size: int, slices: int, spacing: float, thickness: float, orientatio
 
 
 def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str = "RAS",
-                  tumour: bool | None = None, case_id: str = "phantom") -> PhantomCase:
+                  tumour: bool | None = None, case_id: str = "phantom", shortcut: str | None = None) -> PhantomCase:
     """Generate one synthetic contrast-enhanced abdominal CT with its pancreas/tumour label.
 
     Drawn per case: field of view 340..440 mm, so in-plane spacing is fov / size (0.66..0.86 mm at size 512
@@ -371,6 +376,8 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
         tumour: add a hypodense tumour (label 2) inside the pancreas; None lets the seed decide (about
             half the seeds). The rest of the anatomy does not depend on it.
         case_id: name stored in the returned case.
+        shortcut: ``"marker"`` adds the shortcut benchmark's twin gland and cue (:mod:`pipeline.phantom_cue`)
+            and returns the cue mask and the twin without it; None (default) draws the plain phantom.
 
     Returns:
         PhantomCase with image int16 HU in [-1024, 3071] and label uint8, shape (size, size, slices).
@@ -388,6 +395,9 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
         raise ValueError(f"orientation must be one of {ORIENTATIONS}; received {orientation!r}.")
     if tumour is not None and not isinstance(tumour, (bool, np.bool_)):
         raise ValueError(f"tumour must be True, False or None (the seed decides); received {tumour!r}.")
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
+    cue_settings = CueSettings()
     rng = np.random.default_rng(seed)
     seed_tumour = bool(rng.random() < 0.5)
     tumour = seed_tumour if tumour is None else bool(tumour)
@@ -398,19 +408,30 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
     _draw_spine(canvas, rng, sy)
     _draw_viscera(canvas, rng, sx, sy)
     _draw_pancreas(canvas, rng, sx, sy, tumour)
+    drawn, cue = [canvas.image], None
+    if shortcut is not None:  # its own random stream: the draws below stay those of the plain phantom
+        canvas.label = plant_twin_gland(canvas.image, canvas.label, spacing, np.random.default_rng([seed, 7]))
+        positions = cue_positions(canvas.label, canvas.x, canvas.y, spacing, cue_settings)
+        twin = canvas.image.copy()
+        cue = draw_cue(canvas.image, positions, canvas.x, canvas.y, cue_settings)
+        drawn.append(twin)
     noise_sigma, blur_mm = rng.uniform(10, 20), rng.uniform(0.5, 0.9)
-    image = ndimage.gaussian_filter(canvas.image, (blur_mm / spacing, blur_mm / spacing, 0), truncate=3.0)
-    noise = ndimage.gaussian_filter(rng.standard_normal(image.shape, dtype=np.float32), (0.7, 0.7, 0))
-    image += noise * np.float32(noise_sigma / max(float(noise.std()), 1e-6))
-    image = np.clip(np.rint(image), *HU_RANGE).astype(np.int16)
-    label = canvas.label
+    noise = ndimage.gaussian_filter(rng.standard_normal(canvas.image.shape, dtype=np.float32), (0.7, 0.7, 0))
+    noise *= np.float32(noise_sigma / max(float(noise.std()), 1e-6))
+    images = []
+    for hu in drawn:  # the twin gets the same blur and the same noise
+        image = ndimage.gaussian_filter(hu, (blur_mm / spacing, blur_mm / spacing, 0), truncate=3.0) + noise
+        images.append(np.clip(np.rint(image), *HU_RANGE).astype(np.int16))
+    arrays = [*images, canvas.label] + ([cue] if cue is not None else [])
     if orientation == "LPS":
-        image, label = image[::-1, ::-1].copy(), label[::-1, ::-1].copy()
-    return PhantomCase(image, label, _affine(size, slices, spacing, thickness, orientation), case_id)
+        arrays = [a[::-1, ::-1].copy() for a in arrays]
+    image, label = arrays[0], arrays[len(images)]
+    extra = {"cue": arrays[-1], "image_nocue": arrays[1]} if cue is not None else {}
+    return PhantomCase(image, label, _affine(size, slices, spacing, thickness, orientation), case_id, **extra)
 
 
 def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128, slices: int = 48,
-                          seed: int = 0, test_cases: int = 0) -> Path:
+                          seed: int = 0, test_cases: int = 0, shortcut: str | None = None) -> Path:
     """Write a synthetic pancreas CT set in the MSD Task07 layout; return the path of its dataset.json.
 
     Files: ``imagesTr/pancreas_000.nii.gz`` and ``labelsTr/pancreas_000.nii.gz`` per training case,
@@ -426,6 +447,10 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
         slices: axial slices per volume, >= 8.
         seed: non-negative integer.
         test_cases: number of unlabelled test images, >= 0.
+        shortcut: ``"marker"``: the shortcut benchmark's phantoms (:mod:`pipeline.phantom_cue`). Each
+            case also gets ``shortcutsTr/<case>`` (the cue's mask) and ``imagesTr_nocue/<case>`` (its
+            twin without the cue; ``imagesTs_nocue/`` and ``shortcutsTs/`` for test cases), named in
+            ``dataset.json`` as ``shortcut`` and ``image_nocue``.
 
     Returns:
         Path of ``dataset.json``, loadable with ``monai.data.load_decathlon_datalist``.
@@ -436,30 +461,43 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
     cases = _check_int("cases", cases, 1, "Ask for at least one training case.")
     seed, size, slices = _check_grid(seed, size, slices)
     test_cases = _check_int("test_cases", test_cases, 0, "Use 0 for no test images.")
+    if shortcut is not None and shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
     root = Path(out_dir)
-    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+    folders = ("imagesTr", "labelsTr", "imagesTs") + (("shortcutsTr", "imagesTr_nocue", "shortcutsTs", "imagesTs_nocue")
+                                                      if shortcut else ())
+    for folder in folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
     children = np.random.SeedSequence(seed).spawn(cases + test_cases)
     training, test = [], []
     for index, child in enumerate(children):
         name, split = f"pancreas_{index:03d}.nii.gz", "training" if index < cases else "test"
         case = generate_case(int(child.generate_state(1, np.uint64)[0]), size, slices,
-                             "LPS" if index % 2 else "RAS", case_id=name[:-7])
+                             "LPS" if index % 2 else "RAS", case_id=name[:-7], shortcut=shortcut)
+        part = "Ts" if split == "test" else "Tr"
+        if shortcut:
+            save_nifti(case.cue, case.affine, root / f"shortcuts{part}" / name)
+            save_nifti(case.image_nocue, case.affine, root / f"images{part}_nocue" / name)
+        save_nifti(case.image, case.affine, root / f"images{part}" / name)
         if split == "test":
-            save_nifti(case.image, case.affine, root / "imagesTs" / name)
             test.append(f"./imagesTs/{name}")
         else:
-            save_nifti(case.image, case.affine, root / "imagesTr" / name)
             save_nifti(case.label, case.affine, root / "labelsTr" / name)
-            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+            entry = {"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"}
+            if shortcut:
+                entry.update(shortcut=f"./shortcutsTr/{name}", image_nocue=f"./imagesTr_nocue/{name}")
+            training.append(entry)
         logger.info("phantom %d/%d %s (%s): %d pancreas voxels, %d tumour voxels", index + 1, len(children),
                     name, split, int((case.label > 0).sum()), int((case.label == TUMOUR_LABEL).sum()))
-    dataset = {"name": "Pancreas (synthetic phantom)",
+    dataset = {"name": "Pancreas (synthetic phantom)" + (", shortcut benchmark" if shortcut else ""),
                "description": "Synthetic contrast-enhanced abdominal CT phantoms in the MSD Task07 layout",
                "reference": "Generated by pipeline.phantom; no patient data", "licence": "Apache-2.0",
                "release": f"seed {seed}", "tensorImageSize": "3D", "modality": {"0": "CT"},
                "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
                "numTraining": cases, "numTest": test_cases, "training": training, "test": test}
+    if shortcut:
+        dataset["shortcut"] = {"kind": shortcut, "cue": "shortcutsTr/ (mask)", "twin": "imagesTr_nocue/ (same CT without the cue)",
+                               **{k: v for k, v in vars(CueSettings()).items()}}
     path = root / "dataset.json"
     write_json_atomic(dataset, path)
     return path
