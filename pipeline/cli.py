@@ -169,7 +169,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluation_run import summarise
+    from pipeline.evaluation.run import summarise
 
     overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility, "output_dir": args.output,
                  "noise_checkpoints": list(args.noise), **args.overrides}
@@ -222,8 +222,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     from pipeline.phantom import write_phantom_dataset
 
     path = write_phantom_dataset(args.out, cases=args.cases, size=args.size, slices=args.slices, seed=args.seed,
-                                 test_cases=args.test_cases)
-    print(f"wrote {args.cases} training + {args.test_cases} test phantom cases: {path}")
+                                 test_cases=args.test_cases, shortcut=args.shortcut)
+    kind = f" with the '{args.shortcut}' shortcut (cue masks in shortcutsTr/, twins without it in imagesTr_nocue/)" if args.shortcut else ""
+    print(f"wrote {args.cases} training + {args.test_cases} test phantom cases{kind}: {path}")
     return 0
 
 
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0, help="same seed, same volumes (default 0)")
     phantom.add_argument("--test-cases", "--test_cases", type=int, default=0, dest="test_cases",
                          help="extra unlabelled cases in imagesTs/ (default 0)")
+    phantom.add_argument("--shortcut", choices=["marker"], default=None,
+                         help="the shortcut benchmark: plant a bright cue at a fixed offset from the pancreas, add "
+                              "look-alike decoys, and write the cue masks and twins without the cue")
     phantom.set_defaults(func=_cmd_phantom)
 
     inspect = sub.add_parser("inspect", help="validate a dataset and print its summary")

@@ -1,0 +1,257 @@
+"""``unoise evaluate``: load the models and the evaluation slices, run every protocol, write evaluation.json.
+
+Called by ``configs/evaluate.json``. Every explainer gets the same slices: every pancreas slice of every
+case of the evaluated split (``test`` by default, ``validation`` to choose settings), or the
+``slices_per_case`` slices with the most pancreas per case. Explainers: each U-Noise checkpoint given,
+the baselines named in ``baselines`` (occlusion, Grad-CAM, saliency, SmoothGrad) and the null maps
+(segmentation, prediction_logits, random, oracle).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoints import load_network_from_checkpoint, save_atomic
+from pipeline.data import build_slice_dataset, load_datalist, split_datalist
+from pipeline.engines import resolve_device
+from pipeline.errors import ConfigError
+from pipeline.evaluation.compare import evaluate_explainers
+from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
+from pipeline.explain import (
+    GradCAMMap,
+    OcclusionMap,
+    OracleMap,
+    PredictionLogitsMap,
+    RandomMap,
+    SaliencyMap,
+    SegmentationMap,
+    SmoothGradMap,
+    UNoiseMap,
+)
+from pipeline.fileio import write_json_atomic
+from pipeline.infill import INFILLS
+from pipeline.networks import get_preset
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("occlusion", "gradcam", "saliency", "smoothgrad")
+NULL_MAPS = ("segmentation", "prediction_logits", "random", "oracle")
+SPLITS = ("test", "validation", "training")
+
+
+def unoise_name(meta: dict[str, Any]) -> str:
+    """``unoise_<preset>_<perturbation>[_pretrained]`` from a noise checkpoint's meta."""
+    name = f"unoise_{meta.get('preset', 'unknown')}_{meta.get('perturbation', 'additive')}"
+    return name + ("_pretrained" if meta.get("init_from") else "")
+
+
+def check_settings(slices_per_case: Any, infill: str, extra_infills: Sequence[str], baselines: Sequence[str],
+                   split: str) -> int | None:
+    """Refuse bad evaluation settings before any work; returns the slice limit (None: all slices)."""
+    if slices_per_case in (None, "all"):
+        limit = None
+    elif isinstance(slices_per_case, bool) or not isinstance(slices_per_case, int) or slices_per_case < 1:
+        raise ConfigError(f"slices_per_case must be a positive integer or null (every pancreas slice), got {slices_per_case!r}.")
+    else:
+        limit = slices_per_case
+    for name in (infill, *extra_infills):
+        if name not in INFILLS:
+            raise ConfigError(f"infill {name!r} is not one of {INFILLS}.")
+    unknown = [b for b in baselines if b not in (*BASELINES, *NULL_MAPS)]
+    if unknown:
+        raise ConfigError(f"unknown baselines {unknown}; choose from {[*BASELINES, *NULL_MAPS]}.")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (choose settings on 'validation', report on 'test').")
+    return limit
+
+
+def select_slices(pancreas_pixels: Sequence[float], cases: Sequence[str], limit: int | None) -> list[int]:
+    """Indices of every slice, or of the ``limit`` slices with the most pancreas in each case, in order."""
+    by_case: dict[str, list[tuple[float, int]]] = {}
+    for index, (pixels, case) in enumerate(zip(pancreas_pixels, cases)):
+        by_case.setdefault(case, []).append((float(pixels), index))
+    chosen: list[int] = []
+    for case in sorted(by_case):
+        ranked = sorted(by_case[case], key=lambda item: (-item[0], item[1]))
+        chosen += [index for _, index in (ranked if limit is None else ranked[:limit])]
+    return sorted(chosen)
+
+
+def load_evaluation_slices(entries: Sequence[dict[str, Any]], utility_meta: dict[str, Any], pancreas_labels: Sequence[int],
+                           limit: int | None, device: torch.device, extra_images: Sequence[str] = (),
+                           extra_masks: Sequence[str] = ()) -> dict[str, Any]:
+    """The pancreas slices of ``entries`` as stacked tensors: image, label, body, spacing, cases, and extras."""
+    slices = build_slice_dataset(entries, window=utility_meta.get("window", "pancreas"),
+                                 spatial_size=utility_meta.get("spatial_size"), pancreas_labels=pancreas_labels,
+                                 policy="pancreas", progress=False, extra_images=extra_images, extra_masks=extra_masks)
+    items = [slices[i] for i in range(len(slices))]
+    if not items:
+        raise ConfigError("the evaluated cases hold no slice with pancreas; check the split and pancreas_labels.")
+    chosen = [items[i] for i in select_slices([float(it["label"].sum()) for it in items], [it["case"] for it in items], limit)]
+    data: dict[str, Any] = {key: torch.stack([item[key] for item in chosen]).to(device)
+                            for key in ("image", "label", "body", *extra_images, *extra_masks)}
+    data["spacing"] = torch.stack([item["spacing"] for item in chosen])
+    data["cases"] = [item["case"] for item in chosen]
+    data["slice_index"] = [int(item["slice"]) for item in chosen]
+    return data
+
+
+def build_explainers(utility: torch.nn.Module, noise_models: dict[str, torch.nn.Module], baselines: Sequence[str],
+                     gradcam_layer: str, occlusion_window: int, occlusion_stride: int, ring_mm: float, seed: int,
+                     blur_sigma: float, smoothgrad_samples: int = 25) -> dict[str, Any]:
+    """U-Noise maps first, then the baselines and null maps in the order asked for."""
+    explainers: dict[str, Any] = {name: UNoiseMap(net) for name, net in noise_models.items()}
+    factories = {
+        "occlusion": lambda: OcclusionMap(utility, occlusion_window, occlusion_stride, fill="blur", blur_sigma=blur_sigma),
+        "gradcam": lambda: GradCAMMap(utility, gradcam_layer),
+        "saliency": lambda: SaliencyMap(utility),
+        "smoothgrad": lambda: SmoothGradMap(utility, samples=smoothgrad_samples),
+        "segmentation": lambda: SegmentationMap(utility, ring_mm),
+        "prediction_logits": lambda: PredictionLogitsMap(utility),
+        "random": lambda: RandomMap(seed),
+        "oracle": lambda: OracleMap(ring_mm),
+    }
+    for name in baselines:
+        explainers[name] = factories[name]()
+    return explainers
+
+
+def run_evaluation(
+    dataset_dir: str,
+    utility_checkpoint: str,
+    noise_checkpoints: Sequence[str],
+    output_dir: str,
+    datalist_key: str = "training",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    pancreas_labels: Sequence[int] = (1, 2),
+    split: str = "test",
+    slices_per_case: int | None = None,
+    infill: str = "blur",
+    extra_infills: Sequence[str] = (),
+    blur_sigma: float = 4.0,
+    ring_mm: float = 10.0,
+    baselines: Sequence[str] = (*BASELINES, *NULL_MAPS),
+    gradcam_layer: str | None = None,
+    occlusion_window: int = 15,
+    occlusion_stride: int = 2,
+    smoothgrad_samples: int = 25,
+    sanity: bool = True,
+    sanity_epochs: int | None = None,
+    sanity_slices_per_case: int | None = 2,
+    sanity_occlusion_stride: int | None = None,
+    shortcut: bool = False,
+    cue_ring_mm: float = 5.0,
+    pointing_share: float = 0.01,
+    bootstrap: int = 1000,
+    device: str = "cpu",
+    bundle_root: str | None = None,
+) -> dict:
+    """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
+
+    The split is the one training used (same datalist, fractions and seed). ``sanity_occlusion_stride``
+    (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. Returns the written content.
+    """
+    limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
+    torch.manual_seed(seed)
+    device = resolve_device(device)
+    utility, utility_meta = load_network_from_checkpoint(utility_checkpoint, device)
+    utility.eval()
+    splits = split_datalist(load_datalist(dataset_dir, datalist_key), val_fraction, test_fraction, seed)
+    if not splits[split]:
+        raise ConfigError(f"the {split} split is empty with val_fraction {val_fraction} and test_fraction {test_fraction}; "
+                          "raise the fraction or evaluate another split.")
+    extra_images, extra_masks = (("image_nocue",), ("shortcut",)) if shortcut else ((), ())
+    if shortcut:
+        from pipeline.evaluation.shortcut import check_shortcut_entries
+
+        check_shortcut_entries(splits[split])
+    data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks)
+    layer = gradcam_layer or f"downs.{get_preset(utility_meta['preset']).downsamplings - 1}"
+
+    noise_models: dict[str, torch.nn.Module] = {}
+    noise_metas: dict[str, tuple[str, dict]] = {}
+    for path in noise_checkpoints:
+        noise_net, meta = load_network_from_checkpoint(path, device)
+        name = unoise_name(meta)
+        if name in noise_models:  # same preset/perturbation from another run: keep both
+            name = next(f"{name}_{k}" for k in range(2, 100) if f"{name}_{k}" not in noise_models)
+        noise_models[name], noise_metas[name] = noise_net, (str(path), meta)
+    explainers = build_explainers(utility, noise_models, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
+                                  seed, blur_sigma, smoothgrad_samples)
+    logger.info("evaluating %s on %d slices of %d %s cases", ", ".join(explainers), len(data["cases"]),
+                len(set(data["cases"])), split)
+    result = evaluate_explainers(utility, explainers, data["image"], data["label"], data["body"], data["cases"],
+                                 data["spacing"], DEFAULT_FRACTIONS, infill, extra_infills, ring_mm, seed, bootstrap,
+                                 blur_sigma)
+    maps = result.pop("maps")
+    if "occlusion" in explainers:
+        result["methods"]["occlusion"]["windows_per_map"] = len(explainers["occlusion"].positions(*data["image"].shape[-2:]))
+    for name, (path, meta) in noise_metas.items():
+        result["methods"][name]["checkpoint"] = {"path": path, **{k: meta.get(k) for k in (
+            "preset", "perturbation", "baseline", "target", "area", "min_scale", "max_scale", "noise_weight",
+            "deletion_weight", "tv_weight", "init_from", "epochs")}}
+    result["protocol"] = {
+        "region": "body: HU > -500, largest connected component per slice, holes filled; air is never hidden or counted",
+        "infill": infill, "blur_sigma_px": blur_sigma, "extra_infills": list(extra_infills),
+        "target": "the utility's clean prediction (headline); the label too (methods[name]['label'] metrics)",
+        "fractions": result["fractions"], "split": split, "slices": result["slices"], "cases": len(result["cases"]),
+        "slices_per_case": "all pancreas slices" if limit is None else limit,
+        "intervals": f"percentile bootstrap over cases, {bootstrap} resamples, 95%",
+        "paired": f"{result['reference']} minus each method, per case, bootstrap over cases",
+        "ring_mm": ring_mm,
+    }
+    result["settings"] = {"dataset_dir": str(dataset_dir), "utility_checkpoint": str(utility_checkpoint),
+                          "utility_preset": utility_meta["preset"], "noise_checkpoints": [str(p) for p in noise_checkpoints],
+                          "gradcam_layer": layer, "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
+                          "occlusion_fill": "blur", "smoothgrad_samples": smoothgrad_samples, "seed": seed,
+                          "val_fraction": val_fraction, "test_fraction": test_fraction}
+    out = Path(output_dir)
+    if shortcut:
+        from pipeline.evaluation.shortcut import evaluate_shortcut
+
+        result["shortcut"] = evaluate_shortcut(utility, maps, data, cue_ring_mm, pointing_share, bootstrap, seed)
+    if sanity:
+        from pipeline.evaluation.sanity import run_sanity_check
+
+        result.update(run_sanity_check(
+            utility, utility_meta, noise_metas, maps, data, explainers, out / "sanity", sanity_epochs,
+            sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
+            sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction))
+    write_json_atomic(result, out / "evaluation.json")
+    save_atomic({"image": data["image"].cpu(), "label": data["label"].cpu(), "body": data["body"].cpu(),
+                 "cases": data["cases"], "maps": maps,
+                 **({"shortcut": data["shortcut"].cpu()} if shortcut else {})}, out / "maps.pt")
+    return result
+
+
+def summarise(result: dict) -> str:
+    """Headline figures, one line per method, and the paired differences of the reference."""
+    lines = [f"clean dice {result['clean_dice']:.3f} on {result['slices']} slices of {len(result['cases'])} cases "
+             f"({result['protocol']['split']} split; body-restricted, {result['protocol']['infill']} infill, "
+             "against the clean prediction)"]
+    for name, m in result["methods"].items():
+        lines.append(f"{name:28s} visibility AUC {m['visibility_auc']:.3f}  deletion AUC {m['deletion_auc']:.3f}  "
+                     f"dice@10% {m['dice_at_10']:.3f}  ring {m['ring_over_chance']:.2f}x  {m['ms_per_map']:.1f} ms/map")
+    reference = result.get("reference")
+    for name, paired in result.get("paired", {}).items():
+        vis, dele = paired["visibility_auc"], paired["deletion_auc"]
+        lines.append(f"{reference} - {name:18s} visibility {vis['mean']:+.3f} [{vis['ci95'][0]:+.3f}, {vis['ci95'][1]:+.3f}]  "
+                     f"deletion {dele['mean']:+.3f} [{dele['ci95'][0]:+.3f}, {dele['ci95'][1]:+.3f}]  (n={vis['n']} cases)")
+    if "sanity" in result:
+        lines.append("sanity |Spearman| (all weights random): " + ", ".join(f"{k} {v:.2f}" for k, v in result["sanity"].items()))
+    if "shortcut" in result:
+        cut = result["shortcut"]
+        lines.append(f"shortcut: dice with cue {cut['dice_with_cue']:.3f}, without {cut['dice_without_cue']:.3f}; " + ", ".join(
+            f"{k} cue {v['cue_share_over_chance']:.1f}x / pointing {v['pointing_rate']:.0%}" for k, v in cut["methods"].items()))
+    return "\n".join(lines)
+
+
+__all__ = ["BASELINES", "NULL_MAPS", "build_explainers", "check_settings", "load_evaluation_slices", "run_evaluation",
+           "select_slices", "summarise", "unoise_name"]

@@ -1,0 +1,106 @@
+"""Choose U-Noise training settings on the validation split: train each setting, evaluate all, write a table.
+
+Every setting is a set of ``train_noise.json`` overrides. Each is trained against the same utility on the
+same split (``unoise train-noise``), then all are evaluated together on the *validation* split (never
+the test split) with the default protocol (body-restricted, blur infill, against the clean prediction),
+beside occlusion and the null maps, and the table of every setting tried is written to ``--output``
+(JSON) and printed (markdown). A run folder that already holds a setting's checkpoint is reused.
+
+Example (after ``make demo``)::
+
+    python scripts/noise_settings.py --dataset data/phantom --utility runs/demo-*/utility/checkpoints/last.pt \\
+        --work-dir runs/noise-settings --output noise_settings.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import run_bundle
+from pipeline.evaluation.run import run_evaluation
+from pipeline.fileio import write_json_atomic
+
+HIDE = {"perturbation": "replace", "baseline": "blur", "target": "prediction", "max_scale": 0.0}
+# The grid behind the bundle's defaults (README, "Choosing the noise settings"): the paper's additive
+# noise, then hiding towards the blurred slice with the utility's own prediction as the target, over the
+# strength and form of the area term, added noise, and the deletion term.
+DEFAULT_GRID: list[dict[str, Any]] = [
+    {"name": "paper_additive", "overrides": {"perturbation": "additive", "baseline": 0.0, "target": "label",
+                                             "max_scale": 0.4, "noise_weight": 0.01}},
+    {"name": "hide_log_0.01", "overrides": {**HIDE, "noise_weight": 0.01}},
+    {"name": "hide_log_0.03", "overrides": {**HIDE, "noise_weight": 0.03}},
+    {"name": "hide_log_0.06", "overrides": {**HIDE, "noise_weight": 0.06}},
+    {"name": "hide_log_0.1", "overrides": {**HIDE, "noise_weight": 0.1}},
+    {"name": "hide_l1_0.03", "overrides": {**HIDE, "area": "l1", "noise_weight": 0.03}},
+    {"name": "hide_noise0.1_log_0.06", "overrides": {**HIDE, "max_scale": 0.1, "noise_weight": 0.06}},
+    {"name": "hide_log_0.01_deletion", "overrides": {**HIDE, "noise_weight": 0.01, "deletion_weight": 1.0}},
+    {"name": "hide_log_0.06_label", "overrides": {**HIDE, "target": "label", "noise_weight": 0.06}},
+]
+COLUMNS = ("visibility_auc", "deletion_auc", "dice_at_10", "ring_over_chance")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="the utility's dataset")
+    parser.add_argument("--utility", required=True, help="utility checkpoint")
+    parser.add_argument("--work-dir", type=Path, required=True, help="run folders of the settings and the evaluation")
+    parser.add_argument("--output", type=Path, default=Path("noise_settings.json"))
+    parser.add_argument("--grid", type=Path, default=None, help="JSON list of {name, overrides} (default: the built-in grid)")
+    parser.add_argument("--epochs", type=int, default=9, help="noise-training epochs per setting (default 9, the demo's)")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slices-per-case", type=int, default=5, help="validation slices per case (most pancreas)")
+    parser.add_argument("--occlusion-stride", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    grid = json.loads(args.grid.read_text()) if args.grid else DEFAULT_GRID
+    split = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.seed}
+    checkpoints = {}
+    for setting in grid:
+        run_dir = args.work_dir / setting["name"]
+        checkpoint = run_dir / "checkpoints" / "best.pt"
+        if not checkpoint.is_file():
+            run_bundle("train_noise", {**split, "dataset_dir": args.dataset, "utility_checkpoint": args.utility,
+                                       "output_dir": str(run_dir), "epochs": args.epochs, "device": args.device,
+                                       **setting["overrides"]})
+        checkpoints[setting["name"]] = str(checkpoint)
+    evaluation_dir = args.work_dir / "evaluation"
+    result = run_evaluation(args.dataset, args.utility, list(checkpoints.values()), str(evaluation_dir), split="validation",
+                            slices_per_case=args.slices_per_case, occlusion_stride=args.occlusion_stride,
+                            baselines=("occlusion", "segmentation", "random"), sanity=False, device=args.device, **split)
+    by_path = {m["checkpoint"]["path"]: name for name, m in result["methods"].items() if "checkpoint" in m}
+    rows = []
+    for setting in grid:
+        method = result["methods"][by_path[checkpoints[setting["name"]]]]
+        rows.append({"name": setting["name"], "overrides": setting["overrides"], **{k: method[k] for k in COLUMNS},
+                     "visibility_auc_ci95": method["visibility_auc_ci95"], "deletion_auc_ci95": method["deletion_auc_ci95"]})
+    baselines = {name: {k: result["methods"][name][k] for k in COLUMNS} for name in ("occlusion", "segmentation", "random")}
+    record = {"split": "validation", "cases": result["cases"], "slices": result["slices"], "epochs": args.epochs,
+              "utility": args.utility, "protocol": result["protocol"], "settings": rows, "baselines": baselines}
+    write_json_atomic(record, args.output)
+    print(f"validation split: {result['slices']} slices of {len(result['cases'])} cases; {args.epochs} epochs per setting")
+    print("| setting | overrides | visibility AUC | deletion AUC | dice at 10% | pancreas + ring over chance |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        overrides = " ".join(f"--{k} {v}" for k, v in row["overrides"].items())
+        print(f"| {row['name']} | `{overrides}` | " + " | ".join(f"{row[k]:.3f}" for k in COLUMNS[:3])
+              + f" | {row['ring_over_chance']:.2f}x |")
+    for name, values in baselines.items():
+        print(f"| {name} (baseline) | | " + " | ".join(f"{values[k]:.3f}" for k in COLUMNS[:3])
+              + f" | {values['ring_over_chance']:.2f}x |")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
