@@ -22,7 +22,7 @@ DEMO_NOISE ?= --noise_preset large --epochs 9 --batch_size 8 --learning_rate 0.0
 # The 3 slices with most pancreas per test case (default: every pancreas slice); occlusion at stride 4 (the
 # paper: 2 at twice the resolution), and the sanity check's retraining on a third of the 9 epochs.
 DEMO_EVALUATE ?= --slices_per_case 3 --occlusion_stride 4 --sanity_slices_per_case 1 --sanity_occlusion_stride 8
-# The shortcut benchmark (make shortcut-demo): its own phantoms, utility, noise model and evaluation.
+# The shortcut benchmark (make shortcut-demo): its own phantoms, utility, noise model and evaluation (about 13 minutes).
 SHORTCUT_DATA ?= data/phantom_shortcut
 SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train_slices all
 # The demo hands on the utility of its last epoch (the end of the cosine schedule): with 4 validation
@@ -68,7 +68,7 @@ demo: $(STAMP)
 	@echo "  training curves: tensorboard --logdir $(DEMO_RUN)"
 
 # The shortcut benchmark: a utility trained where a planted cue is the only way to tell the labelled gland from
-# its twin; does U-Noise show the cue? (About 10 minutes on 2 CPU cores.)
+# its twin; does U-Noise show the cue? (About 13 minutes on 2 CPU cores.)
 SHORTCUT_RUN := $(DEMO_RUN:runs/demo-%=runs/shortcut-%)
 shortcut-demo: $(STAMP)
 	@echo "== 1/4 shortcut phantoms (cue, twin gland, twins without the cue) -> $(SHORTCUT_DATA)"
@@ -84,7 +84,7 @@ shortcut-demo: $(STAMP)
 		--shortcut true --sanity false --slices_per_case 3 --occlusion_stride 4 --baselines "['occlusion', 'gradcam', 'saliency', 'segmentation', 'random']"
 	@echo "shortcut demo finished: $(SHORTCUT_RUN)/evaluation/report/report.html"
 
-# Benchmarks (not tests; about 12 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
+# Benchmarks (not tests; about 20 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
 # After `make demo`, the latest demo utility is used for the fp32 / fast-path dice check.
 BENCH_OUT ?= benchmark.json
 BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/last.pt)))

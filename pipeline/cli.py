@@ -298,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train_utility, takes_overrides=True)
 
     noise = sub.add_parser("train-noise", help="train the U-Noise model against a frozen utility (configs/train_noise.json)",
-                           epilog="Any other --key value overrides that config key, e.g. --perturbation replace "
-                                  "--noise_preset small --max_scale 0.5 --noise_weight 0.01 --epochs 5.")
+                           epilog="Any other --key value overrides that config key, e.g. --noise_preset small "
+                                  "--noise_weight 0.03 --target label --perturbation additive --max_scale 0.4 --epochs 5.")
     noise.add_argument("--dataset", required=True, help="dataset the utility was trained on (same split by seed)")
     noise.add_argument("--utility", required=True, help="utility checkpoint (RUN_DIR/checkpoints/best.pt)")
     noise.add_argument("--output", required=True, help="run folder (output_dir)")
@@ -318,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
     explain.set_defaults(func=_cmd_explain, takes_overrides=True)
 
-    evaluate = sub.add_parser("evaluate", help="compare U-Noise with Grad-CAM, occlusion, random and oracle maps "
-                              "(configs/evaluate.json); writes evaluation.json and report/")
+    evaluate = sub.add_parser("evaluate", help="judge U-Noise against occlusion, gradient methods and null maps "
+                              "(configs/evaluate.json); writes evaluation.json and report/",
+                              epilog="Any other --key value overrides that config key, e.g. --split validation "
+                                     "--slices_per_case 3 --infill road --extra_infills \"['floor']\" --shortcut true "
+                                     "--sanity false.")
     evaluate.add_argument("--dataset", required=True, help="dataset the models were trained on (same split by seed)")
     evaluate.add_argument("--utility", required=True, help="utility checkpoint")
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")

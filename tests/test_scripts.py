@@ -20,3 +20,29 @@ def test_bench_data_writes_json(tmp_path: Path) -> None:
     for key in ("phantom_cases_per_s", "load_window_volumes_per_s", "cached_slices_per_s_memory", "cached_slices_per_s_disk"):
         assert figures[key] > 0, key
     assert figures["machine"]["cpu_count"] >= 1
+
+
+def test_noise_settings_trains_evaluates_and_tabulates_every_setting(tmp_path: Path) -> None:
+    from pipeline.cli import run_bundle
+    from pipeline.phantom import write_phantom_dataset
+
+    data = tmp_path / "phantom"
+    write_phantom_dataset(data, cases=6, size=32, slices=10, seed=3)
+    split = {"val_fraction": 0.34, "test_fraction": 0.17, "seed": 0}
+    run_bundle("train_utility", {**split, "preset": "small", "spatial_size": 32, "batch_size": 4, "epochs": 1,
+                                 "device": "cpu", "dataset_dir": str(data), "output_dir": str(tmp_path / "utility")})
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps([{"name": "a", "overrides": {"noise_preset": "small", "noise_weight": 0.03}},
+                                {"name": "b", "overrides": {"noise_preset": "small", "perturbation": "additive",
+                                                            "baseline": 0.0, "max_scale": 0.4}}]))
+    out = tmp_path / "settings.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "noise_settings.py"), "--dataset", str(data), "--utility",
+                             str(tmp_path / "utility" / "checkpoints" / "best.pt"), "--work-dir", str(tmp_path / "work"),
+                             "--output", str(out), "--grid", str(grid), "--epochs", "1", "--val-fraction", "0.34",
+                             "--test-fraction", "0.17", "--slices-per-case", "2", "--device", "cpu"],
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["split"] == "validation" and [row["name"] for row in record["settings"]] == ["a", "b"]
+    assert set(record["baselines"]) == {"occlusion", "segmentation", "random"}
+    assert "| a |" in result.stdout and "| occlusion (baseline) |" in result.stdout

@@ -184,13 +184,18 @@ def evaluate_explainers(
                     time.perf_counter() - started)
     reference = reference or next((n for n in explainers if n.startswith("unoise")), None)
     result["reference"] = reference
-    result["paired"] = paired_against(result["methods"], reference, case_names, bootstrap, seed) if reference else {}
+    metrics = PAIRED_METRICS + tuple(f"{extra}_{key}" for extra in extra_infills for key in ("visibility_auc", "deletion_auc"))
+    result["paired"] = paired_against(result["methods"], reference, case_names, bootstrap, seed, metrics) if reference else {}
     return result
 
 
 def paired_against(methods: dict, reference: str, case_names: Sequence[str], bootstrap: int = 1000,
-                   seed: int = 0) -> dict[str, dict[str, dict]]:
-    """``{method: {metric: {"mean", "ci95", "n"}}}``: the reference minus each other method, paired by case."""
+                   seed: int = 0, metrics: Sequence[str] = PAIRED_METRICS) -> dict[str, dict[str, dict]]:
+    """``{method: {metric: {"mean", "ci95", "n"}}}``: the reference minus each other method, paired by case.
+
+    ``metrics`` are per-case keys: the headline ones, and ``<infill>_visibility_auc`` / ``_deletion_auc``
+    for every extra infill.
+    """
     base = methods[reference]["per_case"]
     paired: dict[str, dict[str, dict]] = {}
     for name, method in methods.items():
@@ -198,7 +203,7 @@ def paired_against(methods: dict, reference: str, case_names: Sequence[str], boo
             continue
         paired[name] = {metric: paired_difference([base[c][metric] for c in case_names],
                                                   [method["per_case"][c][metric] for c in case_names], bootstrap, seed=seed)
-                        for metric in PAIRED_METRICS}
+                        for metric in metrics}
     return paired
 
 

@@ -44,8 +44,9 @@ def compute_criteria(result: dict) -> list[dict[str, Any]]:
             if verdict is None:
                 continue
             low, high = verdict["ci95"]
-            strength = "better, and the 95% interval excludes no difference" if verdict["beats"] else (
-                "at least as good on average, but the interval includes no difference" if verdict["passed"] else "worse")
+            strength = "better, with a 95% interval that excludes zero: a win" if verdict["beats"] else (
+                "at least as good on average, but the 95% interval includes zero: level, not a win" if verdict["passed"]
+                else "worse on average")
             criteria.append({
                 "criterion": f"{metric.replace('_', ' ')}: {reference} vs {other}",
                 "measured": f"{reference} {ref[metric]:.3f}, {other} {methods[other][metric]:.3f}; "

@@ -156,7 +156,14 @@ def write_report(run_dir: str | Path) -> Path:
     if extra:
         rows = [[name] + [f"{m['infills'][i]['visibility_auc']:.3f} / {m['infills'][i]['deletion_auc']:.3f}" for i in extra]
                 for name, m in methods.items()]
-        sections += ["<h3>Other infills (visibility / deletion AUC, against the clean prediction)</h3>",
+        paired = result.get("paired", {})
+        rows += [[f"{result['reference']} - {name}"] + [
+            " / ".join(f"{p[f'{i}_{k}']['mean']:+.3f} [{p[f'{i}_{k}']['ci95'][0]:+.3f}, {p[f'{i}_{k}']['ci95'][1]:+.3f}]"
+                       for k in ("visibility_auc", "deletion_auc")) for i in extra] for name, p in paired.items()]
+        sections += ["<h3>Other infills (visibility / deletion AUC against the clean prediction; then the paired "
+                     "differences)</h3><p>U-Noise is trained with the blur infill; these show how far its ranking "
+                     "carries to hiding pixels another way. Where the random map scores as well as the explainers, "
+                     "that protocol is saturated and says nothing.</p>",
                      _table(["method", *extra], rows)]
     sections += ["<h2>Cost</h2>", _table(["method", "ms per map", "utility forward equivalents"], cost_rows)]
     if "shortcut" in result:
