@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--test-cases", "--test_cases", type=int, default=0, dest="test_cases",
                          help="extra unlabelled cases in imagesTs/ (default 0)")
     phantom.add_argument("--shortcut", choices=["marker"], default=None,
-                         help="the shortcut benchmark: plant a bright cue at a fixed offset from the pancreas, add "
-                              "look-alike decoys, and write the cue masks and twins without the cue")
+                         help="the shortcut benchmark: copy the gland onto other slices (a coin toss labels one), plant "
+                              "a bright cue in front of the labelled one, and write the cue masks and twins without the cue")
     phantom.set_defaults(func=_cmd_phantom)
 
     inspect = sub.add_parser("inspect", help="validate a dataset and print its summary")

@@ -74,17 +74,13 @@ def plant_twin_gland(image: np.ndarray, label: np.ndarray, spacing: float, rng: 
     choices = [step for step, count in fits.items() if count == best]
     step = int(choices[int(rng.integers(len(choices)))])
     source = _in_plane_distance(gland, spacing) <= 6.0  # (X, Y, Z): gland, fat rim, the vein behind it
-    copied = np.zeros(label.shape, bool)
+    swapped = np.zeros_like(label)  # the label if the copy is the labelled one
     for z in band:
         if 0 <= z + step < depth:
             image[..., z + step][source[..., z]] = image[..., z][source[..., z]]
-            copied[..., z + step] = gland[..., z]
+            swapped[..., z + step] = label[..., z]
     if best == 0 or rng.random() < 0.5:
         return label.copy()
-    swapped = np.zeros_like(label)
-    for z in band:
-        if 0 <= z + step < depth:
-            swapped[..., z + step] = label[..., z]
     return swapped
 
 

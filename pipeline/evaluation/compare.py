@@ -172,7 +172,9 @@ def evaluate_explainers(
             values = [per_case[c][metric] for c in case_names]
             entry[metric] = float(nanmean(values))
             entry[f"{metric}_ci95"] = list(bootstrap_ci(values, bootstrap, seed=seed))
-        entry.update(compute_localisation(maps, label_cpu, body_cpu, spacing, ring_mm))  # pooled over all slices
+        # the headline localisation pools all slices; ring_over_chance_ci95 is the interval of the per-case mean
+        entry["ring_over_chance_case_mean"] = entry["ring_over_chance"]
+        entry.update(compute_localisation(maps, label_cpu, body_cpu, spacing, ring_mm))
         entry["infills"] = {extra: {key: entry[f"{extra}_{key}"] for key in ("visibility_auc", "deletion_auc",
                                                                           "visibility_auc_label", "deletion_auc_label")}
                             for extra in extra_infills}

@@ -96,6 +96,7 @@ def evaluate_shortcut(utility: torch.nn.Module, maps: dict[str, torch.Tensor], d
     cases = [c for c, keep in zip(data["cases"], rows.tolist()) if keep]
     case_names = sorted(set(cases))
     label, body, spacing = data["label"].detach().cpu()[rows], data["body"].detach().cpu()[rows], data["spacing"][rows]
+    cue = cue[rows]  # (N, 1, H, W): the slices with the cue
     with_cue = pooled_dice(predict(utility, data["image"][rows]).cpu(), label, cases)
     without_cue = pooled_dice(predict(utility, data["image_nocue"][rows]).cpu(), label, cases)
     drops = [with_cue[c] - without_cue[c] for c in case_names]
@@ -107,7 +108,7 @@ def evaluate_shortcut(utility: torch.nn.Module, maps: dict[str, torch.Tensor], d
         "slices": int(rows.sum()), "cases": len(case_names), "cue_ring_mm": cue_ring_mm, "pointing_share": pointing_share,
         "methods": {},
     }
-    region = torch.stack([torch.as_tensor(compute_region(cue[rows][i, 0], spacing[i].tolist(), cue_ring_mm))
+    region = torch.stack([torch.as_tensor(compute_region(cue[i, 0], spacing[i].tolist(), cue_ring_mm))
                           for i in range(int(rows.sum()))])[:, None]  # (N, 1, H, W) cue + ring
     case_index = np.asarray([case_names.index(c) for c in cases])
     for name, method_maps in maps.items():
@@ -119,7 +120,7 @@ def evaluate_shortcut(utility: torch.nn.Module, maps: dict[str, torch.Tensor], d
             for c, case in enumerate(case_names):
                 totals = np.zeros(4)
                 for i in np.flatnonzero(case_index == c):
-                    totals += compute_region_share(chosen[i, 0], cue[rows][i, 0], spacing[i].tolist(), ring, body[i, 0])
+                    totals += compute_region_share(chosen[i, 0], cue[i, 0], spacing[i].tolist(), ring, body[i, 0])
                 sums += totals
                 entry["per_case"].setdefault(case, {"pointing_rate": float(hits[case_index == c].mean())})
                 entry["per_case"][case][f"{key}_share_over_chance"] = _over_chance(totals)
