@@ -8,7 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
+
+from pipeline import phantom_dicom
 
 SHAPE = (20, 24, 10)  # X, Y, Z: non-cubic on purpose
 SPACING = (0.8, 0.9, 3.0)
@@ -55,29 +56,7 @@ def msd_dir(tmp_path: Path, affine: np.ndarray) -> Path:
     return root
 
 
-def write_dicom_series(folder: Path, array_xyz: np.ndarray, affine: np.ndarray) -> Path:
-    """Write an int16 (X, Y, Z) volume as a DICOM series with SimpleITK; affine is RAS (NIfTI convention)."""
+def write_dicom_series(folder: Path, array_xyz: np.ndarray, affine: np.ndarray, **kwargs: str) -> Path:
+    """A DICOM series with patient fields that no output may carry (``Doe^Jane``, ``PID-0001``)."""
     folder.mkdir(parents=True)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
-    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
-    spacing = np.linalg.norm(lps, axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((lps / spacing).flatten().tolist())
-    image.SetOrigin((np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3]).tolist())
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    direction = image.GetDirection()
-    for z in range(array_xyz.shape[2]):
-        plane = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        tags = {
-            "0008|0060": "CT", "0020|000e": "1.2.826.0.1.3680043.2.1125.1", "0020|0013": str(z + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[0:7:3], *direction[1:8:3])),
-            "0028|1052": "0", "0028|1053": "1", "0010|0010": "Doe^Jane", "0010|0020": "PID-0001",
-        }
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        writer.Execute(plane)
-    return folder
+    return phantom_dicom.write_dicom_series(folder, array_xyz, affine, **{"patient_name": "Doe^Jane", "patient_id": "PID-0001", **kwargs})

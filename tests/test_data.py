@@ -42,8 +42,10 @@ def test_json_list_paths_are_relative_to_the_json(msd_dir: Path, tmp_path: Path)
     listing.parent.mkdir()
     listing.write_text(json.dumps([{"image": "../Task07_Mini/imagesTr/pancreas_001.nii.gz",
                                     "label": "../Task07_Mini/labelsTr/pancreas_001.nii.gz"}]))
-    (entry,) = load_datalist(listing)
+    (entry,) = load_datalist(listing, allow_outside_paths=True)
     assert Path(entry["image"]) == (msd_dir / "imagesTr" / "pancreas_001.nii.gz").resolve()
+    with pytest.raises(DataError, match="lies outside the dataset folder .*--allow_outside_paths true"):
+        load_datalist(listing)
 
 
 def test_plain_folder_finds_nifti_files_and_dicom_series(msd_dir: Path, tmp_path: Path) -> None:
@@ -96,14 +98,14 @@ def test_truncated_file(msd_dir: Path) -> None:
     path = msd_dir / "imagesTr" / "pancreas_001.nii.gz"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=r"imagesTr/pancreas_001.nii.gz: cannot be read.*truncated"):
+    with pytest.raises(DataError, match=r"imagesTr/pancreas_001.nii.gz: the file is truncated or its header is corrupt"):
         validate_datalist(load_datalist(msd_dir), progress=False)
 
 
 def test_four_d_file(msd_dir: Path, affine: np.ndarray) -> None:
     image, _ = make_volume(1)
     write_nifti(msd_dir / "imagesTr" / "pancreas_003.nii.gz", np.stack([image, image], axis=-1), affine)
-    with pytest.raises(DataError, match=r"pancreas_003.nii.gz: expected one 3D volume, got shape \(20, 24, 10, 2\)"):
+    with pytest.raises(DataError, match=r"pancreas_003.nii.gz: expected one 3D volume, the header says 4D shape \(20, 24, 10, 2\)"):
         validate_datalist(load_datalist(msd_dir), progress=False)
 
 
@@ -269,8 +271,10 @@ def test_split_is_by_patient_seeded_and_complete(msd_dir: Path, tmp_path: Path) 
     patients = {name: {e["patient"] for e in part} for name, part in splits.items()}
     assert not patients["training"] & patients["validation"]
     assert sorted(e["case"] for part in splits.values() for e in part) == sorted(e["case"] for e in datalist)
-    path = write_datalist(splits, tmp_path / "split" / "datalist.json")
+    path = write_datalist(splits, msd_dir / "split.json")
     assert [e["image"] for e in load_datalist(path, key="validation")] == [e["image"] for e in splits["validation"]]
+    outside = write_datalist(splits, tmp_path / "split" / "datalist.json")
+    assert [e["image"] for e in load_datalist(outside, "validation", allow_outside_paths=True)] == [e["image"] for e in splits["validation"]]
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk"])

@@ -14,27 +14,43 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.datalist import case_name, collect_inputs, is_dicom_series, load_datalist, split_datalist, write_datalist
+from pipeline.data.datalist import (
+    case_name,
+    collect_inputs,
+    is_dicom_series,
+    load_datalist,
+    split_datalist,
+    with_series,
+    write_datalist,
+)
+from pipeline.data.files import check_ct_intensity, check_nifti_header, choose_dicom_series, list_dicom_series
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
 from pipeline.data.transforms import (
     BODY_HU,
     WINDOW_PRESETS,
     BodyMaskd,
+    LoadVolumed,
     build_slice_augmentation,
     build_volume_transforms,
     compute_body_mask,
     resolve_window,
 )
-from pipeline.data.validate import DatasetSummary, load_volume, validate_datalist
+from pipeline.data.validate import DatasetSummary, check_batch_count, check_training_split, load_volume, validate_datalist
 
 __all__ = [
     "BODY_HU",
     "SLICE_POLICIES",
     "BodyMaskd",
+    "LoadVolumed",
     "WINDOW_PRESETS",
     "DatasetSummary",
     "SliceDataset",
     "build_slice_augmentation",
+    "check_batch_count",
+    "check_ct_intensity",
+    "check_nifti_header",
+    "check_training_split",
+    "choose_dicom_series",
     "build_slice_dataset",
     "build_volume_dataset",
     "build_volume_transforms",
@@ -42,12 +58,14 @@ __all__ = [
     "collect_inputs",
     "compute_body_mask",
     "is_dicom_series",
+    "list_dicom_series",
     "load_datalist",
     "load_volume",
     "resolve_window",
     "select_slices",
     "split_datalist",
     "validate_datalist",
+    "with_series",
     "write_datalist",
 ]
 

@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import load_decathlon_datalist
 
+from pipeline.data.files import NIFTI_SUFFIXES, check_inside, resolve_input
 from pipeline.distributed import is_main_process
 from pipeline.errors import DataError
 from pipeline.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SPLIT_KEYS = ("training", "validation", "test")
 
 
@@ -92,14 +91,15 @@ def _check_entries(entries: Any, source: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _resolve(entries: list[dict[str, Any]], base: Path) -> list[dict[str, Any]]:
+def _resolve(entries: list[dict[str, Any]], base: Path, source: Path, allow_outside: bool) -> list[dict[str, Any]]:
     resolved = []
     for entry in entries:
         entry = dict(entry)
-        for key in ("image", "label"):
-            if key in entry and entry[key] is not None:
-                path = Path(os.path.expanduser(str(entry[key])))
-                entry[key] = str(path if path.is_absolute() else (base / path).resolve())
+        for key, value in entry.items():
+            if key in ("image", "label") and value is not None:
+                entry[key] = str(check_inside(value, base, allow_outside, source))
+            elif isinstance(value, str) and key not in ("case", "patient", "series") and (base / value).exists():
+                entry[key] = str(check_inside(value, base, allow_outside, source))  # other files, as MONAI's loader does
         resolved.append(entry)
     return resolved
 
@@ -116,7 +116,7 @@ def _scan_folder(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def load_datalist(source: str | os.PathLike, key: str = "training") -> list[dict[str, Any]]:
+def load_datalist(source: str | os.PathLike, key: str = "training", allow_outside_paths: bool = False) -> list[dict[str, Any]]:
     """Read the cases of a dataset.
 
     Args:
@@ -124,6 +124,7 @@ def load_datalist(source: str | os.PathLike, key: str = "training") -> list[dict
             folder of NIfTI files / DICOM series folders.
         key: which list to read from an MSD ``dataset.json`` or a split datalist (``training``,
             ``validation``, ``test``). A plain JSON list or image folder ignores it.
+        allow_outside_paths: accept datalist paths that leave the datalist's folder (``..``, absolute).
 
     Returns:
         Entries ``{"image": abs path, "label": abs path (if known), "case": name, ...}``; files are not
@@ -132,9 +133,11 @@ def load_datalist(source: str | os.PathLike, key: str = "training") -> list[dict
     Raises:
         DataError: the source does not exist, is not understood, or holds no cases.
     """
-    path = Path(os.path.expanduser(str(source))).resolve()
+    path = resolve_input(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; pass an MSD folder, a datalist JSON file or a folder of images.")
+    if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
+        return _with_case_names([{"image": str(path)}])  # one volume: a dataset of one unlabelled case
     if path.is_dir() and (path / "dataset.json").is_file():
         path = path / "dataset.json"
     if path.is_dir():
@@ -148,18 +151,19 @@ def load_datalist(source: str | os.PathLike, key: str = "training") -> list[dict
     try:
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not a readable JSON datalist ({err}).") from err
+        raise DataError(f"{path}: not a readable JSON datalist ({err}); pass an MSD folder, a datalist JSON file, "
+                        "a folder of images or one NIfTI file.") from err
     if isinstance(content, dict):
         if key not in content:
             raise DataError(f"{path}: has no '{key}' list (keys: {sorted(content)}); pick one with the datalist key.")
         if key == "test" and all(isinstance(item, str) for item in content[key]):
-            entries = _resolve([{"image": item} for item in content[key]], path.parent)  # MSD test list: paths only
+            entries = _resolve([{"image": item} for item in content[key]], path.parent, path, allow_outside_paths)  # MSD test list: paths only
         else:
             _check_entries(content[key], path)
-            entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=path.parent)
-            entries = _resolve(entries, path.parent)
+            raw = [dict(entry) for entry in content[key]]
+            entries = _resolve(raw, path.parent, path, allow_outside_paths)
     else:
-        entries = _resolve(_check_entries(content, path), path.parent)
+        entries = _resolve(_check_entries(content, path), path.parent, path, allow_outside_paths)
     if not entries:
         raise DataError(f"{path}: the '{key}' list is empty; add at least one case.")
     return _with_case_names(entries)
@@ -242,18 +246,25 @@ def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathL
     return write_json_atomic(content, path)
 
 
-def collect_inputs(sources: Sequence[str | os.PathLike] | str | os.PathLike, key: str = "test") -> list[dict[str, Any]]:
+def collect_inputs(
+    sources: Sequence[str | os.PathLike] | str | os.PathLike,
+    key: str = "test",
+    series: str | None = None,
+    allow_outside_paths: bool = False,
+) -> list[dict[str, Any]]:
     """Cases to explain from any mix of inputs, labels dropped.
 
     Args:
         sources: NIfTI files, DICOM series folders, folders of images, MSD folders or datalist JSON files.
         key: list read from MSD folders and split datalists (``test``: MSD's ``imagesTs``).
+        series: SeriesInstanceUID to read from DICOM folders that hold several series.
+        allow_outside_paths: accept datalist entries outside their datalist's folder.
 
     Returns:
-        ``{"image", "case"}`` entries with unique case names.
+        ``{"image", "case"}`` entries (and ``series`` for DICOM folders when given) with unique case names.
 
     Raises:
-        DataError: a source is missing or holds no image.
+        DataError: a source is missing, a symlink loop, or holds no image.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -261,9 +272,16 @@ def collect_inputs(sources: Sequence[str | os.PathLike] | str | os.PathLike, key
         raise DataError("no input given; pass NIfTI files, DICOM series folders, folders or datalists to explain.")
     entries: list[dict[str, Any]] = []
     for source in sources:
-        path = Path(os.path.expanduser(str(source))).resolve()
+        path = resolve_input(source)
         if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
             entries.append({"image": str(path)})
         else:  # folders (a DICOM series is one case), MSD folders and datalists
-            entries.extend({"image": e["image"]} for e in load_datalist(path, key=key))
-    return _with_case_names(entries)
+            entries.extend({"image": e["image"]} for e in load_datalist(path, key=key, allow_outside_paths=allow_outside_paths))
+    return _with_case_names(with_series(entries, series))
+
+
+def with_series(entries: Sequence[dict[str, Any]], series: str | None) -> list[dict[str, Any]]:
+    """Set ``series`` (a SeriesInstanceUID) on the entries whose image is a DICOM folder; None changes nothing."""
+    if series is None:
+        return [dict(entry) for entry in entries]
+    return [{**entry, "series": str(series)} if Path(entry["image"]).is_dir() else dict(entry) for entry in entries]

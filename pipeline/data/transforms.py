@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     LabelFilterd,
-    LoadImaged,
+    LoadImage,
     MapTransform,
     Orientationd,
     Rand2DElasticd,
@@ -30,6 +31,8 @@ from monai.transforms import (
     Resized,
     ScaleIntensityRanged,
 )
+
+from pipeline.data.files import choose_dicom_series, series_regex
 
 # Named HU windows (lower, upper). "pancreas" is the window of MONAI's pancreas CT bundle, "spleen" that
 # of its spleen bundle; "abdomen" is the usual soft-tissue reading window (level 40, width 400).
@@ -95,6 +98,35 @@ class BodyMaskd(MapTransform):
         return d
 
 
+class LoadVolumed(MapTransform):
+    """``LoadImaged(image_only=True, ensure_channel_first=True)`` that honours a chosen DICOM series.
+
+    An entry whose ``series_key`` holds a SeriesInstanceUID reads only that series' files from its DICOM
+    folder (MONAI's ``PydicomReader`` with a file-name filter); every other entry is read exactly as
+    ``LoadImaged`` reads it. Files are checked by :func:`pipeline.data.validate_datalist` beforehand.
+
+    Args:
+        keys: keys holding file or folder paths.
+        series_key: entry key with the series UID (absent or None: the folder's only series).
+    """
+
+    def __init__(self, keys: KeysCollection, series_key: str = "series", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.series_key = series_key
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        series = d.get(self.series_key)
+        for key in self.key_iterator(d):
+            loader = self.loader
+            if series and Path(str(d[key])).is_dir():
+                files = choose_dicom_series(d[key], series).files
+                loader = LoadImage(image_only=True, ensure_channel_first=True, reader="PydicomReader", fname_regex=series_regex(files))
+            d[key] = loader(d[key])
+        return d
+
+
 def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
     """HU bounds of a named preset (see ``WINDOW_PRESETS``) or of an explicit ``[lower, upper]`` pair.
 
@@ -146,7 +178,7 @@ def build_volume_transforms(
     images = ["image", *extra_images]
     masks = (["label"] if with_label else []) + list(extra_masks)
     chain = [
-        LoadImaged([*images, *masks], image_only=True, ensure_channel_first=True),
+        LoadVolumed([*images, *masks]),
         Orientationd([*images, *masks], axcodes="RAS"),
     ]
     if with_body:

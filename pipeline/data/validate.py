@@ -21,6 +21,15 @@ import torch
 from monai.transforms import LoadImage
 from tqdm import tqdm
 
+from pipeline.data.files import (
+    MAX_VOXELS,
+    NIFTI_SUFFIXES,
+    check_ct_intensity,
+    check_nifti_header,
+    choose_dicom_series,
+    resolve_input,
+    series_regex,
+)
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -28,11 +37,16 @@ logger = logging.getLogger(__name__)
 GEOMETRY_ATOL_MM = 1e-3  # image and label affines may differ by float noise, not by a voxel
 
 
-def load_volume(path: str | Path) -> torch.Tensor:
+def load_volume(path: str | Path, series: str | None = None, max_voxels: int = MAX_VOXELS) -> torch.Tensor:
     """Load one 3D volume (NIfTI file or DICOM series folder) as a MONAI MetaTensor with a RAS affine.
+
+    The file is checked before its voxels are read (:mod:`pipeline.data.files`): a NIfTI header that
+    does not fit its file, or a DICOM folder holding several series, is refused without allocating.
 
     Args:
         path: the file or DICOM folder.
+        series: SeriesInstanceUID to read from a DICOM folder holding several series.
+        max_voxels: refuse larger volumes before reading them.
 
     Returns:
         MetaTensor of shape (X, Y, Z) in the file's own voxel order, float32, with ``.affine`` (4, 4)
@@ -41,17 +55,26 @@ def load_volume(path: str | Path) -> torch.Tensor:
     Raises:
         DataError: missing, unreadable or truncated file, or not a single 3D volume.
     """
-    path = Path(path)
+    path = resolve_input(path)
     if not path.exists():
         raise DataError(f"{path}: file not found; check the datalist path or regenerate the dataset.")
+    loader = LoadImage(image_only=True)
+    if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
+        check_nifti_header(path, max_voxels)
+    elif path.is_dir():
+        chosen = choose_dicom_series(path, series)
+        if series is not None:
+            loader = LoadImage(image_only=True, reader="PydicomReader", fname_regex=series_regex(chosen.files))
+    elif path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); re-export or re-copy it.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's optional-codec notices are noise here
-            volume = LoadImage(image_only=True)(str(path))
+            volume = loader(str(path))
     except Exception as err:  # MONAI wraps reader errors in several types; all mean "cannot read"
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise DataError(
-            f"{path}: cannot be read as NIfTI or a DICOM series ({reason}); the file may be truncated or "
+            f"{path}: cannot be read as NIfTI or a DICOM series ({reason[:200]}); the file may be truncated or "
             "corrupt: re-export or re-download it."
         ) from err
     if volume.ndim != 3:
@@ -85,6 +108,7 @@ class DatasetSummary:
 
     cases: list[CaseSummary]
     pancreas_labels: tuple[int, ...]
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         labelled = [c for c in self.cases if c.label_counts]
@@ -107,6 +131,7 @@ class DatasetSummary:
             "orientations": {o: sum(c.orientation == o for c in self.cases) for o in sorted({c.orientation for c in self.cases})},
             "label_voxels": {str(k): v for k, v in sorted(counts.items())},
             "pancreas_labels": list(self.pancreas_labels),
+            "warnings": list(self.warnings),
         }
 
     def format(self) -> str:
@@ -124,6 +149,7 @@ class DatasetSummary:
             "label values (voxels): " + (", ".join(f"{k}: {v}" for k, v in info["label_voxels"].items()) or "no labels"),
             f"pancreas = label values {list(self.pancreas_labels)}",
         ]
+        lines += [f"warning: {text}" for text in self.warnings]
         return "\n".join(lines)
 
 
@@ -190,12 +216,15 @@ def validate_datalist(
     label_values: Sequence[int] | str | None = None,
     require_labels: bool = False,
     progress: bool = True,
+    strict: bool = False,
 ) -> DatasetSummary:
     """Open every case and stop at the first problem, naming the file.
 
-    Checks: file present and readable (not truncated), a single 3D volume, no NaN/inf, label on the
-    image's grid (shape and affine), label values integers in the allowed set, and (with
-    ``require_labels``) a label for every case.
+    Checks, in this order: file present (no symlink loop), header fits the file (no truncated file, no
+    header claiming more voxels than stored, at most :data:`~pipeline.data.files.MAX_VOXELS`), one DICOM
+    series per folder (or the entry's ``series``), a single 3D volume, no NaN/inf, a CT-like intensity
+    range (a warning naming the case; refused with ``strict``), label on the image's grid (shape and
+    affine), label values integers in the allowed set, and (with ``require_labels``) a label for every case.
 
     Args:
         datalist: entries with ``image`` and optional ``label`` (see :func:`pipeline.data.load_datalist`).
@@ -204,6 +233,7 @@ def validate_datalist(
             disables the check (multi-organ labels such as TotalSegmentator's).
         require_labels: fail on a case without label (training needs them).
         progress: show a progress bar on stderr (only when it is a terminal).
+        strict: refuse, rather than warn about, an image whose intensities do not look like CT in HU.
 
     Returns:
         A :class:`DatasetSummary`.
@@ -218,12 +248,16 @@ def validate_datalist(
     allowed = allowed_label_values(pancreas_labels, label_values)
     pancreas = torch.tensor([float(v) for v in pancreas_labels])
     cases: list[CaseSummary] = []
+    notes: list[str] = []
     show = progress and sys.stderr.isatty()  # no bar in logs and CI output
     entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not show, leave=False)
     for entry in entries:
         image_path = str(entry["image"])
-        image = load_volume(image_path)
+        image = load_volume(image_path, entry.get("series"))
         _check_finite(image, image_path)
+        note = check_ct_intensity(float(image.min()), float(image.max()), image_path, strict)
+        if note:
+            notes.append(note)
         spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
         summary = CaseSummary(
             case=str(entry.get("case", Path(image_path).name)),
@@ -243,4 +277,53 @@ def validate_datalist(
         elif require_labels:
             raise DataError(f"{image_path}: no label for this case; training needs a 'label' for every image.")
         cases.append(summary)
-    return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels))
+    return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels), warnings=notes)
+
+
+def check_training_split(
+    summary: DatasetSummary, split: dict[str, list[dict[str, Any]]], source: str | Path, parts: Sequence[str] = ("training", "validation")
+) -> None:
+    """Refuse a split a training run would learn nothing from or score wrongly.
+
+    Every part in ``parts`` must hold at least one case and at least one pancreas voxel: with no
+    pancreas in validation every empty prediction scores dice 1.0, and the "best" checkpoint means nothing.
+
+    Args:
+        summary: what :func:`validate_datalist` found for the whole datalist.
+        split: ``{"training": [...], "validation": [...], ...}`` from :func:`pipeline.data.split_datalist`.
+        source: the dataset, named in the error.
+        parts: the parts to check.
+
+    Raises:
+        DataError: a part is empty or holds no pancreas.
+    """
+    by_case = {c.case: c for c in summary.cases}
+    for part in parts:
+        entries = split.get(part, [])
+        if not entries:
+            raise DataError(f"{source}: the {part} split is empty ({len(summary.cases)} cases in all); add cases or "
+                            "change --val_fraction / --test_fraction so that it gets at least one patient.")
+        names = [str(entry["case"]) for entry in entries]
+        if sum(by_case[name].pancreas_slices for name in names if name in by_case) == 0:
+            shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+            raise DataError(
+                f"{source}: the {part} split ({len(names)} cases: {shown}) holds no pancreas voxel (label values "
+                f"{list(summary.pancreas_labels)}); {'validation dice would be 1.0 for an empty prediction' if part == 'validation' else 'nothing to learn'}: "
+                "check --pancreas_labels, or change --seed / --val_fraction so that labelled cases land there."
+            )
+
+
+def check_batch_count(slices: int, batch_size: int, source: str | Path, part: str = "training") -> None:
+    """Refuse a training set smaller than one batch (the loader drops the last partial batch: 0 steps).
+
+    Raises:
+        DataError: ``slices < batch_size``.
+    """
+    if int(batch_size) < 1:
+        raise DataError(f"{source}: batch_size must be >= 1, got {batch_size}.")
+    if int(slices) < int(batch_size):
+        raise DataError(
+            f"{source}: the {part} split gives {slices} slice(s), fewer than one batch of {batch_size}, so no "
+            f"training step would run; pass --batch_size {max(1, slices)} or less, add cases, or keep more slices "
+            "(--train_slices all)."
+        )

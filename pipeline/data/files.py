@@ -1,0 +1,237 @@
+"""Checks on one file before it is read: header against file size, DICOM series, paths, intensities.
+
+These run before any voxel array is allocated, so a 400-byte file whose header claims billions of voxels
+costs a header read, not gigabytes of memory. Every problem is a :class:`~pipeline.errors.DataError`
+whose one-line message names the file, says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MAX_VOXELS = 2**30  # 1.07 G voxels (4.3 GB as float32): far above a CT (512 x 512 x 1000 = 0.26 G)
+CT_AIR_HU = -500.0  # a CT of the abdomen holds air (about -1000 HU) around the body or in the bowel
+CT_MAX_HU = 35000.0  # beyond int16-with-extended-range scales: not HU
+
+
+def resolve_input(path: str | os.PathLike) -> Path:
+    """Absolute, symlink-free path of an input; a symlink loop or unreachable link is a DataError."""
+    expanded = Path(os.path.expanduser(str(path)))
+    try:
+        os.stat(expanded)
+    except FileNotFoundError:
+        pass  # the caller says "not found" with its own hint
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{expanded}: is a symlink loop ({err.strerror}); point the link at a real file or folder.") from err
+    try:
+        return expanded.resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # some Pythons raise on a loop here instead
+        raise DataError(f"{expanded}: cannot be resolved ({err}); the path is a symlink loop: point it at a real file or folder.") from err
+
+
+def check_inside(entry: str | os.PathLike, root: str | os.PathLike, allow_outside: bool, source: str | os.PathLike) -> Path:
+    """Resolve a datalist path against its folder; refuse one that leaves it (``..`` or absolute).
+
+    The test is on the path as written (symlinks inside the folder are followed afterwards, so a
+    dataset whose ``imagesTr`` links to shared storage still loads).
+
+    Args:
+        entry: an image or label path as the datalist holds it.
+        root: the dataset folder (the datalist file's folder).
+        allow_outside: accept paths outside it (``--allow_outside_paths true``).
+        source: the datalist file, named in the error.
+
+    Returns:
+        The absolute, resolved path.
+    """
+    expanded = Path(os.path.expanduser(str(entry)))
+    joined = Path(os.path.normpath(os.path.join(os.path.abspath(root), expanded)))
+    base = Path(os.path.abspath(root))
+    if not allow_outside and joined != base and base not in joined.parents:
+        raise DataError(
+            f"{source}: entry {entry} lies outside the dataset folder {base}; move the file into the dataset "
+            "folder, or pass --allow_outside_paths true if paths outside it are intended."
+        )
+    return resolve_input(joined)
+
+
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size modulo 2**32 from a gzip trailer (ISIZE, RFC 1952)."""
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
+
+
+def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> tuple[int, ...]:
+    """Read only the header of a NIfTI file and check that it describes one 3D volume the file can hold.
+
+    Checks: not empty, a readable header, exactly three dimensions (a trailing 1 is accepted), at most
+    ``max_voxels`` voxels, and a voxel block that fits the file (``.nii``: file size; ``.nii.gz``: the
+    gzip trailer's uncompressed size), so a truncated file or a lying header is refused before the
+    voxels are read.
+
+    Returns:
+        The volume shape (X, Y, Z).
+
+    Raises:
+        DataError: the first problem found.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes); re-export or re-copy it.")
+    try:
+        image = nib.load(str(path))  # lazy: reads the header only
+        header = image.header
+        shape = tuple(int(s) for s in header.get_data_shape())
+        itemsize = int(header.get_data_dtype().itemsize)
+        offset = int(getattr(image.dataobj, "offset", 352))  # where the voxels start (vox_offset, after extensions)
+    except Exception as err:  # nibabel raises ImageFileError, HeaderDataError, EOFError, gzip errors...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: not a readable NIfTI header ({reason}); the file is truncated or not NIfTI: re-export it.") from err
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise DataError(
+            f"{path}: expected one 3D volume, the header says {len(shape)}D shape {shape}; "
+            + ("export the whole 3D series, not one slice." if len(shape) < 3 else
+               "split 4D files into one 3D volume per file (e.g. with nibabel or fslsplit).")
+        )
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels == 0:
+        raise DataError(f"{path}: the header's shape {shape} holds no voxel; re-export the volume.")
+    if voxels > max_voxels:
+        raise DataError(f"{path}: the header claims {shape} = {voxels:,} voxels, over the limit of {max_voxels:,}; "
+                        "crop or resample the volume (or the header is corrupt).")
+    expected = offset + voxels * itemsize
+    if path.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as handle:  # the first block: a gzip stream at all?
+                handle.read(1)
+        except (OSError, EOFError) as err:
+            raise DataError(f"{path}: not a valid gzip file ({err}); re-export it.") from err
+        stored = _gzip_size(path)
+        if stored != expected % 2**32:
+            raise DataError(
+                f"{path}: the file is truncated or its header is corrupt: the header's shape {shape} needs "
+                f"{expected:,} bytes, the gzip trailer records {stored:,}; re-export or re-download it."
+            )
+    elif size < expected:
+        raise DataError(
+            f"{path}: the file is truncated or its header is corrupt: the header's shape {shape} needs "
+            f"{expected:,} bytes, the file has {size:,}; re-export or re-download it."
+        )
+    return shape
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder: its UID, files, and what helps a user tell series apart."""
+
+    uid: str
+    files: tuple[str, ...]
+    description: str
+    slice_thickness: str
+
+    def describe(self) -> str:
+        text = f"{self.uid} ({len(self.files)} files"
+        if self.slice_thickness:
+            text += f", {self.slice_thickness} mm"
+        if self.description:
+            text += f", '{self.description}'"
+        return text + ")"
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series directly inside ``folder``, headers only (no pixel data is read).
+
+    Raises:
+        DataError: the folder holds no readable DICOM file.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    groups: dict[str, list[str]] = {}
+    info: dict[str, tuple[str, str]] = {}
+    for child in sorted(folder.iterdir()):
+        if not child.is_file():
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = pydicom.dcmread(str(child), stop_before_pixels=True,
+                                         specific_tags=["SeriesInstanceUID", "SeriesDescription", "SliceThickness"])
+        except Exception:  # not DICOM (a README, a thumbnail): the folder scan ignores it too
+            continue
+        uid = str(getattr(header, "SeriesInstanceUID", "") or "unknown")
+        groups.setdefault(uid, []).append(str(child))
+        info.setdefault(uid, (str(getattr(header, "SeriesDescription", "") or ""), str(getattr(header, "SliceThickness", "") or "")))
+    if not groups:
+        raise DataError(f"{folder}: holds no readable DICOM file; pass the folder of one CT series.")
+    return [DicomSeries(uid, tuple(files), *info[uid]) for uid, files in sorted(groups.items())]
+
+
+def choose_dicom_series(folder: str | os.PathLike, series: str | None = None) -> DicomSeries:
+    """The one series to read from a DICOM folder: the only one, or the one ``series`` names.
+
+    Raises:
+        DataError: several series and none chosen (they are listed), or ``series`` is not in the folder.
+    """
+    found = list_dicom_series(folder)
+    if series is not None:
+        for item in found:
+            if item.uid == str(series):
+                return item
+        raise DataError(f"{folder}: holds no series {series}; it holds {'; '.join(s.describe() for s in found)}.")
+    if len(found) > 1:
+        raise DataError(
+            f"{folder}: holds {len(found)} DICOM series, which would be merged into one wrong volume: "
+            f"{'; '.join(s.describe() for s in found)}; pick one with --series UID or move each into its own folder."
+        )
+    return found[0]
+
+
+def series_regex(files: Sequence[str]) -> str:
+    """A regular expression matching exactly these file paths (for MONAI's ``PydicomReader(fname_regex=...)``)."""
+    return "^(" + "|".join(re.escape(f) for f in files) + ")$"
+
+
+def check_ct_intensity(low: float, high: float, path: str | os.PathLike, strict: bool = False) -> str | None:
+    """Warn (or with ``strict`` refuse) when an image's range does not look like CT in Hounsfield units.
+
+    A CT of the abdomen holds air around the body (about -1000 HU): a volume whose minimum is above
+    -500 HU (floats in 0..1, MRI-like 0..4000, raw detector values) or whose maximum is beyond any HU
+    scale would be windowed as HU and give a meaningless answer.
+
+    Returns:
+        The warning text, or None when the range looks like CT.
+
+    Raises:
+        DataError: with ``strict``, instead of the warning.
+    """
+    if low <= CT_AIR_HU and high <= CT_MAX_HU:
+        return None
+    message = (f"{path}: intensity range {low:g}..{high:g} does not look like CT in HU (air is about -1000 HU, "
+               f"expected a minimum below {CT_AIR_HU:g}); apply the scanner's RescaleSlope/Intercept or convert to HU")
+    if strict:
+        raise DataError(message + "; refused under --strict.")
+    logger.warning("%s; pass --strict to refuse such volumes.", message)
+    return message
