@@ -2,14 +2,19 @@
 
 A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)``::
 
-    {"model": state_dict, "meta": {"preset": "demo", "in_channels": 1, "out_channels": 1, "epoch": 3,
-     "metric_name": "val_dice_3d", "metric": 0.91, "best_metric": 0.91, "best_epoch": 3},
+    {"model": state_dict, "meta": {"kind": "utility", "preset": "demo", "in_channels": 1, "out_channels": 1,
+     "epoch": 3, "metric_name": "val_dice_3d", "metric": 0.91, "best_metric": 0.91, "best_epoch": 3},
      "optimizer": ..., "scheduler": ..., "trainer": ...}   # the last three only in resumable checkpoints
+
+``meta["kind"]`` says what the network is: ``utility`` (the segmentation model, written by
+``train-utility``) or ``noise`` (the U-Noise model, written by ``train-noise``); every command refuses the
+wrong kind. Checkpoints written before the key existed are recognised by their other meta keys.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,51 @@ from pipeline.networks import build_unet, get_preset
 
 class CheckpointError(UNoiseError, ValueError):
     """A checkpoint is missing, truncated, or does not fit the network being built."""
+
+
+CHECKPOINT_KINDS = {"utility": "the segmentation model, written by train-utility",
+                    "noise": "the U-Noise model, written by train-noise"}
+RESUME_KEYS = ("kind", "preset", "in_channels", "out_channels", "utility_preset")  # what a resume must not change
+
+
+def checkpoint_kind(meta: dict[str, Any]) -> str:
+    """``utility``, ``noise`` or ``other``: ``meta["kind"]``, else inferred (noise checkpoints record a utility)."""
+    if meta.get("kind"):
+        return str(meta["kind"])
+    if "utility_preset" in meta or "perturbation" in meta:
+        return "noise"
+    return "utility" if "preset" in meta else "other"
+
+
+def check_kind(meta: dict[str, Any], path: str | os.PathLike, kind: str, role: str) -> None:
+    """Refuse a checkpoint of another kind than ``role`` takes, naming both.
+
+    Args:
+        meta: the checkpoint's ``meta``.
+        path: the file, named in the error.
+        kind: the kind expected (``utility`` or ``noise``).
+        role: the option it was given as (``--utility``, ``--noise``...).
+    """
+    found = checkpoint_kind(meta)
+    if found != kind:
+        what = CHECKPOINT_KINDS.get(found, "not written by a U-Noise run")
+        raise CheckpointError(
+            f"{path}: {role} takes a {kind} checkpoint ({CHECKPOINT_KINDS[kind]}) but this is a {found} checkpoint "
+            f"({what}); pass the {kind} run's checkpoints/best.pt as {role}."
+        )
+
+
+def check_resume(meta: dict[str, Any], expected: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a resume whose network or kind differs from the run's ``last.pt``, naming each difference."""
+    recorded = {key: meta.get(key) for key in RESUME_KEYS}
+    recorded["kind"] = checkpoint_kind(meta)
+    wanted = {key: expected.get(key) for key in RESUME_KEYS}
+    wanted["kind"] = checkpoint_kind(expected)
+    differ = [f"{key} {recorded[key]!r} in the run, {wanted[key]!r} asked for" for key in RESUME_KEYS
+              if wanted[key] is not None and recorded[key] is not None and recorded[key] != wanted[key]]
+    if differ:
+        raise CheckpointError(f"{path}: --resume would continue a different network ({'; '.join(differ)}); resume with "
+                              "the run's own settings (see its config.json) or start a new run in another --output.")
 
 
 def save_atomic(content: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -43,17 +93,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check the path (runs write RUN_DIR/checkpoints/best.pt and last.pt).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint is empty (0 bytes); use the other checkpoint of the run "
+                              "(best.pt / last.pt) or train again.")
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        raise CheckpointError(
-            f"{path}: cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); "
-            "the file is truncated or not a PyTorch checkpoint: use the other checkpoint of the run "
-            "(best.pt / last.pt) or train again."
-        ) from err
+        raise CheckpointError(f"{path}: cannot be loaded ({_load_reason(err)}); use the other checkpoint of the run "
+                              "(best.pt / last.pt) or train again.") from err
     if not isinstance(content, dict) or "model" not in content:
         raise CheckpointError(f"{path}: not a U-Noise checkpoint (expected a dict with a 'model' state dict).")
     return content
+
+
+def _load_reason(err: BaseException) -> str:
+    """Why torch refused a file, without torch's advice to switch the weights-only protection off."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return ("it holds Python objects beyond tensors and plain values, which are never unpickled here "
+                "(weights-only load); it was not written by U-Noise")
+    first = text.strip().splitlines()[0] if text.strip() else "no detail"
+    return f"{type(err).__name__}: {first[:200]}; the file is truncated or not a PyTorch checkpoint"
 
 
 def load_network_weights(
@@ -106,21 +166,77 @@ def _load_state(network: torch.nn.Module, content: dict[str, Any], path: str | o
 
 
 def load_network_from_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None, role: str | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the network a checkpoint records (preset, channels) and load its weights.
+
+    Args:
+        path: the checkpoint.
+        map_location: device of the network.
+        kind: refuse a checkpoint of another kind (``utility`` or ``noise``); None accepts any.
+        role: the option the path came from, named in the error (default ``--<kind>``).
 
     Returns:
         ``(network, meta)``; the network is on ``map_location``.
 
     Raises:
-        CheckpointError: unreadable file, or no ``meta["preset"]`` to build from.
+        CheckpointError: unreadable file, wrong kind, or no ``meta["preset"]`` to build from.
     """
     content = load_checkpoint(path, map_location)
     meta = dict(content.get("meta", {}))
+    if kind is not None:
+        check_kind(meta, path, kind, role or f"--{kind}")
     if "preset" not in meta:
         raise CheckpointError(f"{path}: the checkpoint records no network preset; it was not written by a U-Noise run.")
     network = build_unet(meta["preset"], in_channels=int(meta.get("in_channels", 1)),
                          out_channels=int(meta.get("out_channels", 1)))
     _load_state(network, content, path, meta["preset"], check_preset=True)
     return network.to(map_location), meta
+
+
+def reconcile_best(save_dir: str | os.PathLike) -> bool:
+    """Make ``best.pt`` agree with ``last.pt`` before a resume.
+
+    Checkpoints are written last first, then best (see :class:`pipeline.handlers.CheckpointHandler`).
+    A crash between the two leaves ``last.pt`` recording a new best epoch that ``best.pt`` lacks; that
+    epoch's weights are the ones in ``last.pt``, so ``best.pt`` is rewritten from them.
+
+    Returns:
+        True when ``best.pt`` was rewritten.
+    """
+    save_dir = Path(save_dir)
+    last_path, best_path = save_dir / "last.pt", save_dir / "best.pt"
+    if not last_path.is_file():
+        return False
+    last = load_checkpoint(last_path)
+    meta = dict(last.get("meta", {}))
+    best_epoch = meta.get("best_epoch")
+    if not best_epoch or best_epoch != meta.get("epoch"):
+        return False  # the best epoch is an older one, already in best.pt
+    if best_path.is_file():
+        try:
+            if load_checkpoint(best_path).get("meta", {}).get("epoch") == best_epoch:
+                return False
+        except CheckpointError:
+            pass  # damaged: rewrite it
+    save_atomic({"model": last["model"], "meta": meta}, best_path)
+    return True
+
+
+def check_pair(utility_meta: dict[str, Any], noise_meta: dict[str, Any], utility_path: str | os.PathLike,
+               noise_path: str | os.PathLike) -> None:
+    """Refuse a noise model trained against another utility network than the one given.
+
+    The noise model learnt what *its* utility tolerates; with another utility its map explains nothing.
+    Only the recorded network preset can be compared (checkpoints do not store their utility's weights).
+
+    Raises:
+        CheckpointError: the noise checkpoint records a utility preset other than the utility's.
+    """
+    trained_with, given = noise_meta.get("utility_preset"), utility_meta.get("preset")
+    if trained_with is not None and given is not None and trained_with != given:
+        raise CheckpointError(
+            f"{noise_path}: this noise model was trained against a '{trained_with}' utility but --utility "
+            f"{utility_path} is a '{given}' network; pass the utility it was trained against "
+            f"(recorded in its meta: {noise_meta.get('utility_checkpoint', 'unknown')})."
+        )

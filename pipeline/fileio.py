@@ -12,6 +12,29 @@ from typing import Any
 
 import numpy as np
 
+FAULT_ENV = "UNOISE_FAULT_KILL"  # fault drills: "last.pt:2" kills this process at the 2nd write of last.pt
+_writes: dict[str, int] = {}
+
+
+def _fault_point(path: Path) -> None:
+    """Kill the process with SIGKILL between writing a temporary file and renaming it, when asked.
+
+    ``$UNOISE_FAULT_KILL`` = ``NAME[:N]`` names a file and the write (default the first) at which to die,
+    exactly as a power cut or ``kill -9`` would: the drills in ``tests/test_faults.py`` use it to check that
+    no half-written file ever appears under a final name and that the next run cleans up and resumes.
+    """
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if path.name != name:
+        return
+    _writes[name] = _writes.get(name, 0) + 1
+    if _writes[name] == int(count or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -30,6 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as stream:  # flush to disk before the rename makes it visible
             os.fsync(stream.fileno())
+        _fault_point(path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

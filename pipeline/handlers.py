@@ -91,7 +91,10 @@ class CheckpointHandler:
     """Best and last checkpoints of a run, atomic and resumable; the best survives a resume.
 
     After each trainer epoch, ``last.pt`` gets model, optimizer, scheduler and trainer state; when the
-    evaluator ran this epoch and its ``metric_name`` beat the best so far, ``best.pt`` gets the model.
+    evaluator ran this epoch and its ``metric_name`` beat the best so far, ``best.pt`` then gets the model.
+    Last is written before best, so a crash between the two is repaired on the resume
+    (:func:`pipeline.checkpoints.reconcile_best`); attach :class:`MetricsRecorder` before this handler so
+    that ``metrics.json`` is never behind ``last.pt``.
     With ``resume``, MONAI's ``CheckpointLoader`` restores ``last.pt`` when the trainer starts and the best
     score is read back from it, so a worse epoch after the resume does not replace ``best.pt``.
 
@@ -163,21 +166,22 @@ class CheckpointHandler:
         epoch = engine.state.epoch
         meta = {**self.meta, "epoch": epoch, "metric_name": self.metric_name}
         validated = self.evaluator.state.epoch == epoch and self.metric_name in self.evaluator.state.metrics
-        writes = is_main_process()  # every rank tracks the best; rank 0 alone writes
+        improved = False
         if validated:
             metric = float(self.evaluator.state.metrics[self.metric_name])
             meta["metric"] = metric
             if self.sign * metric > self.sign * self.best_metric:
-                self.best_metric, self.best_epoch = metric, epoch
-                if writes:
-                    best_meta = {**meta, "best_metric": metric, "best_epoch": epoch}
-                    save_atomic({"model": self.network.state_dict(), "meta": best_meta}, self.best_path)
-                    logger.info("epoch %d: new best %s %.4f -> %s", epoch, self.metric_name, metric, self.best_path)
-        if not writes:
+                self.best_metric, self.best_epoch, improved = metric, epoch, True
+        if not is_main_process():  # every rank tracks the best; rank 0 alone writes
             return
+        # last first, then best: a crash in between leaves last.pt naming this epoch as best, and
+        # pipeline.checkpoints.reconcile_best rewrites best.pt from it on the resume.
         state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
         state["meta"] = {**meta, "best_metric": self.best_metric, "best_epoch": self.best_epoch}
         save_atomic(state, self.last_path)
+        if improved:
+            save_atomic({"model": state["model"], "meta": state["meta"]}, self.best_path)
+            logger.info("epoch %d: new best %s %.4f -> %s", epoch, self.metric_name, self.best_metric, self.best_path)
 
 
 class MetricsRecorder:
@@ -214,19 +218,20 @@ class MetricsRecorder:
         self.loss_transform = loss_transform
         self.per_case = dict(per_case or {})
         self.records: list[dict[str, Any]] = []
+        self._read = False
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def _started(self, engine: Engine) -> None:
-        if self.path.exists():  # resumed run: keep the epochs before the resume point
-            previous = json.loads(self.path.read_text()).get("epochs", [])
-            self.records = [r for r in previous if r["epoch"] <= engine.state.epoch]
-
     def _epoch_started(self, engine: Engine) -> None:
+        if not self._read and self.path.exists():
+            # resumed run (read here, after the checkpoint loader restored the epoch, whatever the handler
+            # order): keep the epochs before this one, drop those a crash left beyond the checkpoint
+            previous = json.loads(self.path.read_text()).get("epochs", [])
+            self.records = [r for r in previous if r["epoch"] < engine.state.epoch]
+        self._read = True
         self._losses: list[float] = []
         self._start = time.perf_counter()
 
