@@ -87,13 +87,24 @@ def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None 
     if not config_file.is_file():
         raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
     check_override_keys(config_file, overrides)
-    run(
-        config_file=str(config_file),
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        bundle_root=str(root),
-        **overrides,
-    )
+    from pipeline.rundir import forget_created, release_all, roll_back
+
+    try:
+        run(
+            config_file=str(config_file),
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(root / "configs" / "logging.conf"),
+            bundle_root=str(root),
+            **overrides,
+        )
+    except Exception as err:
+        if _user_error(err) is not None:  # a refusal: leave the disk as it was
+            for path in roll_back():
+                logger.info("refused: removed %s, which this run had created", path)
+        raise
+    finally:
+        forget_created()
+        release_all()  # the run folder's lock, on errors too
 
 
 def _user_error(err: BaseException) -> BaseException | None:
@@ -109,14 +120,17 @@ def _user_error(err: BaseException) -> BaseException | None:
 
 
 def _print_training_summary(output: str) -> None:
-    metrics = Path(output) / "metrics.json"
+    folder = Path(output)
+    metrics = folder / "metrics.json"
     if metrics.is_file():
         summary = json.loads(metrics.read_text())
         best = summary.get("best", {})
         last = summary["epochs"][-1] if summary.get("epochs") else {}
         figures = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch")
         print(f"trained {last.get('epoch', 0)} epochs; best {figures} at epoch {best.get('epoch', '-')}")
-    print(f"run folder: {output} (checkpoints/best.pt, checkpoints/last.pt, tensorboard/, metrics.json)")
+    written = [name for name in ("checkpoints/best.pt", "checkpoints/last.pt", "tensorboard/", "metrics.json")
+               if (folder / name.rstrip("/")).exists()]
+    print(f"run folder: {output} ({', '.join(written) or 'nothing written'})")
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -131,7 +145,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 def _run_training(config: str, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """Run a training config with the command's overrides, then print the run's best figures."""
-    overrides = {**overrides, "output_dir": args.output, **args.overrides}
+    overrides = {**overrides, "output_dir": args.output, **_check_overrides(args), **args.overrides}
     if args.resume:
         overrides["resume"] = True
     run_bundle(config, overrides, args.bundle_root)
@@ -152,7 +166,7 @@ def _cmd_train_noise(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     overrides = {"inputs": list(args.input), "output_dir": args.output, "noise_checkpoint": args.noise,
-                 "utility_checkpoint": args.utility, **args.overrides}
+                 "utility_checkpoint": args.utility, **_check_overrides(args), **args.overrides}
     if args.overlay:
         overrides["overlay"] = True
     if args.overwrite:
@@ -172,7 +186,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluation.run import summarise
 
     overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility, "output_dir": args.output,
-                 "noise_checkpoints": list(args.noise), **args.overrides}
+                 "noise_checkpoints": list(args.noise), **_check_overrides(args), **args.overrides}
     run_bundle("evaluate", overrides, args.bundle_root)
     result = json.loads((Path(args.output) / "evaluation.json").read_text())
     print(summarise(result))
@@ -216,6 +230,30 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label_values", "--label-values", type=parse_value, default=None,
                         help='all values a label may hold (default: 0 plus pancreas_labels; "any": no check)')
     parser.add_argument("--key", default="training", help="datalist key to read (training, validation, test)")
+    _add_check_options(parser)
+
+
+def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> None:
+    """The input checks' switches (``strict``, ``allow_outside_paths``, ``series``) of every command that reads data."""
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse volumes whose intensities do not look like CT in HU (default: warn, naming the case)")
+    parser.add_argument("--allow-outside-paths", "--allow_outside_paths", dest="allow_outside_paths", action="store_true",
+                        help="accept datalist paths outside the datalist's folder (.., absolute paths)")
+    if series:
+        parser.add_argument("--series", default=None, metavar="UID",
+                            help="SeriesInstanceUID to read from a DICOM folder holding several series")
+
+
+def _check_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The check switches given on the command line, as config overrides."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "strict", False):
+        overrides["strict"] = True
+    if getattr(args, "allow_outside_paths", False):
+        overrides["allow_outside_paths"] = True
+    if getattr(args, "series", None):
+        overrides["series"] = args.series
+    return overrides
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -229,10 +267,11 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.data import load_datalist, validate_datalist
+    from pipeline.data import load_datalist, validate_datalist, with_series
 
-    datalist = load_datalist(args.dataset, key=args.key)
-    summary = validate_datalist(datalist, pancreas_labels=args.pancreas_labels, label_values=args.label_values)
+    datalist = with_series(load_datalist(args.dataset, key=args.key, allow_outside_paths=args.allow_outside_paths), args.series)
+    summary = validate_datalist(datalist, pancreas_labels=args.pancreas_labels, label_values=args.label_values,
+                                strict=args.strict)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -244,9 +283,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_split(args: argparse.Namespace) -> int:
     from pipeline.data import load_datalist, split_datalist, write_datalist
 
-    splits = split_datalist(load_datalist(args.dataset, key=args.key), args.val, args.test, args.seed)
+    splits = split_datalist(load_datalist(args.dataset, key=args.key, allow_outside_paths=args.allow_outside_paths),
+                            args.val, args.test, args.seed)
     path = write_datalist(splits, args.output)
     print(f"{path}: " + ", ".join(f"{name} {len(cases)}" for name, cases in splits.items()) + " cases (split by patient)")
+    folder = Path(path).resolve().parent
+    if any(folder not in Path(e["image"]).parents for part in splits.values() for e in part):
+        print(f"note: its paths leave {folder}; commands reading it need --allow_outside_paths (or write it inside the dataset folder)")
     return 0
 
 
@@ -283,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--test", type=float, default=0.1, help="test share of patients (default 0.1)")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--key", default="training", help="datalist key to split (default training)")
+    split.add_argument("--allow-outside-paths", "--allow_outside_paths", dest="allow_outside_paths", action="store_true",
+                       help="accept datalist paths outside the datalist's folder")
     split.set_defaults(func=_cmd_split)
 
     presets = sub.add_parser("presets", help="list the network presets with their parameter counts")
@@ -295,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder (dataset_dir)")
     train.add_argument("--output", required=True, help="run folder (output_dir)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
+    _add_check_options(train, series=False)
     train.set_defaults(func=_cmd_train_utility, takes_overrides=True)
 
     noise = sub.add_parser("train-noise", help="train the U-Noise model against a frozen utility (configs/train_noise.json)",
@@ -306,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--init-from", "--init_from", dest="init_from", default=None,
                        help="start the noise model from a checkpoint of the same shape ('pretrained' variant)")
     noise.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
+    _add_check_options(noise, series=False)
     noise.set_defaults(func=_cmd_train_noise, takes_overrides=True)
 
     explain = sub.add_parser("explain", help="write importance maps and segmentations of CT volumes (configs/inference.json)")
@@ -316,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--utility", required=True, help="utility checkpoint the noise model was trained against")
     explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
+    _add_check_options(explain)
     explain.set_defaults(func=_cmd_explain, takes_overrides=True)
 
     evaluate = sub.add_parser("evaluate", help="judge U-Noise against occlusion, gradient methods and null maps "
@@ -327,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--utility", required=True, help="utility checkpoint")
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")
     evaluate.add_argument("--output", required=True, help="run folder for evaluation.json and report/")
+    _add_check_options(evaluate, series=False)
     evaluate.set_defaults(func=_cmd_evaluate, takes_overrides=True)
 
     bench = sub.add_parser("benchmark", help="time training steps, explainers and the data path; writes benchmark.json",

@@ -180,8 +180,15 @@ def prepare_run_dir(
     run_config: dict[str, Any],
     marker: str = "checkpoints/last.pt",
     subfolders: tuple[str, ...] = ("checkpoints", "tensorboard"),
+    expected_meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Create ``RUN_DIR`` (checkpoints/, tensorboard/) and write ``config.json``; never clobber a run.
+    """Check, then lock and create ``RUN_DIR`` (checkpoints/, tensorboard/) and write ``config.json``.
+
+    Every check runs before anything is created or written, so a refused run leaves the disk as it was:
+    the folder must not hold a run already (unless ``resume``), nor a run of another config (its
+    ``config.json``); a resume must continue the same kind of network as ``last.pt`` records. Then the
+    folder is locked against a second process (:mod:`pipeline.rundir`), leftover ``.tmp-*`` files of a
+    killed run are removed, and best/last checkpoints are reconciled for the resume.
 
     Under several processes every rank checks the folder (so all fail alike), but only rank 0 creates it
     and writes ``config.json``; ``multi_gpu_train.json`` makes the other ranks wait for it.
@@ -189,29 +196,54 @@ def prepare_run_dir(
     Args:
         output_dir: the run folder.
         resume: continue the run whose ``marker`` (``checkpoints/last.pt``) is there.
-        run_config: the experiment values, written to ``RUN_DIR/config.json``.
+        run_config: the experiment values, written to ``RUN_DIR/config.json``; ``run_config["config"]``
+            names the kind of run.
         marker: the file whose presence means "this folder holds a run".
         subfolders: folders created inside the run folder.
+        expected_meta: the checkpoint meta this run writes; a resume compares it with ``last.pt``'s.
 
     Raises:
-        ConfigError: the folder already holds a run and ``resume`` is false, or ``resume`` is true and
-            there is nothing to resume.
+        ConfigError: the folder already holds a run (or another kind of run), ``resume`` has nothing to
+            resume, or another process holds the folder.
+        CheckpointError: ``resume`` with a different network or checkpoint kind.
     """
+    from pipeline.checkpoints import check_resume, load_checkpoint, reconcile_best
+    from pipeline.rundir import acquire_lock, check_run_kind, record_created, remove_temporaries
+
     run_dir = Path(output_dir)
     last = run_dir / marker
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a folder; choose another --output.")
+    check_run_kind(run_dir, str(run_config.get("config", "")))
     if last.exists() and not resume:
         hint = ("pass --resume (unoise) or --resume true (monai.bundle run) to continue it, or choose another --output"
                 if marker == "checkpoints/last.pt" else "choose another --output")
         raise ConfigError(f"{run_dir}: already holds a run ({last}); {hint}.")
     if resume and not last.exists():
         raise ConfigError(f"{run_dir}: --resume was asked for but {last} does not exist; start a new run without --resume.")
+    if resume and expected_meta is not None:
+        check_resume(load_checkpoint(last).get("meta", {}), expected_meta, last)
     if not is_main_process():
         return run_dir
+    folder_is_new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    acquire_lock(run_dir)  # before recording: a process refused here must not roll back the owner's folder
+    remove_temporaries(run_dir)
+    if resume and marker == "checkpoints/last.pt":
+        reconcile_best(run_dir / "checkpoints")
     for sub in subfolders:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_config, run_dir / ("config_resume.json" if resume else "config.json"))
+    record = run_dir / ("config_resume.json" if resume else "config.json")
+    record_created(run_dir, folder_is_new, [] if record.exists() else [record])
+    write_json_atomic(run_config, record)
     return run_dir
+
+
+def finish_run_dir(output_dir: str | os.PathLike) -> None:
+    """Release the run folder's lock (the configs' ``finalize``; ``atexit`` does it on errors)."""
+    from pipeline.rundir import release_lock
+
+    release_lock(output_dir)
 
 
 def init_noise_from(
@@ -241,7 +273,9 @@ def init_noise_from(
 def prepare_output_dir(
     output_dir: str | os.PathLike, datalist: list[dict[str, Any]], suffixes: list[str], overwrite: bool = False
 ) -> Path:
-    """Create the output folder of ``explain``; refuse to replace earlier outputs unless ``overwrite``.
+    """Check, then create and lock the output folder of ``explain``; refuse to replace earlier outputs unless ``overwrite``.
+
+    The folder must not hold another kind of run; once locked, ``.tmp-*`` leftovers of a killed run go.
 
     Args:
         output_dir: the folder.
@@ -250,13 +284,23 @@ def prepare_output_dir(
         overwrite: replace existing outputs.
 
     Raises:
-        ConfigError: outputs of these cases are already there and ``overwrite`` is false (names them).
+        ConfigError: outputs of these cases are already there and ``overwrite`` is false (names them), the
+            folder holds another kind of run, or another process writes into it.
     """
+    from pipeline.rundir import acquire_lock, check_run_kind, record_created, remove_temporaries
+
     folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: exists and is not a folder; choose another --output.")
+    check_run_kind(folder, "inference")
     cases = [str(entry["case"]) for entry in datalist]
     existing = [folder / f"{case}{suffix}" for case in cases for suffix in suffixes if (folder / f"{case}{suffix}").exists()]
     if existing and not overwrite:
         shown = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
         raise ConfigError(f"{folder}: {len(existing)} output file(s) already exist ({shown}); choose another --output or pass --overwrite.")
+    folder_is_new = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    acquire_lock(folder)  # before recording: a process refused here must not roll back the owner's folder
+    record_created(folder, folder_is_new, [])
+    remove_temporaries(folder)
     return folder

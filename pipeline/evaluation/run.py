@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints import load_network_from_checkpoint, save_atomic
-from pipeline.data import build_slice_dataset, load_datalist, split_datalist
+from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
+from pipeline.data import build_slice_dataset, check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.engines import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
@@ -68,6 +68,45 @@ def check_settings(slices_per_case: Any, infill: str, extra_infills: Sequence[st
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (choose settings on 'validation', report on 'test').")
     return limit
+
+
+def check_inputs(
+    dataset_dir: str,
+    utility_checkpoint: str,
+    noise_checkpoints: Sequence[str],
+    datalist_key: str = "training",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    pancreas_labels: Sequence[int] = (1, 2),
+    split: str = "test",
+    label_values: Sequence[int] | str | None = None,
+    strict: bool = False,
+    allow_outside_paths: bool = False,
+) -> None:
+    """Every check of an evaluation, before its run folder is created.
+
+    Checkpoints are of the right kind (``--utility`` a utility, ``--noise`` noise models trained
+    against that utility's network), the split exists and is not empty, and its cases pass
+    :func:`pipeline.data.validate_datalist` with labels and hold pancreas.
+
+    Raises:
+        ConfigError, CheckpointError, DataError: the first problem found.
+    """
+    if not noise_checkpoints:
+        raise ConfigError("evaluate needs at least one noise-model checkpoint (--noise RUN_DIR/checkpoints/best.pt).")
+    utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
+    check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
+    for path in noise_checkpoints:
+        noise_meta = dict(load_checkpoint(path).get("meta", {}))
+        check_kind(noise_meta, path, "noise", "--noise")
+        check_pair(utility_meta, noise_meta, utility_checkpoint, path)
+    splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
+    if not splits[split]:
+        raise ConfigError(f"{dataset_dir}: the {split} split is empty with val_fraction {val_fraction} and test_fraction "
+                          f"{test_fraction}; raise the fraction or evaluate another split.")
+    summary = validate_datalist(splits[split], pancreas_labels, label_values, require_labels=True, progress=False, strict=strict)
+    check_training_split(summary, splits, dataset_dir, parts=(split,))
 
 
 def select_slices(pancreas_pixels: Sequence[float], cases: Sequence[str], limit: int | None) -> list[int]:
@@ -152,6 +191,7 @@ def run_evaluation(
     bootstrap: int = 1000,
     device: str = "cpu",
     bundle_root: str | None = None,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -161,9 +201,9 @@ def run_evaluation(
     limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
     torch.manual_seed(seed)
     device = resolve_device(device)
-    utility, utility_meta = load_network_from_checkpoint(utility_checkpoint, device)
+    utility, utility_meta = load_network_from_checkpoint(utility_checkpoint, device, kind="utility", role="--utility")
     utility.eval()
-    splits = split_datalist(load_datalist(dataset_dir, datalist_key), val_fraction, test_fraction, seed)
+    splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
     if not splits[split]:
         raise ConfigError(f"the {split} split is empty with val_fraction {val_fraction} and test_fraction {test_fraction}; "
                           "raise the fraction or evaluate another split.")
@@ -178,7 +218,8 @@ def run_evaluation(
     noise_models: dict[str, torch.nn.Module] = {}
     noise_metas: dict[str, tuple[str, dict]] = {}
     for path in noise_checkpoints:
-        noise_net, meta = load_network_from_checkpoint(path, device)
+        noise_net, meta = load_network_from_checkpoint(path, device, kind="noise", role="--noise")
+        check_pair(utility_meta, meta, utility_checkpoint, path)
         name = unoise_name(meta)
         if name in noise_models:  # same preset/perturbation from another run: keep both
             name = next(f"{name}_{k}" for k in range(2, 100) if f"{name}_{k}" not in noise_models)
@@ -253,5 +294,5 @@ def summarise(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BASELINES", "NULL_MAPS", "build_explainers", "check_settings", "load_evaluation_slices", "run_evaluation",
+__all__ = ["BASELINES", "NULL_MAPS", "build_explainers", "check_inputs", "check_settings", "load_evaluation_slices", "run_evaluation",
            "select_slices", "summarise", "unoise_name"]
