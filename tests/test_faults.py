@@ -1,0 +1,371 @@
+"""Fault injection: bad files, wrong checkpoints, locked and half-written run folders, kill -9 drills.
+
+Each case is pinned by its message. The full table against every command, in fresh processes, is
+``scripts/hostile_inputs.py``; these are the properties behind it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import make_volume, write_dicom_series, write_nifti
+
+from pipeline.checkpoints import CheckpointError, check_kind, check_resume, load_checkpoint, load_network_from_checkpoint, reconcile_best
+from pipeline.data import (
+    DatasetSummary,
+    LoadVolumed,
+    check_batch_count,
+    check_training_split,
+    load_datalist,
+    load_volume,
+    validate_datalist,
+)
+from pipeline.data.validate import CaseSummary
+from pipeline.engines import prepare_output_dir, prepare_run_dir
+from pipeline.errors import ConfigError, DataError
+from pipeline.rundir import acquire_lock, release_lock, remove_temporaries
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- files
+
+
+def _huge_header(path: Path) -> Path:
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 1500))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock + b"\0" * 4 + np.zeros(30, np.int16).tobytes())
+    return path
+
+
+def test_a_header_claiming_billions_of_voxels_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    path = _huge_header(tmp_path / "huge.nii.gz")
+    assert path.stat().st_size < 1000
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"huge.nii.gz: the header claims \(2048, 2048, 1500\) = 6,291,456,000 voxels, over the limit"):
+        load_volume(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 20 * 2**20  # bytes allocated while refusing: far below the 12.6 GB the header claims
+
+
+def test_a_header_that_does_not_fit_its_file_is_truncation(tmp_path: Path, affine: np.ndarray) -> None:
+    image, _ = make_volume(0)
+    plain = write_nifti(tmp_path / "plain.nii", image, affine)
+    plain.write_bytes(plain.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"plain.nii: the file is truncated or its header is corrupt: .* needs 9,952 bytes, the file has 9,852"):
+        load_volume(plain)
+    packed = write_nifti(tmp_path / "packed.nii.gz", image, affine)
+    packed.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"packed.nii.gz: (the file is truncated|not a readable NIfTI header)"):
+        load_volume(packed)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"\x1f\x8b" + os.urandom(200), "not a readable NIfTI header"),
+    (os.urandom(500), "not a readable NIfTI header"),
+])
+def test_an_unreadable_nifti_is_one_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.nii.gz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"bad.nii.gz: {message}"):
+        load_volume(path)
+
+
+def test_a_2d_image_is_not_a_volume(tmp_path: Path, affine: np.ndarray) -> None:
+    image, _ = make_volume(0)
+    with pytest.raises(DataError, match=r"flat.nii.gz: expected one 3D volume, the header says 2D .*export the whole 3D series"):
+        load_volume(write_nifti(tmp_path / "flat.nii.gz", image[:, :, 0], affine))
+
+
+def test_a_symlink_loop_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a.nii.gz").symlink_to("b.nii.gz")
+    (tmp_path / "b.nii.gz").symlink_to("a.nii.gz")
+    with pytest.raises(DataError, match=r"a.nii.gz: is a symlink loop"):
+        load_volume(tmp_path / "a.nii.gz")
+
+
+def test_a_dicom_folder_with_two_series_is_refused_with_both_listed_and_one_can_be_chosen(tmp_path: Path) -> None:
+    folder = tmp_path / "study"
+    image, _ = make_volume(0)
+    write_dicom_series(folder, image[:, :, :8], np.diag([1.0, 1.0, 4.4, 1.0]), series_uid="1.2.3.1", prefix="a")
+    from pipeline.phantom_dicom import write_dicom_series as write_more
+
+    write_more(folder, image[:, :, :6], np.diag([1.0, 1.0, 3.8, 1.0]), series_uid="1.2.3.2", prefix="b")
+    with pytest.raises(DataError, match=r"study: holds 2 DICOM series, which would be merged.*1.2.3.1 \(8 files, 4.400 mm\); "
+                                         r"1.2.3.2 \(6 files, 3.800 mm\); pick one with --series UID"):
+        load_volume(folder)
+    chosen = load_volume(folder, series="1.2.3.2")
+    assert chosen.shape[2] == 6
+    assert np.linalg.norm(np.asarray(chosen.affine)[:3, 2]) == pytest.approx(3.8, abs=1e-3)
+    loaded = LoadVolumed("image")({"image": str(folder), "series": "1.2.3.1"})["image"]
+    assert tuple(loaded.shape) == (1, 20, 24, 8)
+    with pytest.raises(DataError, match=r"study: holds no series 9.9; it holds 1.2.3.1"):
+        load_volume(folder, series="9.9")
+
+
+def test_intensities_that_are_not_hu_warn_with_the_case_and_strict_refuses(tmp_path: Path, affine: np.ndarray,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    image, label = make_volume(0)
+    unit = ((image - image.min()) / np.ptp(image)).astype(np.float32)
+    entry = {"image": str(write_nifti(tmp_path / "mr.nii.gz", unit, affine)), "case": "mr"}
+    summary = validate_datalist([entry], progress=False)
+    assert "mr.nii.gz: intensity range 0..1 does not look like CT in HU" in summary.warnings[0]
+    assert "does not look like CT" in caplog.text
+    with pytest.raises(DataError, match=r"mr.nii.gz: intensity range 0..1 does not look like CT .* refused under --strict"):
+        validate_datalist([entry], progress=False, strict=True)
+    ct = {"image": str(write_nifti(tmp_path / "ct.nii.gz", image, affine)), "case": "ct"}
+    assert validate_datalist([ct], progress=False, strict=True).warnings == []
+
+
+def test_datalist_paths_stay_inside_the_dataset_folder(msd_dir: Path) -> None:
+    content = json.loads((msd_dir / "dataset.json").read_text())
+    content["training"][0]["label"] = "../../../etc/passwd"
+    (msd_dir / "dataset.json").write_text(json.dumps(content))
+    with pytest.raises(DataError, match=r"dataset.json: entry ../../../etc/passwd lies outside the dataset folder"):
+        load_datalist(msd_dir)
+    entries = load_datalist(msd_dir, allow_outside_paths=True)
+    assert entries[0]["label"].endswith("etc/passwd")
+
+
+def test_a_nifti_file_is_a_dataset_of_one_case(msd_dir: Path) -> None:
+    (entry,) = load_datalist(msd_dir / "imagesTr" / "pancreas_000.nii.gz")
+    assert entry["case"] == "pancreas_000" and "label" not in entry
+
+
+# ---------------------------------------------------------------- splits a run would learn nothing from
+
+
+def _summary(pancreas: dict[str, int]) -> DatasetSummary:
+    cases = [CaseSummary(name, (4, 4, 4), (1.0, 1.0, 1.0), "RAS", (-1000.0, 100.0), {0: 1}, slices)
+             for name, slices in pancreas.items()]
+    return DatasetSummary(cases, (1, 2))
+
+
+def test_a_validation_split_without_pancreas_is_refused() -> None:
+    split = {"training": [{"case": "a"}], "validation": [{"case": "b"}, {"case": "c"}], "test": []}
+    with pytest.raises(DataError, match=r"data: the validation split \(2 cases: b, c\) holds no pancreas voxel .*dice would be 1.0"):
+        check_training_split(_summary({"a": 3, "b": 0, "c": 0}), split, "data")
+    with pytest.raises(DataError, match=r"data: the training split \(1 cases: a\) holds no pancreas voxel"):
+        check_training_split(_summary({"a": 0, "b": 2, "c": 0}), split, "data")
+    with pytest.raises(DataError, match=r"data: the validation split is empty"):
+        check_training_split(_summary({"a": 1}), {"training": [{"case": "a"}], "validation": []}, "data")
+    check_training_split(_summary({"a": 1, "b": 1, "c": 0}), split, "data")
+
+
+def test_a_training_set_smaller_than_one_batch_is_refused() -> None:
+    with pytest.raises(DataError, match=r"data: the training split gives 3 slice\(s\), fewer than one batch of 8.*--batch_size 3"):
+        check_batch_count(3, 8, "data")
+    check_batch_count(8, 8, "data")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_kinds_are_refused_with_both_roles_named(tmp_path: Path) -> None:
+    from pipeline.networks import build_unet
+
+    network = build_unet("small")
+    torch.save({"model": network.state_dict(), "meta": {"preset": "small", "perturbation": "replace", "utility_preset": "small"}},
+               tmp_path / "noise.pt")
+    with pytest.raises(CheckpointError, match=r"noise.pt: --utility takes a utility checkpoint \(the segmentation model, written by "
+                                              r"train-utility\) but this is a noise checkpoint \(the U-Noise model"):
+        load_network_from_checkpoint(tmp_path / "noise.pt", kind="utility", role="--utility")
+    with pytest.raises(CheckpointError, match=r"u.pt: --noise takes a noise checkpoint .* but this is a utility checkpoint"):
+        check_kind({"kind": "utility", "preset": "small"}, "u.pt", "noise", "--noise")
+    load_network_from_checkpoint(tmp_path / "noise.pt", kind="noise")
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_pickle_never_runs_and_the_protection_is_never_offered_off(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as stream:
+        pickle.dump({"model": _Payload(tmp_path / "PWNED")}, stream)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "evil.pt: cannot be loaded (it holds Python objects beyond tensors" in message
+    assert "weights_only=False" not in message and "\n" not in message
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_resume_with_another_network_names_the_difference() -> None:
+    with pytest.raises(CheckpointError, match=r"last.pt: --resume would continue a different network \(preset 'small' in the run, "
+                                              r"'medium' asked for\)"):
+        check_resume({"kind": "utility", "preset": "small", "in_channels": 1}, {"kind": "utility", "preset": "medium", "in_channels": 1}, "last.pt")
+    with pytest.raises(CheckpointError, match=r"kind 'noise' in the run, 'utility' asked for"):
+        check_resume({"preset": "small", "utility_preset": "small"}, {"kind": "utility", "preset": "small"}, "last.pt")
+    check_resume({"kind": "utility", "preset": "small"}, {"kind": "utility", "preset": "small", "window": "abdomen"}, "last.pt")
+
+
+def test_best_is_rebuilt_from_last_after_a_crash_between_the_two_writes(tmp_path: Path) -> None:
+    weights = {"w": torch.arange(3.0)}
+    torch.save({"model": {"w": torch.zeros(3)}, "meta": {"epoch": 1}}, tmp_path / "best.pt")
+    torch.save({"model": weights, "meta": {"epoch": 2, "best_epoch": 2, "best_metric": 0.9}}, tmp_path / "last.pt")
+    assert reconcile_best(tmp_path)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["meta"]["epoch"] == 2 and torch.equal(best["model"]["w"], weights["w"])
+    assert not reconcile_best(tmp_path)  # consistent now: nothing to do
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def test_nothing_is_created_when_a_check_fails(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="does not exist; start a new run without --resume"):
+        prepare_run_dir(run, True, {"config": "train_utility"})
+    assert not run.exists()
+    (tmp_path / "trained" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "trained" / "config.json").write_text(json.dumps({"config": "train_utility"}))
+    before = sorted(p.name for p in (tmp_path / "trained").rglob("*"))
+    with pytest.raises(ConfigError, match=r"trained: holds a train_utility run .*not a evaluate one"):
+        prepare_run_dir(tmp_path / "trained", False, {"config": "evaluate"}, marker="evaluation.json", subfolders=())
+    assert sorted(p.name for p in (tmp_path / "trained").rglob("*")) == before
+
+
+def test_a_folder_in_use_is_refused_and_a_stale_lock_is_cleared(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "now"}))
+        with pytest.raises(ConfigError, match=rf"run: in use by another run \(pid {holder.pid}"):
+            prepare_run_dir(run, False, {"config": "train_utility"})
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".tmp-0badc0de-last.pt").write_bytes(b"partial")
+    prepare_run_dir(run, False, {"config": "train_utility"})  # the holder is gone: its lock is stale
+    assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+    assert not list(run.rglob(".tmp-*"))
+    release_lock(run)
+    assert not (run / ".lock").exists()
+
+
+def test_explain_output_folder_is_locked_and_cleaned(tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    out.mkdir()
+    (out / ".tmp-12345678-a_importance.nii.gz").write_bytes(b"partial")
+    prepare_output_dir(out, [{"case": "a"}], ["_importance.nii.gz"])
+    assert (out / ".lock").exists() and not list(out.glob(".tmp-*"))
+    release_lock(out)
+    assert remove_temporaries(out) == []
+    acquire_lock(out)
+    acquire_lock(out)  # the same process may take its own lock again
+    release_lock(out)
+
+
+# ---------------------------------------------------------------- kill -9 drills (fresh processes)
+
+TINY = ["--preset", "small", "--spatial_size", "32", "--batch_size", "4", "--device", "cpu", "--val_fraction", "0.34",
+        "--test_fraction", "0.0", "--other_fraction", "0.5"]
+
+
+def _unoise(*args: str, fault: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("UNOISE_FAULT_KILL", None)
+    if fault:
+        env["UNOISE_FAULT_KILL"] = fault
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+
+
+def _epochs(run: Path) -> list[int]:
+    return [record["epoch"] for record in json.loads((run / "metrics.json").read_text())["epochs"]]
+
+
+@pytest.fixture(scope="module")
+def drill_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.phantom import write_phantom_dataset
+
+    data = tmp_path_factory.mktemp("drill") / "phantom"
+    write_phantom_dataset(data, cases=4, size=32, slices=10, seed=2, test_cases=1)
+    return data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, kept", [("best.pt:1", 1), ("last.pt:2", 1)])
+def test_kill_at_a_checkpoint_write_then_resume(drill_data: Path, tmp_path: Path, fault: str, kept: int) -> None:
+    run = tmp_path / "run"
+    killed = _unoise("train-utility", "--dataset", str(drill_data), "--output", str(run), *TINY, "--epochs", "3", fault=fault)
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert list(run.rglob(".tmp-*")) and (run / ".lock").exists()  # what a power cut leaves
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["meta"]["epoch"] == kept  # lost at most the epoch being written
+    resumed = _unoise("train-utility", "--dataset", str(drill_data), "--output", str(run), *TINY, "--epochs", "3", "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert _epochs(run) == [1, 2, 3]
+    assert not list(run.rglob(".tmp-*")) and not (run / ".lock").exists()
+    last, best = (load_checkpoint(run / "checkpoints" / name)["meta"] for name in ("last.pt", "best.pt"))
+    assert last["epoch"] == 3 and best["epoch"] == last["best_epoch"]
+
+
+@pytest.mark.slow
+def test_kill_mid_epoch_then_resume(drill_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    process = _unoise("train-utility", "--dataset", str(drill_data), "--output", str(run), *TINY, "--epochs", "4")
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    done = load_checkpoint(run / "checkpoints" / "last.pt")["meta"]["epoch"]
+    resumed = _unoise("train-utility", "--dataset", str(drill_data), "--output", str(run), *TINY, "--epochs", "4", "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    assert done >= 1 and _epochs(run) == [1, 2, 3, 4]
+    assert not list(run.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_kill_explain_then_rerun(drill_data: Path, tmp_path: Path) -> None:
+    utility, noise = tmp_path / "utility", tmp_path / "noise"
+    for args in (["train-utility", "--dataset", str(drill_data), "--output", str(utility), *TINY, "--epochs", "1"],
+                 ["train-noise", "--dataset", str(drill_data), "--utility", str(utility / "checkpoints" / "best.pt"), "--output",
+                  str(noise), "--noise_preset", "small", "--batch_size", "4", "--device", "cpu", "--val_fraction", "0.34",
+                  "--test_fraction", "0.0", "--other_fraction", "0.5", "--epochs", "1"]):
+        process = _unoise(*args)
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    explain = ["explain", "--input", str(drill_data / "imagesTs"), "--output", str(tmp_path / "maps"), "--noise",
+               str(noise / "checkpoints" / "best.pt"), "--utility", str(utility / "checkpoints" / "best.pt"), "--device", "cpu"]
+    killed = _unoise(*explain, fault="pancreas_004_importance.nii.gz")
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "maps" / "pancreas_004_importance.nii.gz").exists()  # never half-written under its name
+    assert list((tmp_path / "maps").glob(".tmp-*"))
+    again = _unoise(*explain)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    assert nib.load(str(tmp_path / "maps" / "pancreas_004_importance.nii.gz")).shape == (32, 32, 10)
+    assert not list((tmp_path / "maps").glob(".tmp-*")) and not (tmp_path / "maps" / ".lock").exists()
