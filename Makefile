@@ -30,7 +30,7 @@ SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train_slices all
 DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
 UNOISE := $(VENV)/bin/unoise
 
-.PHONY: demo shortcut-demo test benchmark venv clean
+.PHONY: demo shortcut-demo test benchmark hostile venv clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,12 @@ BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/la
 benchmark: $(STAMP)
 	$(UNOISE) benchmark --output $(BENCH_OUT) --overwrite \
 		$(if $(BENCH_UTILITY),--utility $(BENCH_UTILITY) --dataset $(DEMO_DATA) $(DEMO_SPLIT))
+
+# The hostile-input table (not a test; about 10 minutes on 2 CPU cores): every bad input we know of against
+# every command, in fresh processes; writes $(HOSTILE_OUT) and exits non-zero if any case is not refused as it should be.
+HOSTILE_OUT ?= hostile_inputs.json
+hostile: $(STAMP)
+	$(PY) scripts/hostile_inputs.py --work runs/hostile --output $(HOSTILE_OUT)
 
 # Removes the environment and caches only; data/ and runs/ hold your results and stay.
 clean:

@@ -27,6 +27,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,11 +154,13 @@ def _all_labels_empty(d: Path) -> None:
         _nifti(path, np.zeros_like(array), affine)
 
 
-def _validation_empty(d: Path) -> None:
-    for case in ("pancreas_002", "pancreas_003"):  # the validation split under SPLIT, seed 0
-        path = d / "labelsTr" / f"{case}.nii.gz"
-        array, affine = _load(path)
-        _nifti(path, np.zeros_like(array), affine)
+def _empty_labels(*cases: str) -> Callable[[Path], None]:
+    def damage(d: Path) -> None:
+        for case in cases:
+            path = d / "labelsTr" / f"{case}.nii.gz"
+            array, affine = _load(path)
+            _nifti(path, np.zeros_like(array), affine)
+    return damage
 
 
 DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -187,9 +190,12 @@ DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "dataset.json entry not a dict": (lambda d: _edit_datalist(d, lambda c: c["training"].append("imagesTr/x.nii.gz")), "dataset.json"),
     "dataset.json empty training list": (lambda d: _edit_datalist(d, lambda c: c.update(training=[])), "dataset.json"),
 }
-TRAIN_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "every label empty": (_all_labels_empty, "holds no pancreas"),
-    "no pancreas in the validation split": (_validation_empty, "validation split"),
+TRAIN_FAULTS: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
+    # name: (damage, what the error must name, the commands it concerns)
+    "every label empty": (_all_labels_empty, "holds no pancreas", ("train-utility", "train-noise", "evaluate")),
+    "no pancreas in the validation split": (_empty_labels("pancreas_002", "pancreas_003"), "the validation split",
+                                            ("train-utility", "train-noise")),  # the split under SPLIT, seed 0
+    "no pancreas in the test split": (_empty_labels("pancreas_004", "pancreas_005"), "the test split", ("evaluate",)),
 }
 INTENSITY_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "intensities 0..1 (not HU)": (lambda d: _as_float(d, lambda a: (a - a.min()) / (a.max() - a.min())), f"{TARGET}.nii.gz"),
@@ -273,9 +279,9 @@ def build_cases(work: Path) -> list[Case]:
     for fault in ("image truncated", "label of another affine", "image header claims 6.3 G voxels", "image path outside the dataset (..)"):
         damage, names = DATA_FAULTS[fault]
         cases.append(dataset_case(fault, damage, names, "train-noise"))
-    for fault, (damage, names) in TRAIN_FAULTS.items():
-        for command in ("train-utility", "train-noise", "evaluate"):
-            cases.append(dataset_case(fault, damage, "holds no pancreas" if command == "evaluate" else names, command))
+    for fault, (damage, names, commands) in TRAIN_FAULTS.items():
+        for command in commands:
+            cases.append(dataset_case(fault, damage, names, command))
     for fault, (damage, names) in INTENSITY_FAULTS.items():
         cases.append(dataset_case(fault, damage, names, "inspect", expect="warned"))
         cases.append(dataset_case(fault, damage, names, "inspect", extra=("--strict",)))
@@ -503,8 +509,7 @@ def _measured(argv: list[str], timeout: float = 600) -> tuple[int, str, str, flo
     """``python -m pipeline argv`` in a fresh process; (status, stdout, stderr, seconds, its own peak MB from ``wait4``)."""
     started = time.perf_counter()
     with open(os.devnull, "rb") as stdin:
-        out_file, err_file = (open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f".hostile-{os.getpid()}-{k}"), "w+b") for k in ("out", "err"))
-        with out_file, err_file:
+        with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:  # one pair per case and thread
             process = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=ROOT, stdin=stdin, stdout=out_file,
                                        stderr=err_file, env={**os.environ, "PYTHONWARNINGS": "ignore"})
             deadline = started + timeout
@@ -521,8 +526,6 @@ def _measured(argv: list[str], timeout: float = 600) -> tuple[int, str, str, flo
             out_file.seek(0)
             err_file.seek(0)
             out, err = out_file.read().decode(errors="replace"), err_file.read().decode(errors="replace")
-        for handle in (out_file, err_file):
-            os.unlink(handle.name)
     return process.returncode, out, err, time.perf_counter() - started, usage.ru_maxrss / 1024.0
 
 
@@ -545,16 +548,17 @@ def concurrent_runs(work: Path) -> dict:
             "output_untouched": None, "problem": None if ok else f"statuses {statuses}, epochs {epochs}", "ok": ok}
 
 
-def classify(case: Case, status: int, stderr: str) -> dict:
-    """The outcome of one case (see the module docstring)."""
+def classify(case: Case, status: int, stderr: str, stdout: str = "") -> dict:
+    """The outcome of one case (see the module docstring); warnings may be logged to either stream."""
     lines = [line for line in stderr.splitlines() if line.strip()]
+    logged = lines + [line for line in stdout.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     if "Traceback (most recent call last)" in stderr or status not in (0, 2):
         kind = "traceback"
     elif status == 2:
         kind = "refused" if len(errors) == 1 and lines[-1] == errors[0] else "traceback"
     else:
-        kind = "warned" if any("warning" in line.lower() and TARGET in line or "does not look like CT" in line for line in lines) else "accepted"
+        kind = "warned" if any("does not look like CT" in line for line in logged) else "accepted"
     message = errors[0][len("error: "):] if errors else ""
     return {"outcome": kind, "error": message, "names": bool(case.names) and case.names in message,
             "last_stderr": lines[-1][:300] if lines else ""}
@@ -591,9 +595,9 @@ def main() -> int:
 
     def run_one(item: tuple) -> dict:
         case, argv, output, before = item
-        status, _, stderr, seconds, peak = _measured(argv)
+        status, stdout, stderr, seconds, peak = _measured(argv)
         row = {"case": case.name, "command": case.command, "expect": case.expect, "status": status, "seconds": round(seconds, 1),
-               "peak_mb": round(peak, 1), **classify(case, status, stderr)}
+               "peak_mb": round(peak, 1), **classify(case, status, stderr, stdout)}
         row["output_untouched"] = None if output is None or row["outcome"] != "refused" else _snapshot(output) == before
         row["problem"] = case.after(work) if case.after else None
         row["ok"] = (row["outcome"] == case.expect and (case.expect != "refused" or row["names"])

@@ -46,3 +46,17 @@ def test_noise_settings_trains_evaluates_and_tabulates_every_setting(tmp_path: P
     assert record["split"] == "validation" and [row["name"] for row in record["settings"]] == ["a", "b"]
     assert set(record["baselines"]) == {"occlusion", "segmentation", "random"}
     assert "| a |" in result.stdout and "| occlusion (baseline) |" in result.stdout
+
+
+def test_hostile_inputs_refuses_the_header_only_file_everywhere_in_little_memory(tmp_path: Path) -> None:
+    out = tmp_path / "hostile.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "hostile_inputs.py"), "--work", str(tmp_path / "work"), "--output",
+                             str(out), "--only", "header claims 6.3 G voxels"],
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    commands = {row["command"] for row in record["rows"]}
+    assert commands == {"inspect", "train-utility", "train-noise", "evaluate", "explain"}
+    assert all(row["outcome"] == "refused" and row["names"] for row in record["rows"])
+    assert record["summary"]["tracebacks"] == 0 and record["summary"]["failed"] == []
+    assert record["summary"]["peak_mb_header_only_file"] < 500

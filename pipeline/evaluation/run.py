@@ -264,7 +264,8 @@ def run_evaluation(
         result.update(run_sanity_check(
             utility, utility_meta, noise_metas, maps, data, explainers, out / "sanity", sanity_epochs,
             sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
-            sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction))
+            sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction,
+            allow_outside_paths=allow_outside_paths))
     write_json_atomic(result, out / "evaluation.json")
     save_atomic({"image": data["image"].cpu(), "label": data["label"].cpu(), "body": data["body"].cpu(),
                  "cases": data["cases"], "maps": maps,
