@@ -174,6 +174,78 @@ def metric_score(name: str) -> Callable[[Engine], float]:
     return score
 
 
+RESUME_DATA_KEYS = ("dataset_dir", "datalist_key", "window", "spatial_size", "pancreas_labels", "seed", "val_fraction",
+                    "test_fraction", "utility_checkpoint")  # what a resume must not change besides the network
+
+
+def check_run_dir(
+    output_dir: str | os.PathLike,
+    resume: bool,
+    run_config: dict[str, Any],
+    marker: str = "checkpoints/last.pt",
+    expected_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Every check of a run folder, creating and writing nothing (see :func:`prepare_run_dir`).
+
+    The folder must not be a file, hold a run of another config (its ``config.json``), hold a run
+    already (unless ``resume``), or be in use by another process. A resume needs ``last.pt``, the same
+    kind of network (``expected_meta``) and the same data settings as the run's ``config.json``, and a
+    readable ``metrics.json``.
+
+    Raises:
+        ConfigError: a folder problem, or a resume that would change the data.
+        CheckpointError: a resume with a different network or checkpoint kind.
+    """
+    from pipeline.checkpoints import check_resume, load_checkpoint
+    from pipeline.rundir import check_run_kind, lock_is_held
+
+    run_dir = Path(output_dir)
+    last = run_dir / marker
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a folder; choose another --output.")
+    check_run_kind(run_dir, str(run_config.get("config", "")))
+    if is_main_process() and lock_is_held(run_dir):  # the other ranks of this run see rank 0's lock
+        raise ConfigError(f"{run_dir}: in use by another run ({run_dir / '.lock'}); wait for it to finish or choose another --output.")
+    if last.exists() and not resume:
+        hint = ("pass --resume (unoise) or --resume true (monai.bundle run) to continue it, or choose another --output"
+                if marker == "checkpoints/last.pt" else "choose another --output")
+        raise ConfigError(f"{run_dir}: already holds a run ({last}); {hint}.")
+    if resume and not last.exists():
+        raise ConfigError(f"{run_dir}: --resume was asked for but {last} does not exist; start a new run without --resume.")
+    if resume:
+        if expected_meta is not None:
+            check_resume(load_checkpoint(last).get("meta", {}), expected_meta, last)
+        _check_resume_data(run_dir, run_config)
+    return run_dir
+
+
+def _same(key: str, recorded: Any, asked: Any) -> bool:
+    if key in ("dataset_dir", "utility_checkpoint") and recorded is not None and asked is not None:
+        return os.path.abspath(os.path.expanduser(str(recorded))) == os.path.abspath(os.path.expanduser(str(asked)))
+    return recorded == asked
+
+
+def _check_resume_data(run_dir: Path, run_config: dict[str, Any]) -> None:
+    """A resume continues on the run's own data: its config.json settings and a readable metrics.json."""
+    import json
+
+    record, metrics = run_dir / "config.json", run_dir / "metrics.json"
+    for path in (record, metrics):
+        if path.exists():
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{path}: cannot be read ({err}); the run folder is damaged: start a new run.") from err
+    if not record.is_file():
+        return
+    recorded = json.loads(record.read_text())
+    differ = [f"{key} {recorded[key]!r} in the run, {run_config[key]!r} asked for" for key in RESUME_DATA_KEYS
+              if key in recorded and key in run_config and not _same(key, recorded[key], run_config[key])]
+    if differ:
+        raise ConfigError(f"{record}: --resume would continue on other data ({'; '.join(differ)}); resume with the run's "
+                          "own settings or start a new run in another --output.")
+
+
 def prepare_run_dir(
     output_dir: str | os.PathLike,
     resume: bool,
@@ -182,11 +254,9 @@ def prepare_run_dir(
     subfolders: tuple[str, ...] = ("checkpoints", "tensorboard"),
     expected_meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Check, then lock and create ``RUN_DIR`` (checkpoints/, tensorboard/) and write ``config.json``.
+    """Check (:func:`check_run_dir`), then lock and create ``RUN_DIR`` and write ``config.json``.
 
-    Every check runs before anything is created or written, so a refused run leaves the disk as it was:
-    the folder must not hold a run already (unless ``resume``), nor a run of another config (its
-    ``config.json``); a resume must continue the same kind of network as ``last.pt`` records. Then the
+    A refused run leaves the disk as it was: every check runs before anything is created. Then the
     folder is locked against a second process (:mod:`pipeline.rundir`), leftover ``.tmp-*`` files of a
     killed run are removed, and best/last checkpoints are reconciled for the resume.
 
@@ -204,33 +274,21 @@ def prepare_run_dir(
 
     Raises:
         ConfigError: the folder already holds a run (or another kind of run), ``resume`` has nothing to
-            resume, or another process holds the folder.
+            resume or would change the data, or another process holds the folder.
         CheckpointError: ``resume`` with a different network or checkpoint kind.
     """
-    from pipeline.checkpoints import check_resume, load_checkpoint, reconcile_best
-    from pipeline.rundir import acquire_lock, check_run_kind, record_created, remove_temporaries
+    from pipeline.checkpoints import reconcile_best
+    from pipeline.rundir import acquire_lock, record_created, remove_temporaries
 
-    run_dir = Path(output_dir)
-    last = run_dir / marker
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: exists and is not a folder; choose another --output.")
-    check_run_kind(run_dir, str(run_config.get("config", "")))
-    if last.exists() and not resume:
-        hint = ("pass --resume (unoise) or --resume true (monai.bundle run) to continue it, or choose another --output"
-                if marker == "checkpoints/last.pt" else "choose another --output")
-        raise ConfigError(f"{run_dir}: already holds a run ({last}); {hint}.")
-    if resume and not last.exists():
-        raise ConfigError(f"{run_dir}: --resume was asked for but {last} does not exist; start a new run without --resume.")
-    if resume and expected_meta is not None:
-        check_resume(load_checkpoint(last).get("meta", {}), expected_meta, last)
+    run_dir = check_run_dir(output_dir, resume, run_config, marker, expected_meta)
     if not is_main_process():
         return run_dir
     folder_is_new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     acquire_lock(run_dir)  # before recording: a process refused here must not roll back the owner's folder
     remove_temporaries(run_dir)
-    if resume and marker == "checkpoints/last.pt":
-        reconcile_best(run_dir / "checkpoints")
+    if resume and marker == "checkpoints/last.pt" and reconcile_best(run_dir / "checkpoints"):
+        logger.info("%s: best.pt rebuilt from last.pt, whose epoch was the best when the previous run stopped", run_dir)
     for sub in subfolders:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     record = run_dir / ("config_resume.json" if resume else "config.json")

@@ -36,6 +36,19 @@ def _fault_point(path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some file systems do not open folders; the rename is still atomic
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same name ending, so writers pick the same format);
@@ -55,6 +68,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(stream.fileno())
         _fault_point(path)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut: written files keep their order
     finally:
         tmp.unlink(missing_ok=True)
 

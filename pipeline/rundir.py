@@ -1,18 +1,21 @@
 """Run folders that are never mixed: one writer at a time, leftovers of a killed run removed.
 
-A run takes ``RUN_DIR/.lock`` (the owner's pid and host, created with ``O_EXCL``) before it writes
-anything. A second process finds the lock and is refused while the owner lives; a lock whose owner is
-gone (kill -9, power loss) is stale and is cleared with a log line. Once the lock is held, ``.tmp-*``
-files that a killed writer left (see :func:`pipeline.fileio.atomic_path`) are removed. Locks are released
-when the run ends, on error too (``atexit``).
+A run holds ``RUN_DIR/.lock`` with an exclusive ``flock`` for its whole life; the file records the
+owner's pid, host and start time for the messages. A second process finds the lock taken and is refused
+while the owner lives. The kernel drops a dead owner's lock (kill -9, power loss), so its file left
+behind is stale and is simply taken over, with a log line. Once the lock is held, ``.tmp-*`` files that a
+killed writer left (see :func:`pipeline.fileio.atomic_path`) are removed from the folder and its
+``checkpoints/``. Locks are released when the run ends, on error too (``atexit``).
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -22,71 +25,90 @@ from pipeline.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-_held: dict[Path, int] = {}
+TEMPORARY = re.compile(r"^\.tmp-[0-9a-f]{8}-")  # what pipeline.fileio.atomic_path names its files
+_held: dict[Path, int] = {}  # folder -> open descriptor holding the flock
 _created: dict[Path, tuple[bool, list[Path]]] = {}  # folder -> (created by this process, files it wrote first)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read_lock(lock: Path) -> dict:
     try:
-        return json.loads(lock.read_text())
+        content = json.loads(lock.read_text())
     except (OSError, ValueError):
-        return {}  # half-written or unreadable: its owner died while writing it
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _owner(lock: Path) -> str:
+    owner = _read_lock(lock)
+    return f"pid {owner.get('pid', 'unknown')} on {owner.get('host', 'an unknown host')}, since {owner.get('started', '?')}"
+
+
+def lock_is_held(folder: str | os.PathLike) -> bool:
+    """Whether another process holds ``folder/.lock`` now (this process's own lock does not count)."""
+    folder = Path(folder)
+    lock = folder / LOCK_NAME
+    if folder in _held or not lock.is_file():
+        return False
+    try:
+        descriptor = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # closing drops a lock taken only to test
+    return False
 
 
 def acquire_lock(folder: str | os.PathLike) -> Path:
-    """Take ``folder/.lock`` for this process, clearing a stale one; the folder must exist.
+    """Take ``folder/.lock`` for this process (an exclusive ``flock``); the folder must exist.
 
-    Re-taking a lock this process already holds (a second run in the same Python session) succeeds.
+    A lock file whose owner is gone is taken over (logged). Re-taking a lock this process holds succeeds.
 
     Raises:
         ConfigError: another live process holds the folder (its pid and host are named).
     """
     folder = Path(folder)
     lock = folder / LOCK_NAME
-    for _ in range(3):
+    if folder in _held:
+        return lock
+    for _ in range(5):
+        descriptor = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _read_lock(lock)
-            pid, host = int(owner.get("pid", -1) or -1), owner.get("host")
-            if pid == os.getpid() and host == socket.gethostname():
-                _held[folder] = pid
-                return lock
-            if host not in (None, socket.gethostname()):
-                raise ConfigError(f"{folder}: in use by pid {pid} on host {host} ({lock}); wait for that run, or delete "
-                                  "the lock file if no run is active there.") from None
-            if pid > 0 and _alive(pid):
-                raise ConfigError(f"{folder}: in use by another run (pid {pid}, since {owner.get('started', '?')}; {lock}); "
-                                  "wait for it to finish or choose another --output.") from None
-            logger.warning("%s: clearing the stale lock of pid %s, which no longer runs", folder, pid if pid > 0 else "unknown")
-            lock.unlink(missing_ok=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ConfigError(f"{folder}: in use by another run ({_owner(lock)}; {lock}); wait for it to finish or choose "
+                              "another --output.") from None
+        try:  # the file may have been removed and re-created by its owner between our open and flock
+            same = os.fstat(descriptor).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(descriptor)
             continue
-        with os.fdopen(descriptor, "w") as stream:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, stream)
-        _held[folder] = os.getpid()
+        previous = _read_lock(lock)
+        if previous:
+            logger.warning("%s: taking over the stale lock of pid %s, which no longer runs", folder, previous.get("pid", "unknown"))
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                         "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.fsync(descriptor)
+        _held[folder] = descriptor
         return lock
     raise ConfigError(f"{folder}: could not take {lock} (another process keeps replacing it); retry.")
 
 
 def release_lock(folder: str | os.PathLike) -> None:
-    """Remove ``folder/.lock`` if this process holds it."""
+    """Remove ``folder/.lock`` and drop the lock, if this process holds it."""
     folder = Path(folder)
-    if _held.pop(folder, None) is None:
+    descriptor = _held.pop(folder, None)
+    if descriptor is None:
         return
-    lock = folder / LOCK_NAME
-    if _read_lock(lock).get("pid") == os.getpid():
-        lock.unlink(missing_ok=True)
+    (folder / LOCK_NAME).unlink(missing_ok=True)  # while still held: a waiter then re-checks the inode
+    os.close(descriptor)
 
 
 def release_all() -> None:
@@ -117,7 +139,9 @@ def roll_back() -> list[Path]:
     removed = []
     for folder, (folder_is_new, files) in list(_created.items()):
         _created.pop(folder, None)
-        if not folder.is_dir() or any(folder.rglob("*.pt")) or any(folder.rglob("*_importance.nii.gz")):
+        results = [p for p in folder.rglob("*.pt") if "cache" not in p.relative_to(folder).parts]
+        nested = [p for p in folder.rglob(LOCK_NAME) if p.parent != folder]
+        if not folder.is_dir() or results or nested or any(folder.rglob("*_importance.nii.gz")):
             continue
         if folder_is_new:
             shutil.rmtree(folder, ignore_errors=True)
@@ -135,17 +159,23 @@ def forget_created() -> None:
     _created.clear()
 
 
-def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete ``.tmp-*`` files under ``folder`` that a killed writer left; call with the lock held.
+def remove_temporaries(folder: str | os.PathLike, subfolders: tuple[str, ...] = ("checkpoints", "report")) -> list[Path]:
+    """Delete the ``.tmp-XXXXXXXX-*`` files a killed writer left in ``folder`` and its ``subfolders``.
+
+    Call it with the folder's lock held. Only those folders are looked at, not the tree below: a nested
+    run (its own ``.lock``) or an unrelated file elsewhere is never touched.
 
     Returns:
         The removed paths.
     """
     removed = []
-    for path in Path(folder).rglob(".tmp-*"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    for place in (Path(folder), *(Path(folder) / sub for sub in subfolders)):
+        if not place.is_dir():
+            continue
+        for path in place.iterdir():
+            if path.is_file() and TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
     if removed:
         logger.info("%s: removed %d leftover temporary file(s) of an interrupted run", folder, len(removed))
     return removed

@@ -423,21 +423,21 @@ def build_cases(work: Path) -> list[Case]:
         return make
 
     def locked(alive: bool) -> Callable[[Path], None]:
+        """A folder whose lock a live process holds, or the lock file a killed owner left."""
         def make(w: Path) -> None:
             target = _out(w, f"locked_{alive}")
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
+            holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.rundir import acquire_lock; "
+                                       f"acquire_lock({str(target)!r}); print('held', flush=True); time.sleep(900)"],
+                                      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            holder.stdout.readline()
             if alive:
-                holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-                pid = holder.pid
-                (w / "holder.pid").write_text(str(pid))
+                (w / "holder.pid").write_text(str(holder.pid))
             else:
-                finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-                pid = int(finished.stdout)
-            import socket
-
-            (target / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "earlier"}))
+                holder.kill()  # kill -9: its lock file stays, its flock goes
+                holder.wait()
         return make
 
     def lock_cleared(w: Path) -> str | None:
@@ -540,7 +540,7 @@ def concurrent_runs(work: Path) -> dict:
     statuses = sorted(status for status, _ in results)
     refusal = next((err.strip().splitlines()[-1] for status, err in results if status == 2), "")
     epochs = [r["epoch"] for r in json.loads((target / "metrics.json").read_text())["epochs"]] if (target / "metrics.json").exists() else []
-    ok = statuses == [0, 2] and ("in use by another run" in refusal or "already holds a run" in refusal) and epochs == [1] \
+    ok = statuses == [0, 2] and "in use by another run" in refusal and epochs == [1] \
         and not (target / ".lock").exists()
     return {"case": "two runs into one folder at once [train-utility]", "command": "train-utility", "expect": "one runs, one refused",
             "status": statuses, "seconds": round(time.perf_counter() - started, 1), "peak_mb": None,

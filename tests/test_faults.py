@@ -78,6 +78,40 @@ def test_a_header_that_does_not_fit_its_file_is_truncation(tmp_path: Path, affin
         load_volume(packed)
 
 
+def test_a_tiny_gzip_cannot_hold_a_header_that_wraps_around_4_gib(tmp_path: Path) -> None:
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 1024))  # 2**32 bytes of int32: the trailer's size modulo 2**32 would match
+    header.set_data_dtype(np.int32)
+    header["vox_offset"] = 352
+    path = tmp_path / "wrap.nii.gz"
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock + b"\0" * 4)
+    with pytest.raises(DataError, match=r"wrap.nii.gz: the file is truncated or its header is corrupt: .* a gzip file of \d+ bytes holds at most"):
+        load_volume(path)
+
+
+def test_valid_gzip_variants_and_a_trailing_singleton_load(tmp_path: Path, affine: np.ndarray) -> None:
+    image, _ = make_volume(0)
+    raw = gzip.decompress(write_nifti(tmp_path / "one.nii.gz", image, affine).read_bytes())
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(raw[:400]) + gzip.compress(raw[400:]))  # as bgzip writes
+    (tmp_path / "padded.nii.gz").write_bytes(gzip.compress(raw) + b"\0" * 32)
+    for name in ("members.nii.gz", "padded.nii.gz"):
+        assert np.array_equal(np.asarray(load_volume(tmp_path / name)), image)
+    single = load_volume(write_nifti(tmp_path / "single.nii.gz", image[..., None], affine))
+    assert tuple(single.shape) == image.shape
+
+
+def test_a_split_of_a_dataset_whose_images_are_links_reads_back(tmp_path: Path, msd_dir: Path) -> None:
+    from pipeline.data import split_datalist, write_datalist
+
+    storage = tmp_path / "storage"
+    (msd_dir / "imagesTr").rename(storage)
+    (msd_dir / "imagesTr").symlink_to(storage)  # imagesTr on shared storage
+    datalist = load_datalist(msd_dir)
+    path = write_datalist(split_datalist(datalist, 0.4, 0.0, 0), msd_dir / "split.json")
+    assert [e["image"] for e in load_datalist(path, "training")] == [e["image"] for e in split_datalist(datalist, 0.4, 0.0, 0)["training"]]
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "the file is empty"),
     (b"\x1f\x8b" + os.urandom(200), "not a readable NIfTI header"),
@@ -236,6 +270,20 @@ def test_best_is_rebuilt_from_last_after_a_crash_between_the_two_writes(tmp_path
 # ---------------------------------------------------------------- run folders
 
 
+def test_a_resume_on_other_data_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "meta": {"kind": "utility", "preset": "small"}}, run / "checkpoints" / "last.pt")
+    (run / "config.json").write_text(json.dumps({"config": "train_utility", "window": "pancreas", "seed": 0, "dataset_dir": "data/a"}))
+    with pytest.raises(ConfigError, match=r"config.json: --resume would continue on other data \(window 'pancreas' in the run, "
+                                          r"'abdomen' asked for; seed 0 in the run, 1 asked for\)"):
+        prepare_run_dir(run, True, {"config": "train_utility", "window": "abdomen", "seed": 1, "dataset_dir": "data/a"})
+    assert not (run / "config_resume.json").exists()
+    (run / "metrics.json").write_text("{broken")
+    with pytest.raises(ConfigError, match=r"metrics.json: cannot be read"):
+        prepare_run_dir(run, True, {"config": "train_utility", "window": "pancreas", "seed": 0, "dataset_dir": "data/a"})
+
+
 def test_nothing_is_created_when_a_check_fails(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(ConfigError, match="does not exist; start a new run without --resume"):
@@ -249,25 +297,52 @@ def test_nothing_is_created_when_a_check_fails(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "trained").rglob("*")) == before
 
 
-def test_a_folder_in_use_is_refused_and_a_stale_lock_is_cleared(tmp_path: Path) -> None:
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that takes ``folder``'s lock and keeps it until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.rundir import acquire_lock; "
+                               f"acquire_lock({str(folder)!r}); print('held', flush=True); time.sleep(120)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_folder_in_use_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = _hold_lock(run)
     try:
-        (run / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "now"}))
-        with pytest.raises(ConfigError, match=rf"run: in use by another run \(pid {holder.pid}"):
+        with pytest.raises(ConfigError, match=rf"run: in use by another run"):
             prepare_run_dir(run, False, {"config": "train_utility"})
+        with pytest.raises(ConfigError, match=rf"run: in use by another run \(pid {holder.pid} on "):
+            acquire_lock(run)
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        holder.kill()  # kill -9: the lock file stays behind, its flock goes with the process
+        holder.wait()
+    assert json.loads((run / ".lock").read_text())["pid"] == holder.pid
+    (run / "checkpoints").mkdir()
+    leftovers = [run / "checkpoints" / ".tmp-0badc0de-last.pt", run / ".tmp-12345678-config.json"]
+    kept = [run / "checkpoints" / ".tmp-notours.pt", run / "nested" / ".tmp-0badc0de-best.pt"]
+    for path in leftovers + kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"partial")
+    prepare_run_dir(run, False, {"config": "train_utility"})
+    assert "taking over the stale lock of pid" in caplog.text
+    assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in kept)  # ours, at the run's own levels only
+    release_lock(run)
+    assert not (run / ".lock").exists()
+
+
+def test_an_empty_lock_file_of_a_live_owner_is_not_taken(tmp_path: Path) -> None:
+    holder = _hold_lock(tmp_path)
+    try:
+        (tmp_path / ".lock").write_text("")  # as if the owner had not written its pid yet
+        with pytest.raises(ConfigError, match="in use by another run"):
+            acquire_lock(tmp_path)
     finally:
         holder.kill()
         holder.wait()
-    (run / "checkpoints").mkdir()
-    (run / "checkpoints" / ".tmp-0badc0de-last.pt").write_bytes(b"partial")
-    prepare_run_dir(run, False, {"config": "train_utility"})  # the holder is gone: its lock is stale
-    assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
-    assert not list(run.rglob(".tmp-*"))
-    release_lock(run)
-    assert not (run / ".lock").exists()
 
 
 def test_explain_output_folder_is_locked_and_cleaned(tmp_path: Path) -> None:
@@ -277,10 +352,28 @@ def test_explain_output_folder_is_locked_and_cleaned(tmp_path: Path) -> None:
     prepare_output_dir(out, [{"case": "a"}], ["_importance.nii.gz"])
     assert (out / ".lock").exists() and not list(out.glob(".tmp-*"))
     release_lock(out)
-    assert remove_temporaries(out) == []
-    acquire_lock(out)
-    acquire_lock(out)  # the same process may take its own lock again
-    release_lock(out)
+    assert not (out / ".lock").exists()
+
+
+def test_a_refused_run_is_rolled_back_but_never_another_runs_folder(tmp_path: Path) -> None:
+    from pipeline.rundir import forget_created, record_created, roll_back
+
+    fresh, trained, shared = tmp_path / "fresh", tmp_path / "trained", tmp_path / "shared"
+    prepare_run_dir(fresh, False, {"config": "train_utility"})
+    (trained / "checkpoints").mkdir(parents=True)
+    prepare_run_dir(trained, False, {"config": "train_utility"}, marker="checkpoints/none.pt")
+    (trained / "checkpoints" / "best.pt").write_bytes(b"weights")
+    (shared / "other_run").mkdir(parents=True)
+    (shared / "other_run" / ".lock").write_text("{}")
+    record_created(shared, True, [])
+    removed = roll_back()
+    assert fresh in removed and not fresh.exists()  # created by the refused run, nothing of value: gone
+    assert (trained / "checkpoints" / "best.pt").exists() and (trained / "config.json").exists()  # results: untouched
+    assert (shared / "other_run" / ".lock").exists()  # another run inside: untouched
+    forget_created()
+    from pipeline.rundir import release_all
+
+    release_all()
 
 
 # ---------------------------------------------------------------- kill -9 drills (fresh processes)
@@ -320,8 +413,10 @@ def test_kill_at_a_checkpoint_write_then_resume(drill_data: Path, tmp_path: Path
     assert killed.returncode == -signal.SIGKILL
     assert list(run.rglob(".tmp-*")) and (run / ".lock").exists()  # what a power cut leaves
     assert load_checkpoint(run / "checkpoints" / "last.pt")["meta"]["epoch"] == kept  # lost at most the epoch being written
+    assert (run / "checkpoints" / "best.pt").exists() == (fault != "best.pt:1")
     resumed = _unoise("train-utility", "--dataset", str(drill_data), "--output", str(run), *TINY, "--epochs", "3", "--resume")
-    _, err = resumed.communicate(timeout=300)
+    out, err = resumed.communicate(timeout=300)
+    assert ("best.pt rebuilt from last.pt" in out) == (fault == "best.pt:1")
     assert resumed.returncode == 0, err[-2000:]
     assert _epochs(run) == [1, 2, 3]
     assert not list(run.rglob(".tmp-*")) and not (run / ".lock").exists()

@@ -32,6 +32,7 @@ from pipeline.fileio import write_json_atomic
 logger = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("training", "validation", "test")
+PATH_KEYS = ("image", "label", "image_nocue", "shortcut")  # entry keys holding files (the last two: the shortcut benchmark)
 
 
 def case_name(path: str | os.PathLike) -> str:
@@ -95,11 +96,13 @@ def _resolve(entries: list[dict[str, Any]], base: Path, source: Path, allow_outs
     resolved = []
     for entry in entries:
         entry = dict(entry)
-        for key, value in entry.items():
-            if key in ("image", "label") and value is not None:
-                entry[key] = str(check_inside(value, base, allow_outside, source))
-            elif isinstance(value, str) and key not in ("case", "patient", "series") and (base / value).exists():
-                entry[key] = str(check_inside(value, base, allow_outside, source))  # other files, as MONAI's loader does
+        for key in PATH_KEYS:
+            value = entry.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or value.strip() in ("", "."):
+                raise DataError(f"{source}: entry {entry.get('image', '?')} has {key} {value!r}; it must be the path of a file.")
+            entry[key] = str(check_inside(value, base, allow_outside, source))
         resolved.append(entry)
     return resolved
 
@@ -133,7 +136,8 @@ def load_datalist(source: str | os.PathLike, key: str = "training", allow_outsid
     Raises:
         DataError: the source does not exist, is not understood, or holds no cases.
     """
-    path = resolve_input(source)
+    resolve_input(source)  # a symlink loop is refused here
+    path = Path(os.path.abspath(os.path.expanduser(str(source))))  # symlinks kept: paths inside read as inside
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; pass an MSD folder, a datalist JSON file or a folder of images.")
     if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
@@ -233,15 +237,15 @@ def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathL
     if not is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = path.parent.resolve()
+    base = os.path.abspath(path.parent)
     content: dict[str, list[dict[str, Any]]] = {}
     for name, entries in splits.items():
         content[name] = []
         for entry in entries:
             entry = dict(entry)
-            for key in ("image", "label"):
-                if entry.get(key):
-                    entry[key] = os.path.relpath(Path(entry[key]).resolve(), base)
+            for key in PATH_KEYS:
+                if entry.get(key):  # relative to the paths as written (symlinks kept): they read back the same
+                    entry[key] = os.path.relpath(os.path.abspath(entry[key]), base)
             content[name].append(entry)
     return write_json_atomic(content, path)
 
@@ -272,7 +276,8 @@ def collect_inputs(
         raise DataError("no input given; pass NIfTI files, DICOM series folders, folders or datalists to explain.")
     entries: list[dict[str, Any]] = []
     for source in sources:
-        path = resolve_input(source)
+        resolve_input(source)  # a symlink loop is refused here
+        path = Path(os.path.abspath(os.path.expanduser(str(source))))
         if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
             entries.append({"image": str(path)})
         else:  # folders (a DICOM series is one case), MSD folders and datalists

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ def check_inside(entry: str | os.PathLike, root: str | os.PathLike, allow_outsid
         source: the datalist file, named in the error.
 
     Returns:
-        The absolute, resolved path.
+        The absolute path as written (normalised, symlinks kept, so that a split written from it reads
+        back inside the folder).
     """
     expanded = Path(os.path.expanduser(str(entry)))
     joined = Path(os.path.normpath(os.path.join(os.path.abspath(root), expanded)))
@@ -68,14 +70,48 @@ def check_inside(entry: str | os.PathLike, root: str | os.PathLike, allow_outsid
             f"{source}: entry {entry} lies outside the dataset folder {base}; move the file into the dataset "
             "folder, or pass --allow_outside_paths true if paths outside it are intended."
         )
-    return resolve_input(joined)
+    resolve_input(joined)  # a symlink loop is refused here
+    return joined
+
+
+DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than about 1032:1 (RFC 1951 block limits)
 
 
 def _gzip_size(path: Path) -> int:
-    """Uncompressed size modulo 2**32 from a gzip trailer (ISIZE, RFC 1952)."""
+    """Uncompressed size modulo 2**32 from a gzip trailer (ISIZE, RFC 1952; of the last member only)."""
     with open(path, "rb") as handle:
         handle.seek(-4, os.SEEK_END)
         return int.from_bytes(handle.read(4), "little")
+
+
+def _check_gzip_holds(path: Path, size: int, expected: int, shape: tuple[int, ...]) -> None:
+    """Refuse a ``.nii.gz`` that cannot hold ``expected`` bytes, without allocating them.
+
+    First the bound no deflate stream can beat (a 400-byte file cannot hold gigabytes); then the
+    trailer's size, which settles a plain single-member file at once; otherwise (several members,
+    padding, sizes past 4 GiB) the stream is decompressed in 1 MiB chunks and counted.
+    """
+    def refuse(found: str) -> DataError:
+        return DataError(f"{path}: the file is truncated or its header is corrupt: the header's shape {shape} needs "
+                         f"{expected:,} bytes, {found}; re-export or re-download it.")
+
+    if expected > DEFLATE_MAX_RATIO * size + 4096:
+        raise refuse(f"a gzip file of {size:,} bytes holds at most about {DEFLATE_MAX_RATIO * size:,}")
+    if expected < 2**32 and _gzip_size(path) == expected:
+        return
+    count = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while count < expected:
+                chunk = stream.read(2**20)
+                if not chunk:
+                    break
+                count += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        if count < expected:
+            raise refuse(f"the stream ends after {count:,} ({type(err).__name__})") from err
+    if count < expected:
+        raise refuse(f"the file decompresses to {count:,}")
 
 
 def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> tuple[int, ...]:
@@ -123,17 +159,7 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) ->
                         "crop or resample the volume (or the header is corrupt).")
     expected = offset + voxels * itemsize
     if path.name.lower().endswith(".gz"):
-        try:
-            with gzip.open(path, "rb") as handle:  # the first block: a gzip stream at all?
-                handle.read(1)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{path}: not a valid gzip file ({err}); re-export it.") from err
-        stored = _gzip_size(path)
-        if stored != expected % 2**32:
-            raise DataError(
-                f"{path}: the file is truncated or its header is corrupt: the header's shape {shape} needs "
-                f"{expected:,} bytes, the gzip trailer records {stored:,}; re-export or re-download it."
-            )
+        _check_gzip_holds(path, size, expected, shape)
     elif size < expected:
         raise DataError(
             f"{path}: the file is truncated or its header is corrupt: the header's shape {shape} needs "
@@ -150,6 +176,12 @@ class DicomSeries:
     files: tuple[str, ...]
     description: str
     slice_thickness: str
+    rows: int = 0
+    columns: int = 0
+
+    @property
+    def voxels(self) -> int:
+        return self.rows * self.columns * len(self.files)
 
     def describe(self) -> str:
         text = f"{self.uid} ({len(self.files)} files"
@@ -178,35 +210,42 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 header = pydicom.dcmread(str(child), stop_before_pixels=True,
-                                         specific_tags=["SeriesInstanceUID", "SeriesDescription", "SliceThickness"])
+                                         specific_tags=["SeriesInstanceUID", "SeriesDescription", "SliceThickness", "Rows", "Columns"])
         except Exception:  # not DICOM (a README, a thumbnail): the folder scan ignores it too
             continue
         uid = str(getattr(header, "SeriesInstanceUID", "") or "unknown")
         groups.setdefault(uid, []).append(str(child))
-        info.setdefault(uid, (str(getattr(header, "SeriesDescription", "") or ""), str(getattr(header, "SliceThickness", "") or "")))
+        description = " ".join(str(getattr(header, "SeriesDescription", "") or "").split())  # one line in messages
+        info.setdefault(uid, (description, str(getattr(header, "SliceThickness", "") or ""),
+                              int(getattr(header, "Rows", 0) or 0), int(getattr(header, "Columns", 0) or 0)))
     if not groups:
         raise DataError(f"{folder}: holds no readable DICOM file; pass the folder of one CT series.")
     return [DicomSeries(uid, tuple(files), *info[uid]) for uid, files in sorted(groups.items())]
 
 
-def choose_dicom_series(folder: str | os.PathLike, series: str | None = None) -> DicomSeries:
+def choose_dicom_series(folder: str | os.PathLike, series: str | None = None, max_voxels: int = MAX_VOXELS) -> DicomSeries:
     """The one series to read from a DICOM folder: the only one, or the one ``series`` names.
 
     Raises:
-        DataError: several series and none chosen (they are listed), or ``series`` is not in the folder.
+        DataError: several series and none chosen (they are listed), ``series`` is not in the folder, or
+            the series holds more than ``max_voxels`` voxels (from its headers, before any pixel is read).
     """
     found = list_dicom_series(folder)
+    chosen = None
     if series is not None:
-        for item in found:
-            if item.uid == str(series):
-                return item
-        raise DataError(f"{folder}: holds no series {series}; it holds {'; '.join(s.describe() for s in found)}.")
-    if len(found) > 1:
+        chosen = next((item for item in found if item.uid == str(series)), None)
+        if chosen is None:
+            raise DataError(f"{folder}: holds no series {series}; it holds {'; '.join(s.describe() for s in found)}.")
+    elif len(found) > 1:
         raise DataError(
             f"{folder}: holds {len(found)} DICOM series, which would be merged into one wrong volume: "
             f"{'; '.join(s.describe() for s in found)}; pick one with --series UID or move each into its own folder."
         )
-    return found[0]
+    chosen = chosen or found[0]
+    if chosen.voxels > max_voxels:
+        raise DataError(f"{folder}: series {chosen.uid} holds {chosen.rows} x {chosen.columns} x {len(chosen.files)} = "
+                        f"{chosen.voxels:,} voxels, over the limit of {max_voxels:,}; crop or resample it.")
+    return chosen
 
 
 def series_regex(files: Sequence[str]) -> str:

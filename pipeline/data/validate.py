@@ -62,7 +62,7 @@ def load_volume(path: str | Path, series: str | None = None, max_voxels: int = M
     if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
         check_nifti_header(path, max_voxels)
     elif path.is_dir():
-        chosen = choose_dicom_series(path, series)
+        chosen = choose_dicom_series(path, series, max_voxels)
         if series is not None:
             loader = LoadImage(image_only=True, reader="PydicomReader", fname_regex=series_regex(chosen.files))
     elif path.is_file() and path.stat().st_size == 0:
@@ -77,6 +77,8 @@ def load_volume(path: str | Path, series: str | None = None, max_voxels: int = M
             f"{path}: cannot be read as NIfTI or a DICOM series ({reason[:200]}); the file may be truncated or "
             "corrupt: re-export or re-download it."
         ) from err
+    while volume.ndim > 3 and volume.shape[-1] == 1:  # (X, Y, Z, 1): one 3D volume, as LoadVolumed reads it
+        volume = volume[..., 0]
     if volume.ndim != 3:
         raise DataError(
             f"{path}: expected one 3D volume, got shape {tuple(volume.shape)}; split 4D files into one 3D "
@@ -313,17 +315,26 @@ def check_training_split(
             )
 
 
-def check_batch_count(slices: int, batch_size: int, source: str | Path, part: str = "training") -> None:
-    """Refuse a training set smaller than one batch (the loader drops the last partial batch: 0 steps).
+def check_batch_count(slices: int, batch_size: int, source: str | Path, part: str = "training", world_size: int = 1) -> None:
+    """Refuse a training set smaller than one batch per process (the loader drops the last partial batch: 0 steps).
+
+    Args:
+        slices: training slices in all.
+        batch_size: per process.
+        source: the dataset, named in the error.
+        part: the split's name.
+        world_size: processes sharing the slices (``torchrun``); each gets ``ceil(slices / world_size)``.
 
     Raises:
-        DataError: ``slices < batch_size``.
+        DataError: fewer slices per process than ``batch_size``.
     """
     if int(batch_size) < 1:
         raise DataError(f"{source}: batch_size must be >= 1, got {batch_size}.")
-    if int(slices) < int(batch_size):
+    share = -(-int(slices) // max(1, int(world_size)))
+    if share < int(batch_size):
+        per = f" ({share} per process over {world_size})" if world_size > 1 else ""
         raise DataError(
-            f"{source}: the {part} split gives {slices} slice(s), fewer than one batch of {batch_size}, so no "
-            f"training step would run; pass --batch_size {max(1, slices)} or less, add cases, or keep more slices "
+            f"{source}: the {part} split gives {slices} slice(s){per}, fewer than one batch of {batch_size}, so no "
+            f"training step would run; pass --batch_size {max(1, share)} or less, add cases, or keep more slices "
             "(--train_slices all)."
         )

@@ -10,6 +10,7 @@ the baselines named in ``baselines`` (occlusion, Grad-CAM, saliency, SmoothGrad)
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,16 @@ def check_inputs(
     label_values: Sequence[int] | str | None = None,
     strict: bool = False,
     allow_outside_paths: bool = False,
+    sanity: bool = False,
+    shortcut: bool = False,
 ) -> None:
     """Every check of an evaluation, before its run folder is created.
 
     Checkpoints are of the right kind (``--utility`` a utility, ``--noise`` noise models trained
     against that utility's network), the split exists and is not empty, and its cases pass
-    :func:`pipeline.data.validate_datalist` with labels and hold pancreas.
+    :func:`pipeline.data.validate_datalist` with labels and hold pancreas. With ``sanity`` the training
+    and validation parts, which the sanity check retrains on, pass the training checks too; with
+    ``shortcut`` every case has its cue mask and twin, whose headers are checked.
 
     Raises:
         ConfigError, CheckpointError, DataError: the first problem found.
@@ -105,8 +110,18 @@ def check_inputs(
     if not splits[split]:
         raise ConfigError(f"{dataset_dir}: the {split} split is empty with val_fraction {val_fraction} and test_fraction "
                           f"{test_fraction}; raise the fraction or evaluate another split.")
-    summary = validate_datalist(splits[split], pancreas_labels, label_values, require_labels=True, progress=False, strict=strict)
-    check_training_split(summary, splits, dataset_dir, parts=(split,))
+    parts = [split, *(("training", "validation") if sanity else ())]
+    entries = [entry for part in dict.fromkeys(parts) for entry in splits[part]]
+    summary = validate_datalist(entries, pancreas_labels, label_values, require_labels=True, progress=False, strict=strict)
+    check_training_split(summary, splits, dataset_dir, parts=tuple(dict.fromkeys(parts)))
+    if shortcut:
+        from pipeline.data import load_volume
+        from pipeline.evaluation.shortcut import SHORTCUT_KEYS, check_shortcut_entries
+
+        check_shortcut_entries(splits[split])
+        for entry in splits[split]:
+            for key in SHORTCUT_KEYS:
+                load_volume(entry[key])  # header, size and 3D checks; geometry follows the image's in the transforms
 
 
 def select_slices(pancreas_pixels: Sequence[float], cases: Sequence[str], limit: int | None) -> list[int]:
@@ -192,6 +207,8 @@ def run_evaluation(
     device: str = "cpu",
     bundle_root: str | None = None,
     allow_outside_paths: bool = False,
+    label_values: Sequence[int] | str | None = None,
+    strict: bool = False,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -261,15 +278,18 @@ def run_evaluation(
     if sanity:
         from pipeline.evaluation.sanity import run_sanity_check
 
+        if (out / "sanity").exists():  # an interrupted evaluation's retrainings: this run redoes them
+            shutil.rmtree(out / "sanity")
+
         result.update(run_sanity_check(
             utility, utility_meta, noise_metas, maps, data, explainers, out / "sanity", sanity_epochs,
             sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
             sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction,
-            allow_outside_paths=allow_outside_paths))
-    write_json_atomic(result, out / "evaluation.json")
+            data_checks={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths}))
     save_atomic({"image": data["image"].cpu(), "label": data["label"].cpu(), "body": data["body"].cpu(),
                  "cases": data["cases"], "maps": maps,
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {})}, out / "maps.pt")
+    write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
     return result
 
 
