@@ -107,6 +107,16 @@ def _huge_header(path: Path) -> None:
         stream.write(block)
 
 
+def _wrap_header(path: Path) -> None:
+    """A 63-byte NIfTI whose header claims 1024^3 int32 voxels: 2**32 bytes, a gzip trailer's 0 modulo 2**32."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 1024))
+    header.set_data_dtype(np.int32)
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb") as stream:
+        stream.write(header.binaryblock + b"\0" * 4)
+
+
 def _as_float(d: Path, scale: Callable[[np.ndarray], np.ndarray]) -> None:
     array, affine = _load(_image(d))
     _nifti(_image(d), scale(array.astype(np.float32)), affine)
@@ -174,6 +184,7 @@ DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "image NaN voxels": (_with_voxel(float("nan")), f"{TARGET}.nii.gz"),
     "image inf voxels": (_with_voxel(float("inf")), f"{TARGET}.nii.gz"),
     "image header claims 6.3 G voxels": (lambda d: _huge_header(_image(d)), f"{TARGET}.nii.gz"),
+    "image header wraps around 4 GiB": (lambda d: _wrap_header(_image(d)), f"{TARGET}.nii.gz"),
     "image symlink loop": (_symlink_loop, f"{TARGET}.nii.gz"),
     "image path outside the dataset (..)": (_outside_dataset, "dataset.json"),
     "image path absolute, outside": (_absolute_outside, "dataset.json"),
@@ -321,6 +332,7 @@ def build_cases(work: Path) -> list[Case]:
         "image 4D": (written("four.nii.gz", lambda p: _nifti(p, np.stack([source] * 2, -1), affine)), "four.nii.gz"),
         "image NaN voxels": (written("nan.nii.gz", lambda p: _nifti(p, np.where(source > 200, np.nan, source).astype(np.float32), affine)), "nan.nii.gz"),
         "image header claims 6.3 G voxels": (written("huge.nii.gz", _huge_header), "huge.nii.gz"),
+        "image header wraps around 4 GiB": (written("wrap.nii.gz", _wrap_header), "wrap.nii.gz"),
         "image symlink loop": (written("loop.nii.gz", lambda p: (p.with_name("loop2.nii.gz").symlink_to(p.name), p.symlink_to("loop2.nii.gz"))), "loop.nii.gz"),
         "not an image (a text file)": (written("notes.txt", lambda p: p.write_text("hello")), "notes.txt"),
     }
@@ -474,6 +486,9 @@ def build_cases(work: Path) -> list[Case]:
         Case("--resume with another preset", "train-utility",
              lambda w: ["train-utility", "--dataset", data, "--output", str(_out(w, "resume_preset")), "--resume", *TRAIN, "--preset", "medium"],
              "preset 'small' in the run, 'medium' asked for", output=lambda w: _out(w, "resume_preset"), setup=copy_run("resume_preset")),
+        Case("--resume on other data (another window)", "train-utility",
+             lambda w: ["train-utility", "--dataset", data, "--output", str(_out(w, "resume_window")), "--resume", *TRAIN, "--window", "abdomen"],
+             "window 'pancreas' in the run, 'abdomen' asked for", output=lambda w: _out(w, "resume_window"), setup=copy_run("resume_window")),
         Case("--resume with nothing to resume", "train-utility",
              lambda w: ["train-utility", "--dataset", data, "--output", str(_out(w, "resume_nothing")), "--resume", *TRAIN],
              "does not exist", output=lambda w: _out(w, "resume_nothing")),
@@ -624,7 +639,7 @@ def main() -> int:
         except ProcessLookupError:
             pass
     refuse = [r for r in rows if r["expect"] == "refused"]
-    huge = [r["peak_mb"] for r in rows if "6.3 G voxels" in r["case"]]
+    huge = [r["peak_mb"] for r in rows if "6.3 G voxels" in r["case"] or "wraps around 4 GiB" in r["case"]]
     summary = {
         "cases": len(rows),
         "expected_refusals": len(refuse),
