@@ -38,7 +38,7 @@ def time_explainers(
         image: one slice (1, C, H, W) windowed to [0, 1], on the device.
         noise_presets: U-Noise sizes to time (``small``, ``medium``, ``large``).
         repeats, warmup: timed and untimed calls per method.
-        gradcam_layer: the utility layer Grad-CAM reads (default: its bottleneck, the deepest ``downs.N``).
+        gradcam_layer: the utility layer Grad-CAM reads (default: its deepest feature map, found from the module tree).
         occlusion_window, occlusion_stride: the occlusion settings the cost is reported for.
         occlusion_timed_stride: stride actually timed (default: about 16 windows, one batch, per slice).
 
@@ -65,8 +65,9 @@ def time_explainers(
         noise_net = build_unet(preset, in_channels=image.shape[1]).to(device).to(memory_format=fmt)
         result[f"unoise_{preset}_ms"] = round(timed(f"unoise_{preset}", UNoiseMap(noise_net), max(repeats, 10), max(warmup, 2)), 3)
     if gradcam_layer is None:
-        downs = [name for name, _ in utility.named_modules() if name.startswith("downs.") and name.count(".") == 1]
-        gradcam_layer = max(downs, key=lambda name: int(name.split(".")[1]))
+        from pipeline.explain.layers import find_feature_layer
+
+        gradcam_layer = find_feature_layer(utility, image.shape[1])
     result["gradcam_ms"] = round(timed("gradcam", GradCAMMap(utility, gradcam_layer), repeats, warmup), 2)
     result["gradcam_layer"] = gradcam_layer
 

@@ -10,6 +10,8 @@ without-absolute-value variant.
 from __future__ import annotations
 
 import torch
+
+from pipeline.errors import ConfigError
 from monai.visualize import GradCAM, SmoothGrad, VanillaGrad
 
 
@@ -48,15 +50,21 @@ class GradCAMMap:
 
     Args:
         utility: the segmentation network (not modified; its parameters are not updated).
-        target_layer: module name inside the utility; default ``downs.3``, the bottleneck of 4-level
-            presets (``downs.1`` for ``small``, ``downs.2`` for ``medium``).
+        target_layer: module name inside the utility; default (None) the module that outputs its deepest
+            feature map (:func:`pipeline.explain.layers.find_feature_layer`: ``downs.3`` for 4-level presets).
+        in_channels: the utility's input channels (to find the default layer).
     """
 
-    def __init__(self, utility: torch.nn.Module, target_layer: str = "downs.3") -> None:
+    def __init__(self, utility: torch.nn.Module, target_layer: str | None = None, in_channels: int = 1) -> None:
+        from pipeline.explain.layers import find_feature_layer
+
+        target_layer = target_layer or find_feature_layer(utility, in_channels)
         names = {name for name, _ in utility.named_modules()}
         if target_layer not in names:
-            options = sorted(n for n in names if n.startswith("downs.") and n.count(".") == 1)
-            raise ValueError(f"target layer {target_layer!r} is not in the utility; choose one of {options}.")
+            options = sorted(n for n in names if n and n.count(".") == 0)
+            raise ConfigError(f"gradcam_layer {target_layer!r} is not a module of the utility; its top-level modules are "
+                              f"{options} (default: the deepest feature map, {find_feature_layer(utility, in_channels)!r}).")
+        self.target_layer = target_layer
         utility.eval()
         self.cam = GradCAM(nn_module=PancreasScore(utility), target_layers=f"utility.{target_layer}")
 
