@@ -22,7 +22,7 @@ import torch
 
 from pipeline.errors import UNoiseError
 from pipeline.fileio import atomic_path
-from pipeline.networks import build_unet, get_preset
+from pipeline.networks import build_network, build_unet, get_preset, network_name
 
 
 class CheckpointError(UNoiseError, ValueError):
@@ -168,7 +168,7 @@ def _load_state(network: torch.nn.Module, content: dict[str, Any], path: str | o
 def load_network_from_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None, role: str | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build the network a checkpoint records (preset, channels) and load its weights.
+    """Build the network a checkpoint records (``network_config``; older ones: preset, channels) and load its weights.
 
     Args:
         path: the checkpoint.
@@ -186,8 +186,16 @@ def load_network_from_checkpoint(
     meta = dict(content.get("meta", {}))
     if kind is not None:
         check_kind(meta, path, kind, role or f"--{kind}")
+    if "network_config" in meta:  # the network record (any MONAI network): rebuild exactly that
+        try:
+            network = build_network(meta["network_config"])
+        except UNoiseError as err:
+            raise CheckpointError(f"{path}: its network cannot be built ({err})") from err
+        _load_state(network, content, path, network_name(meta["network_config"]), check_preset=False)
+        return network.to(map_location), meta
     if "preset" not in meta:
-        raise CheckpointError(f"{path}: the checkpoint records no network preset; it was not written by a U-Noise run.")
+        raise CheckpointError(f"{path}: the checkpoint records no network (network_config or preset); it was not written "
+                              "by a U-Noise run.")
     network = build_unet(meta["preset"], in_channels=int(meta.get("in_channels", 1)),
                          out_channels=int(meta.get("out_channels", 1)))
     _load_state(network, content, path, meta["preset"], check_preset=True)

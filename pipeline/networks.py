@@ -108,7 +108,9 @@ NETWORK_PRESETS: dict[str, NetworkPreset] = {
 def get_preset(preset: str) -> NetworkPreset:
     """The :class:`NetworkPreset` called ``preset``; ValueError naming the known ones otherwise."""
     if preset not in NETWORK_PRESETS:
-        raise ValueError(f"unknown network preset {preset!r}; choose one of {sorted(NETWORK_PRESETS)}.")
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"unknown network preset {preset!r}; choose one of {sorted(NETWORK_PRESETS)}.")
     return NETWORK_PRESETS[preset]
 
 
@@ -148,3 +150,53 @@ def build_unet(
 def count_parameters(network: torch.nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
+UNET_TARGET = "pipeline.networks.build_unet"
+
+
+def preset_config(preset: str, in_channels: int = 1, out_channels: int = 1) -> dict:
+    """The network record of a preset UNet: ``{"target": "pipeline.networks.build_unet", "args": {...}}``."""
+    get_preset(preset)
+    return {"target": UNET_TARGET, "args": {"preset": preset, "in_channels": int(in_channels), "out_channels": int(out_channels)}}
+
+
+def build_network(config: dict) -> torch.nn.Module:
+    """Build any network from its record ``{"target": "<importable callable>", "args": {...}}``.
+
+    The record is plain data (JSON in the bundle configs, ``meta["network_config"]`` in checkpoints),
+    so a checkpoint says which network its weights belong to and every later step rebuilds it: our
+    preset UNets (``pipeline.networks.build_unet``) or any MONAI network, e.g.
+    ``{"target": "monai.networks.nets.SegResNet", "args": {"spatial_dims": 2, "in_channels": 1,
+    "out_channels": 1, "init_filters": 8}}``. (Model-zoo bundles write ``network_def`` with
+    ``_target_``; ConfigParser instantiates such a dict wherever it appears, so it could not travel as
+    data inside a checkpoint's meta. The configs build ``network_def`` from this record instead.)
+
+    Raises:
+        ConfigError: not a record, an unimportable target, or arguments the target refuses.
+    """
+    from pydoc import locate
+
+    from pipeline.errors import ConfigError
+
+    if not isinstance(config, dict) or not isinstance(config.get("target"), str) or not isinstance(config.get("args", {}), dict):
+        raise ConfigError(f"a network config is {{'target': 'module.Class', 'args': {{...}}}}, got {config!r}.")
+    target = locate(config["target"])
+    if target is None or not callable(target):
+        raise ConfigError(f"network target {config['target']!r} cannot be imported; use e.g. 'monai.networks.nets.SegResNet' "
+                          "or 'pipeline.networks.build_unet'.")
+    try:
+        return target(**config.get("args", {}))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ConfigError(f"network {config['target']} refused its args {config.get('args')}: {err}") from err
+
+
+def network_name(config: dict) -> str:
+    """Short name of a network record: the preset of a preset UNet, else the class name (``SegResNet``)."""
+    if config.get("target") == UNET_TARGET:
+        preset = str(config.get("args", {}).get("preset", "demo"))
+        get_preset(preset)  # refused here, before any run folder exists
+        return preset
+    return str(config.get("target", "network")).rsplit(".", 1)[-1]

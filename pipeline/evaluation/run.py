@@ -20,6 +20,7 @@ import torch
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
 from pipeline.data import build_slice_dataset, check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.engines import resolve_device
+from pipeline.explain.layers import find_decoder_prefixes, find_feature_layer
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
@@ -36,7 +37,6 @@ from pipeline.explain import (
 )
 from pipeline.fileio import write_json_atomic
 from pipeline.infill import INFILLS
-from pipeline.networks import get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ def run_evaluation(
     sanity_epochs: int | None = None,
     sanity_slices_per_case: int | None = 2,
     sanity_occlusion_stride: int | None = None,
+    sanity_decoder: Sequence[str] | None = None,
     shortcut: bool = False,
     cue_ring_mm: float = 5.0,
     pointing_share: float = 0.01,
@@ -212,6 +213,8 @@ def run_evaluation(
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
+    ``gradcam_layer`` and ``sanity_decoder`` (the module names the sanity check's decoder stage
+    re-initialises) default to what the utility's module tree says (:mod:`pipeline.explain.layers`).
     The split is the one training used (same datalist, fractions and seed). ``sanity_occlusion_stride``
     (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. Returns the written content.
     """
@@ -230,7 +233,9 @@ def run_evaluation(
 
         check_shortcut_entries(splits[split])
     data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks)
-    layer = gradcam_layer or f"downs.{get_preset(utility_meta['preset']).downsamplings - 1}"
+    in_channels = int(utility_meta.get("in_channels", 1))
+    layer = gradcam_layer or find_feature_layer(utility, in_channels)
+    decoder = tuple(sanity_decoder) if sanity_decoder else find_decoder_prefixes(utility, in_channels, layer)
 
     noise_models: dict[str, torch.nn.Module] = {}
     noise_metas: dict[str, tuple[str, dict]] = {}
@@ -267,7 +272,7 @@ def run_evaluation(
     }
     result["settings"] = {"dataset_dir": str(dataset_dir), "utility_checkpoint": str(utility_checkpoint),
                           "utility_preset": utility_meta["preset"], "noise_checkpoints": [str(p) for p in noise_checkpoints],
-                          "gradcam_layer": layer, "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
+                          "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
                           "occlusion_fill": "blur", "smoothgrad_samples": smoothgrad_samples, "seed": seed,
                           "val_fraction": val_fraction, "test_fraction": test_fraction}
     out = Path(output_dir)
@@ -285,6 +290,7 @@ def run_evaluation(
             utility, utility_meta, noise_metas, maps, data, explainers, out / "sanity", sanity_epochs,
             sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
             sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction,
+            decoder_prefixes=decoder,
             data_checks={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths}))
     save_atomic({"image": data["image"].cpu(), "label": data["label"].cpu(), "body": data["body"].cpu(),
                  "cases": data["cases"], "maps": maps,

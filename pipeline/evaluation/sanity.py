@@ -29,11 +29,12 @@ from pipeline.checkpoints import load_network_from_checkpoint, save_atomic
 from pipeline.evaluation.run import build_explainers, select_slices
 from pipeline.evaluation.stats import compute_spearman
 from pipeline.explain import UNoiseMap
+from pipeline.networks import NETWORK_PRESETS
 
 logger = logging.getLogger(__name__)
 
 PASS_BELOW = 0.3
-DECODER_PREFIXES = ("ups", "final_conv")
+DECODER_PREFIXES = ("ups", "final_conv")  # LevelUNet's; other networks': pipeline.explain.layers.find_decoder_prefixes
 # checkpoint meta keys that are train_noise.json settings, copied into the retraining
 RETRAIN_KEYS = ("perturbation", "baseline", "blur_sigma", "target", "area", "min_scale", "max_scale", "noise_weight",
                 "deletion_weight", "tv_weight", "batch_size", "learning_rate", "train_slices", "other_fraction",
@@ -55,7 +56,10 @@ def randomise_layers(network: torch.nn.Module, prefixes: Sequence[str] | None = 
 def retrain_overrides(meta: dict[str, Any], epochs: int | None) -> dict[str, Any]:
     """``train_noise.json`` overrides that repeat a noise run's settings on a schedule of ``epochs`` (default a third)."""
     overrides = {key: meta[key] for key in RETRAIN_KEYS if meta.get(key) is not None}
-    overrides["noise_preset"] = meta["preset"]
+    if meta.get("network_config"):
+        overrides["noise_network_config"] = meta["network_config"]  # the very network, whatever it is
+    if meta.get("preset") in NETWORK_PRESETS:
+        overrides["noise_preset"] = meta["preset"]
     original = int(meta.get("epochs") or 3)
     overrides["epochs"] = int(epochs) if epochs else max(1, round(original / 3))
     return overrides
