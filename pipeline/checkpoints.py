@@ -186,6 +186,12 @@ def load_network_from_checkpoint(
     meta = dict(content.get("meta", {}))
     if kind is not None:
         check_kind(meta, path, kind, role or f"--{kind}")
+    if meta.get("bundle"):  # a model-zoo bundle's network (e.g. the sanity check's randomised copy of one)
+        from pipeline.zoo import load_bundle_utility
+
+        network, _ = load_bundle_utility(meta["bundle"], map_location, meta.get("target_channel"), weights=False)
+        _load_state(network, content, path, str(meta.get("preset")), check_preset=False)
+        return network.to(map_location), meta
     if "network_config" in meta:  # the network record (any MONAI network): rebuild exactly that
         try:
             network = build_network(meta["network_config"])

@@ -158,7 +158,7 @@ def _cmd_train_utility(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_noise(args: argparse.Namespace) -> int:
-    overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility}
+    overrides = {"dataset_dir": args.dataset, **_utility_overrides(args)}
     if args.init_from:
         overrides["init_from"] = args.init_from
     return _run_training("train_noise", args, overrides)
@@ -166,7 +166,7 @@ def _cmd_train_noise(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     overrides = {"inputs": list(args.input), "output_dir": args.output, "noise_checkpoint": args.noise,
-                 "utility_checkpoint": args.utility, **_check_overrides(args), **args.overrides}
+                 **_utility_overrides(args), **_check_overrides(args), **args.overrides}
     if args.overlay:
         overrides["overlay"] = True
     if args.overwrite:
@@ -185,7 +185,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluation.run import summarise
 
-    overrides = {"dataset_dir": args.dataset, "utility_checkpoint": args.utility, "output_dir": args.output,
+    overrides = {"dataset_dir": args.dataset, **_utility_overrides(args), "output_dir": args.output,
                  "noise_checkpoints": list(args.noise), **_check_overrides(args), **args.overrides}
     run_bundle("evaluate", overrides, args.bundle_root)
     result = json.loads((Path(args.output) / "evaluation.json").read_text())
@@ -242,6 +242,27 @@ def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> 
     if series:
         parser.add_argument("--series", default=None, metavar="UID",
                             help="SeriesInstanceUID to read from a DICOM folder holding several series")
+
+
+def _add_utility_options(parser: argparse.ArgumentParser) -> None:
+    """``--utility CHECKPOINT`` or ``--utility-bundle DIR`` (a model-zoo bundle), and the explained class."""
+    parser.add_argument("--utility", default=None, help="utility checkpoint (train-utility RUN_DIR/checkpoints/best.pt)")
+    parser.add_argument("--utility-bundle", "--utility_bundle", dest="utility_bundle", default=None, metavar="DIR",
+                        help="a MONAI model-zoo bundle as the utility (configs/metadata.json, configs/inference.json, models/model.pt)")
+    parser.add_argument("--target-channel", "--target_channel", dest="target_channel", type=parse_value, default=None,
+                        help="the explained output channel of a bundle utility: an index or a channel_def name "
+                             "(default: the first class that is not the background)")
+
+
+def _utility_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.utility and not args.utility_bundle:
+        raise ConfigError("no utility: pass --utility CHECKPOINT or --utility-bundle DIR.")
+    if args.utility and args.utility_bundle:
+        raise ConfigError("pass --utility or --utility-bundle, not both.")
+    overrides: dict[str, Any] = {"utility_checkpoint": args.utility}
+    if args.utility_bundle:
+        overrides.update(utility_bundle=args.utility_bundle, target_channel=args.target_channel)
+    return overrides
 
 
 def _check_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -347,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="Any other --key value overrides that config key, e.g. --noise_preset small "
                                   "--noise_weight 0.03 --target label --perturbation additive --max_scale 0.4 --epochs 5.")
     noise.add_argument("--dataset", required=True, help="dataset the utility was trained on (same split by seed)")
-    noise.add_argument("--utility", required=True, help="utility checkpoint (RUN_DIR/checkpoints/best.pt)")
+    _add_utility_options(noise)
     noise.add_argument("--output", required=True, help="run folder (output_dir)")
     noise.add_argument("--init-from", "--init_from", dest="init_from", default=None,
                        help="start the noise model from a checkpoint of the same shape ('pretrained' variant)")
@@ -360,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
     explain.add_argument("--output", required=True, help="folder for <case>_importance.nii.gz, <case>_seg.nii.gz")
     explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
-    explain.add_argument("--utility", required=True, help="utility checkpoint the noise model was trained against")
+    _add_utility_options(explain)
     explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
     explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
     _add_check_options(explain)
@@ -372,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "--slices_per_case 3 --infill road --extra_infills \"['floor']\" --shortcut true "
                                      "--sanity false.")
     evaluate.add_argument("--dataset", required=True, help="dataset the models were trained on (same split by seed)")
-    evaluate.add_argument("--utility", required=True, help="utility checkpoint")
+    _add_utility_options(evaluate)
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")
     evaluate.add_argument("--output", required=True, help="run folder for evaluation.json and report/")
     _add_check_options(evaluate, series=False)

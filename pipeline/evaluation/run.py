@@ -21,6 +21,7 @@ from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_n
 from pipeline.data import build_slice_dataset, check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.engines import resolve_device
 from pipeline.explain.layers import find_decoder_prefixes, find_feature_layer
+from pipeline.zoo import load_utility
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
@@ -86,6 +87,8 @@ def check_inputs(
     allow_outside_paths: bool = False,
     sanity: bool = False,
     shortcut: bool = False,
+    utility_bundle: str | None = None,
+    target_channel: int | str | None = None,
 ) -> None:
     """Every check of an evaluation, before its run folder is created.
 
@@ -100,12 +103,17 @@ def check_inputs(
     """
     if not noise_checkpoints:
         raise ConfigError("evaluate needs at least one noise-model checkpoint (--noise RUN_DIR/checkpoints/best.pt).")
-    utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
-    check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
+    if utility_bundle:
+        from pipeline.zoo import load_bundle_utility
+
+        utility_meta = load_bundle_utility(utility_bundle, "cpu", target_channel)[1]
+    else:
+        utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
+        check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
     for path in noise_checkpoints:
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")
-        check_pair(utility_meta, noise_meta, utility_checkpoint, path)
+        check_pair(utility_meta, noise_meta, utility_bundle or utility_checkpoint, path)
     splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
     if not splits[split]:
         raise ConfigError(f"{dataset_dir}: the {split} split is empty with val_fraction {val_fraction} and test_fraction "
@@ -210,6 +218,8 @@ def run_evaluation(
     allow_outside_paths: bool = False,
     label_values: Sequence[int] | str | None = None,
     strict: bool = False,
+    utility_bundle: str | None = None,
+    target_channel: int | str | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -221,7 +231,7 @@ def run_evaluation(
     limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
     torch.manual_seed(seed)
     device = resolve_device(device)
-    utility, utility_meta = load_network_from_checkpoint(utility_checkpoint, device, kind="utility", role="--utility")
+    utility, utility_meta = load_utility(utility_checkpoint, device, utility_bundle, target_channel)
     utility.eval()
     splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
     if not splits[split]:
@@ -241,7 +251,7 @@ def run_evaluation(
     noise_metas: dict[str, tuple[str, dict]] = {}
     for path in noise_checkpoints:
         noise_net, meta = load_network_from_checkpoint(path, device, kind="noise", role="--noise")
-        check_pair(utility_meta, meta, utility_checkpoint, path)
+        check_pair(utility_meta, meta, utility_bundle or utility_checkpoint, path)
         name = unoise_name(meta)
         if name in noise_models:  # same preset/perturbation from another run: keep both
             name = next(f"{name}_{k}" for k in range(2, 100) if f"{name}_{k}" not in noise_models)
@@ -271,6 +281,7 @@ def run_evaluation(
         "ring_mm": ring_mm,
     }
     result["settings"] = {"dataset_dir": str(dataset_dir), "utility_checkpoint": str(utility_checkpoint),
+                          "utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel"),
                           "utility_preset": utility_meta["preset"], "noise_checkpoints": [str(p) for p in noise_checkpoints],
                           "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
                           "occlusion_fill": "blur", "smoothgrad_samples": smoothgrad_samples, "seed": seed,

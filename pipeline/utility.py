@@ -1,0 +1,52 @@
+"""The utility as U-Noise sees it: one logit of the explained class, from any segmentation network.
+
+Our own utilities output one pancreas logit. A model-zoo bundle's network may output several classes
+(softmax) or several independent ones (sigmoid), or a list (deep supervision). :class:`TargetLogit`
+turns any of them into the one-channel logit of the class being explained, so the noise model, the
+losses, the explainers and the evaluation read every utility alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import ConfigError
+
+ACTIVATIONS = ("auto", "sigmoid", "softmax")
+
+
+class TargetLogit(torch.nn.Module):
+    """Wrap a segmentation network so that it returns the logit of one class, shape (B, 1, H, W).
+
+    With ``softmax`` (``auto`` with more than one output channel) the class probability is
+    p = softmax(out)[channel] and the returned logit is log(p / (1 - p)), so that a sigmoid gives p back;
+    with ``sigmoid`` (``auto`` with one channel) the channel's own logit is returned.
+
+    Args:
+        network: maps (B, C_in, H, W) to (B, C, H, W) logits (or a list/tuple whose first item is).
+        channel: the output channel explained.
+        activation: ``auto``, ``sigmoid`` or ``softmax``: how the network's outputs become probabilities.
+    """
+
+    def __init__(self, network: torch.nn.Module, channel: int = 0, activation: str = "auto") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+        if int(channel) < 0:
+            raise ConfigError(f"target_channel must be >= 0, got {channel}.")
+        self.network, self.channel, self.activation = network, int(channel), activation
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        output = self.network(image)
+        if isinstance(output, (list, tuple)):  # deep supervision: the full-resolution head first
+            output = output[0]
+        if self.channel >= output.shape[1]:
+            raise ConfigError(f"target_channel {self.channel} does not exist: the utility outputs {output.shape[1]} channel(s).")
+        softmax = self.activation == "softmax" or (self.activation == "auto" and output.shape[1] > 1)
+        if not softmax:
+            return output[:, self.channel : self.channel + 1]
+        probability = torch.softmax(output.float(), dim=1)[:, self.channel : self.channel + 1]  # (B, 1, H, W)
+        return torch.logit(probability.clamp(1e-6, 1.0 - 1e-6)).to(output.dtype)
+
+
+__all__ = ["ACTIVATIONS", "TargetLogit"]

@@ -1,0 +1,194 @@
+"""A MONAI model-zoo bundle as the utility: its own network, weights, classes and intensity window.
+
+A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or ``.yaml``) with a
+``network_def``, optionally ``scripts/`` (importable as the bundle's own code) and ``models/model.pt``
+(a state dict, or ``{"model": state_dict}``) or ``models/model.ts`` (TorchScript). This module builds
+the network on our device, loads the weights with ``weights_only=True``, picks the explained class from
+``target_channel`` or a name in the metadata's ``channel_def``, and reads the intensity window from the
+bundle's ``ScaleIntensityRanged`` so the noise model sees the utility's own input.
+
+Not read yet: spatial transforms of the bundle's preprocessing (``Spacingd``, ``Resized``...): slices
+keep their own grid. 3D bundles are refused until 3D support exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.utility import TargetLogit
+
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+
+
+def _find(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise ConfigError(f"{root}: no {what} ({', '.join(names)}); a model-zoo bundle holds configs/metadata.json, "
+                      "configs/inference.json and models/model.pt.")
+
+
+def _transforms(config: Any) -> list[dict[str, Any]]:
+    """Every dict with a ``_target_`` inside a raw config, depth first."""
+    found: list[dict[str, Any]] = []
+    if isinstance(config, dict):
+        if "_target_" in config:
+            found.append(config)
+        for value in config.values():
+            found += _transforms(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += _transforms(value)
+    return found
+
+
+def read_window(preprocessing: Any, source: Path) -> tuple[float, float]:
+    """The HU window ``(a_min, a_max)`` of the bundle's ``ScaleIntensityRanged`` (to [0, 1]).
+
+    Raises:
+        ConfigError: no such transform, references instead of numbers, or an output range other than [0, 1].
+    """
+    for item in _transforms(preprocessing):
+        if str(item["_target_"]).rsplit(".", 1)[-1] in ("ScaleIntensityRanged", "ScaleIntensityRange"):
+            try:
+                lower, upper = float(item["a_min"]), float(item["a_max"])
+                b_min, b_max = float(item.get("b_min", 0.0)), float(item.get("b_max", 1.0))
+            except (KeyError, TypeError, ValueError) as err:
+                raise ConfigError(f"{source}: preprocessing's ScaleIntensityRanged needs numeric a_min/a_max/b_min/b_max "
+                                  f"({err}); write them as numbers or pass --window \"[lower, upper]\".") from err
+            if (b_min, b_max) != (0.0, 1.0):
+                raise ConfigError(f"{source}: ScaleIntensityRanged maps to [{b_min:g}, {b_max:g}], U-Noise's data path to [0, 1]; "
+                                  "not supported yet.")
+            return lower, upper
+    raise ConfigError(f"{source}: its preprocessing has no ScaleIntensityRanged, so the CT window is unknown; pass "
+                      "--window \"[lower, upper]\" in HU.")
+
+
+def _channel(metadata: dict[str, Any], target_channel: int | str | None, source: Path) -> int:
+    outputs = metadata.get("network_data_format", {}).get("outputs", {})
+    channel_def = next(iter(outputs.values()), {}).get("channel_def", {}) if outputs else {}
+    if target_channel is None:
+        if len(channel_def) > 1:  # the first class that is not the background
+            names = {str(k): str(v).lower() for k, v in channel_def.items()}
+            return int(next(k for k, v in sorted(names.items()) if v != "background"))
+        return 0
+    if isinstance(target_channel, int) or str(target_channel).isdigit():
+        return int(target_channel)
+    for key, name in channel_def.items():
+        if str(name).lower() == str(target_channel).lower():
+            return int(key)
+    raise ConfigError(f"{source}: no class {target_channel!r} in channel_def {channel_def}; pass --target_channel N or a "
+                      "name listed there.")
+
+
+def load_bundle_utility(
+    bundle_dir: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    target_channel: int | str | None = None,
+    weights: bool = True,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build a model-zoo bundle's network as a one-logit utility (:class:`pipeline.utility.TargetLogit`).
+
+    Args:
+        bundle_dir: the bundle folder.
+        device: where the network is built.
+        target_channel: the explained class: an index, or a name from ``channel_def``; default the first
+            class that is not the background (or channel 0).
+        weights: load ``models/model.pt`` (or ``model.ts``); False leaves the initialisation (the sanity
+            check loads its own weights).
+
+    Returns:
+        ``(utility, meta)`` with meta ``kind``, ``preset`` (``bundle:<name>``), ``in_channels``,
+        ``out_channels`` (1), ``window``, ``bundle`` and ``target_channel``, as a utility checkpoint's.
+
+    Raises:
+        ConfigError: a missing file or key, a 3D or unbuildable network, unreadable weights; the message
+            names the file.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such bundle folder; pass a model-zoo bundle (configs/, models/).")
+    meta_file = _find(root / "configs", ("metadata.json",), "configs/metadata.json")
+    config_file = _find(root / "configs", CONFIG_NAMES, "configs/inference.json or .yaml")
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{meta_file}: not readable JSON ({err}).") from err
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser["bundle_root"] = str(root)
+    for key in ("device", "run_device"):  # bundles often hard-code cuda here
+        if key in parser.get():
+            parser[key] = torch.device(device)
+    if "network_def" not in parser.get():
+        raise ConfigError(f"{config_file}: has no network_def; a bundle names its network there.")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # the bundle's scripts/ are imported as `scripts.<module>`
+    image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+    if len(image_format.get("spatial_shape", [0, 0])) == 3:
+        raise ConfigError(f"{meta_file}: the network takes 3D patches (spatial_shape {image_format['spatial_shape']}); U-Noise "
+                          "explains 2D networks for now (3D is issue 13).")
+    try:
+        network = parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as err:  # a bundle's own code may raise anything while building
+        raise ConfigError(f"{config_file}: network_def cannot be built ({type(err).__name__}: {str(err).splitlines()[0][:200]}).") from err
+    if weights:
+        network = _load_weights(root, network, device)
+    in_channels = int(image_format.get("num_channels", 1))
+    channel = _channel(metadata, target_channel, meta_file)
+    window = read_window(parser.get("preprocessing", {}), config_file)
+    utility = TargetLogit(network, channel).to(device)
+    meta = {"kind": "utility", "preset": f"bundle:{metadata.get('name', root.name)}", "in_channels": in_channels,
+            "out_channels": 1, "window": list(window), "spatial_size": None, "bundle": str(root),
+            "target_channel": channel, "version": metadata.get("version")}
+    return utility, meta
+
+
+def _load_weights(root: Path, network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    model_pt, model_ts = root / "models" / "model.pt", root / "models" / "model.ts"
+    if model_pt.is_file():
+        try:
+            content = torch.load(model_pt, map_location=device, weights_only=True)
+        except Exception as err:
+            raise ConfigError(f"{model_pt}: cannot be loaded with weights_only=True ({type(err).__name__}); the bundle's "
+                              "weights must be a state dict (tensors only).") from err
+        state = content.get("model", content) if isinstance(content, dict) else content
+        try:
+            network.load_state_dict(state)
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(f"{model_pt}: weights do not fit the bundle's network_def ({str(err).splitlines()[0][:200]}).") from err
+        return network
+    if model_ts.is_file():
+        try:
+            return torch.jit.load(str(model_ts), map_location=device)
+        except Exception as err:
+            raise ConfigError(f"{model_ts}: not a loadable TorchScript file ({type(err).__name__}).") from err
+    raise ConfigError(f"{root}/models: no model.pt or model.ts; the bundle ships no weights (download them first).")
+
+
+def load_utility(
+    checkpoint: str | os.PathLike | None,
+    device: torch.device | str = "cpu",
+    bundle: str | os.PathLike | None = None,
+    target_channel: int | str | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The utility of a command: a model-zoo ``bundle`` when given, else our utility ``checkpoint``."""
+    if bundle:
+        return load_bundle_utility(bundle, device, target_channel)
+    from pipeline.checkpoints import load_network_from_checkpoint
+
+    if checkpoint is None:
+        raise ConfigError("no utility: pass --utility CHECKPOINT or --utility_bundle DIR.")
+    return load_network_from_checkpoint(checkpoint, device, kind="utility", role="--utility")
+
+
+__all__ = ["load_bundle_utility", "load_utility", "read_window"]

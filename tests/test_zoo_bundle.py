@@ -1,0 +1,124 @@
+"""A model-zoo-layout bundle as the utility: its network_def, weights, classes and window, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main, run_bundle
+from pipeline.data import build_slice_dataset, load_datalist
+from pipeline.errors import ConfigError
+from pipeline.phantom import write_phantom_dataset
+from pipeline.zoo import load_bundle_utility
+
+pytestmark = pytest.mark.slow
+SPLIT = ["--val_fraction", "0.34", "--test_fraction", "0.2"]
+NETWORK_DEF = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32],
+               "strides": [2, 2], "num_res_units": 1}
+
+
+def write_bundle(root: Path, data: Path | None, spatial_shape: list[int] = (32, 32), weights: bool = True) -> Path:
+    """configs/metadata.json, configs/inference.json (3-class MONAI UNet, hard-coded cuda), models/model.pt."""
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "metadata.json").write_text(json.dumps({
+        "name": "tiny_zoo", "version": "0.1.0",
+        "network_data_format": {"inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": list(spatial_shape)}},
+                                "outputs": {"pred": {"type": "image", "num_channels": 3,
+                                                     "channel_def": {"0": "background", "1": "pancreas", "2": "body"}}}}}))
+    (root / "configs" / "inference.json").write_text(json.dumps({
+        "imports": ["$import torch"], "bundle_root": ".", "device": "$torch.device('cuda:0')",
+        "network_def": NETWORK_DEF, "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -87, "a_max": 199, "b_min": 0.0, "b_max": 1.0,
+             "clip": True}]}}))
+    if weights:
+        (root / "models").mkdir()
+        torch.save(_trained_unet(data), root / "models" / "model.pt")
+    return root
+
+
+def _trained_unet(data: Path) -> dict:
+    """A few Adam steps of a 3-class UNet on phantom slices: background, pancreas, the rest of the body."""
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    args = {k: v for k, v in NETWORK_DEF.items() if k != "_target_"}
+    network = UNet(**args)
+    slices = build_slice_dataset(load_datalist(data), window="pancreas", spatial_size=32, policy="mixed", other_fraction=0.5, progress=False)
+    loader = torch.utils.data.DataLoader(slices, batch_size=8, shuffle=True)
+    optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
+    for _ in range(6):
+        for batch in loader:
+            target = (batch["body"] > 0.5).long()[:, 0] * 2
+            target[batch["label"][:, 0] > 0.5] = 1
+            loss = torch.nn.functional.cross_entropy(network(batch["image"]), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return network.state_dict()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("zoo")
+    data = root / "phantom"
+    write_phantom_dataset(data, cases=6, size=32, slices=10, seed=5, test_cases=1)
+    return {"data": data, "bundle": write_bundle(root / "tiny_zoo", data), "root": root}
+
+
+def test_the_bundle_builds_on_the_cpu_with_its_weights_class_and_window(zoo: dict[str, Path]) -> None:
+    utility, meta = load_bundle_utility(zoo["bundle"], "cpu")
+    assert meta["preset"] == "bundle:tiny_zoo" and meta["target_channel"] == 1 and meta["window"] == [-87.0, 199.0]
+    saved = torch.load(zoo["bundle"] / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in utility.network.state_dict().items())
+    image = torch.rand(2, 1, 32, 32)
+    probability = torch.softmax(utility.network(image), 1)[:, 1:2]
+    assert torch.allclose(torch.sigmoid(utility(image)), probability, atol=1e-5)  # the logit of the pancreas class
+    assert load_bundle_utility(zoo["bundle"], "cpu", "body")[1]["target_channel"] == 2
+
+
+def test_what_cannot_work_is_refused_naming_the_file(zoo: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"models: no model.pt or model.ts; the bundle ships no weights"):
+        load_bundle_utility(write_bundle(tmp_path / "empty", None, weights=False), "cpu")
+    with pytest.raises(ConfigError, match=r"metadata.json: the network takes 3D patches"):
+        load_bundle_utility(write_bundle(tmp_path / "volumetric", None, spatial_shape=[32, 32, 16], weights=False), "cpu")
+    with pytest.raises(ConfigError, match=r"metadata.json: no class 'liver' in channel_def"):
+        load_bundle_utility(zoo["bundle"], "cpu", "liver")
+    with pytest.raises(ConfigError, match=r"no configs/metadata.json"):
+        load_bundle_utility(tmp_path, "cpu")
+
+
+def test_train_noise_explain_and_evaluate_against_the_bundle(zoo: dict[str, Path]) -> None:
+    root, data, bundle = zoo["root"], zoo["data"], str(zoo["bundle"])
+    assert main(["train-noise", "--dataset", str(data), "--utility-bundle", bundle, "--output", str(root / "noise"), *SPLIT,
+                 "--noise_preset", "small", "--spatial_size", "32", "--batch_size", "4", "--epochs", "1", "--device", "cpu"]) == 0
+    noise = root / "noise" / "checkpoints" / "best.pt"
+    meta = torch.load(noise, weights_only=True)["meta"]
+    assert meta["utility_preset"] == "bundle:tiny_zoo" and meta["window"] == [-87.0, 199.0]
+    assert main(["explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps"), "--noise", str(noise),
+                 "--utility-bundle", bundle, "--device", "cpu"]) == 0
+    source = nib.load(str(data / "imagesTs" / "pancreas_006.nii.gz"))
+    written = nib.load(str(root / "maps" / "pancreas_006_importance.nii.gz"))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
+    assert main(["evaluate", "--dataset", str(data), "--utility-bundle", bundle, "--noise", str(noise), "--output",
+                 str(root / "evaluation"), *SPLIT, "--slices_per_case", "1", "--occlusion_stride", "8", "--bootstrap", "50",
+                 "--device", "cpu", "--sanity_epochs", "1", "--sanity_slices_per_case", "1",
+                 "--baselines", "['occlusion', 'gradcam', 'segmentation', 'random']"]) == 0
+    result = json.loads((root / "evaluation" / "evaluation.json").read_text())
+    assert result["settings"]["utility_bundle"] == bundle and result["settings"]["target_channel"] == 1
+    assert {"occlusion", "gradcam", "segmentation", "random"} <= set(result["methods"]) and "gradcam" in result["sanity"]
+    with pytest.raises(Exception, match="no utility"):
+        main(["--traceback", "explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps2"), "--noise", str(noise)])
+
+
+def test_monai_bundle_run_takes_the_bundle_too(zoo: dict[str, Path]) -> None:
+    run_bundle("train_noise", {"dataset_dir": str(zoo["data"]), "utility_bundle": str(zoo["bundle"]), "utility_checkpoint": None,
+                               "output_dir": str(zoo["root"] / "noise_bundle_run"), "noise_preset": "small", "spatial_size": 32,
+                               "batch_size": 4, "epochs": 1, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.2})
+    assert (zoo["root"] / "noise_bundle_run" / "checkpoints" / "best.pt").is_file()
