@@ -31,7 +31,7 @@ class CheckpointError(UNoiseError, ValueError):
 
 CHECKPOINT_KINDS = {"utility": "the segmentation model, written by train-utility",
                     "noise": "the U-Noise model, written by train-noise"}
-RESUME_KEYS = ("kind", "preset", "in_channels", "out_channels", "utility_preset")  # what a resume must not change
+RESUME_KEYS = ("kind", "preset", "network_config", "in_channels", "out_channels", "utility_preset", "utility_target_channel")  # what a resume must not change
 
 
 def checkpoint_kind(meta: dict[str, Any]) -> str:
@@ -166,7 +166,8 @@ def _load_state(network: torch.nn.Module, content: dict[str, Any], path: str | o
 
 
 def load_network_from_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None, role: str | None = None
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None, role: str | None = None,
+    trusted_bundle: str | os.PathLike | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the network a checkpoint records (``network_config``; older ones: preset, channels) and load its weights.
 
@@ -175,6 +176,8 @@ def load_network_from_checkpoint(
         map_location: device of the network.
         kind: refuse a checkpoint of another kind (``utility`` or ``noise``); None accepts any.
         role: the option the path came from, named in the error (default ``--<kind>``).
+        trusted_bundle: the model-zoo bundle the caller was given; a checkpoint holding a bundle network's
+            weights is only rebuilt from it (the record alone never decides what code runs).
 
     Returns:
         ``(network, meta)``; the network is on ``map_location``.
@@ -186,10 +189,13 @@ def load_network_from_checkpoint(
     meta = dict(content.get("meta", {}))
     if kind is not None:
         check_kind(meta, path, kind, role or f"--{kind}")
-    if meta.get("bundle"):  # a model-zoo bundle's network (e.g. the sanity check's randomised copy of one)
+    if meta.get("bundle"):  # a bundle network's weights (the sanity check's randomised copy): only with that bundle
         from pipeline.zoo import load_bundle_utility
 
-        network, _ = load_bundle_utility(meta["bundle"], map_location, meta.get("target_channel"), weights=False)
+        if trusted_bundle is None or Path(str(trusted_bundle)).expanduser().resolve() != Path(str(meta["bundle"])).resolve():
+            raise CheckpointError(f"{path}: holds weights of the bundle {meta['bundle']}; a checkpoint never chooses code to "
+                                  "run: pass that bundle as --utility-bundle (utility_bundle) too.")
+        network, _ = load_bundle_utility(trusted_bundle, map_location, meta.get("target_channel"), weights=False)
         _load_state(network, content, path, str(meta.get("preset")), check_preset=False)
         return network.to(map_location), meta
     if "network_config" in meta:  # the network record (any MONAI network): rebuild exactly that
@@ -197,6 +203,8 @@ def load_network_from_checkpoint(
             network = build_network(meta["network_config"])
         except UNoiseError as err:
             raise CheckpointError(f"{path}: its network cannot be built ({err})") from err
+        except Exception as err:  # an allowed network class refusing its recorded args
+            raise CheckpointError(f"{path}: its network cannot be built ({type(err).__name__}: {err})") from err
         _load_state(network, content, path, network_name(meta["network_config"]), check_preset=False)
         return network.to(map_location), meta
     if "preset" not in meta:
@@ -248,6 +256,10 @@ def check_pair(utility_meta: dict[str, Any], noise_meta: dict[str, Any], utility
         CheckpointError: the noise checkpoint records a utility preset other than the utility's.
     """
     trained_with, given = noise_meta.get("utility_preset"), utility_meta.get("preset")
+    channel, asked = noise_meta.get("utility_target_channel"), utility_meta.get("target_channel")
+    if channel is not None and asked is not None and channel != asked:
+        raise CheckpointError(f"{noise_path}: this noise model explains output channel {channel} of its utility, not "
+                              f"{asked}; pass --target-channel {channel} or train a noise model for channel {asked}.")
     if trained_with is not None and given is not None and trained_with != given:
         raise CheckpointError(
             f"{noise_path}: this noise model was trained against a '{trained_with}' utility but --utility "

@@ -26,13 +26,17 @@ logger = logging.getLogger("pipeline")
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as Python: ``2`` -> 2, ``"[7]"`` -> [7], ``null``/``true`` -> None/True, else the text."""
+    """A command-line value as Python: ``2`` -> 2, ``"[7]"`` -> [7], ``null``/``true`` -> None/True, JSON, else the text."""
     lowered = {"null": None, "none": None, "true": True, "false": False}
     if text.lower() in lowered:
         return lowered[text.lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        return json.loads(text)  # JSON spellings too: {"args": {"x": true}}
+    except ValueError:
         return text
 
 
@@ -259,6 +263,8 @@ def _utility_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("no utility: pass --utility CHECKPOINT or --utility-bundle DIR.")
     if args.utility and args.utility_bundle:
         raise ConfigError("pass --utility or --utility-bundle, not both.")
+    if args.utility and args.target_channel is not None:
+        raise ConfigError("--target-channel chooses a class of a --utility-bundle; a --utility checkpoint has one output.")
     overrides: dict[str, Any] = {"utility_checkpoint": args.utility}
     if args.utility_bundle:
         overrides.update(utility_bundle=args.utility_bundle, target_channel=args.target_channel)

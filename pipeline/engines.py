@@ -175,7 +175,7 @@ def metric_score(name: str) -> Callable[[Engine], float]:
 
 
 RESUME_DATA_KEYS = ("dataset_dir", "datalist_key", "window", "spatial_size", "pancreas_labels", "seed", "val_fraction",
-                    "test_fraction", "utility_checkpoint")  # what a resume must not change besides the network
+                    "test_fraction", "utility_checkpoint", "utility_bundle", "target_channel")  # besides the network
 
 
 def check_run_dir(

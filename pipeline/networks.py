@@ -153,6 +153,7 @@ def count_parameters(network: torch.nn.Module) -> int:
 
 
 UNET_TARGET = "pipeline.networks.build_unet"
+TRUSTED_TARGETS = ("pipeline.networks.", "monai.networks.nets.")  # a checkpoint's record may only name these
 
 
 def preset_config(preset: str, in_channels: int = 1, out_channels: int = 1) -> dict:
@@ -181,16 +182,21 @@ def build_network(config: dict) -> torch.nn.Module:
 
     if not isinstance(config, dict) or not isinstance(config.get("target"), str) or not isinstance(config.get("args", {}), dict):
         raise ConfigError(f"a network config is {{'target': 'module.Class', 'args': {{...}}}}, got {config!r}.")
+    if not str(config["target"]).startswith(TRUSTED_TARGETS):
+        raise ConfigError(f"network target {config['target']!r} is not a network of pipeline.networks or "
+                          "monai.networks.nets; other code is never called from a config or a checkpoint record.")
     target = locate(config["target"])
-    if target is None or not callable(target):
+    is_network = isinstance(target, type) and issubclass(target, torch.nn.Module)
+    if target is None or not (is_network or target is build_unet):
         raise ConfigError(f"network target {config['target']!r} cannot be imported; use e.g. 'monai.networks.nets.SegResNet' "
                           "or 'pipeline.networks.build_unet'.")
     try:
-        return target(**config.get("args", {}))
+        network = target(**config.get("args", {}))
     except ConfigError:
         raise
     except (TypeError, ValueError, AssertionError) as err:
         raise ConfigError(f"network {config['target']} refused its args {config.get('args')}: {err}") from err
+    return network
 
 
 def network_name(config: dict) -> str:

@@ -19,7 +19,8 @@ class TargetLogit(torch.nn.Module):
     """Wrap a segmentation network so that it returns the logit of one class, shape (B, 1, H, W).
 
     With ``softmax`` (``auto`` with more than one output channel) the class probability is
-    p = softmax(out)[channel] and the returned logit is log(p / (1 - p)), so that a sigmoid gives p back;
+    p = softmax(out)[channel] and the returned logit is log(p / (1 - p)) = out[channel] - logsumexp(out[others]),
+    so that a sigmoid gives p back;
     with ``sigmoid`` (``auto`` with one channel) the channel's own logit is returned.
 
     Args:
@@ -45,8 +46,11 @@ class TargetLogit(torch.nn.Module):
         softmax = self.activation == "softmax" or (self.activation == "auto" and output.shape[1] > 1)
         if not softmax:
             return output[:, self.channel : self.channel + 1]
-        probability = torch.softmax(output.float(), dim=1)[:, self.channel : self.channel + 1]  # (B, 1, H, W)
-        return torch.logit(probability.clamp(1e-6, 1.0 - 1e-6)).to(output.dtype)
+        logits = output.float()
+        others = torch.cat([logits[:, : self.channel], logits[:, self.channel + 1 :]], dim=1)  # (B, C - 1, H, W)
+        # log(p / (1 - p)) for p = softmax(logits)[channel], exactly and without a clamp that kills gradients
+        target = logits[:, self.channel : self.channel + 1] - torch.logsumexp(others, dim=1, keepdim=True)
+        return target.to(output.dtype)
 
 
 __all__ = ["ACTIVATIONS", "TargetLogit"]

@@ -2,7 +2,7 @@
 
 A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or ``.yaml``) with a
 ``network_def``, optionally ``scripts/`` (importable as the bundle's own code) and ``models/model.pt``
-(a state dict, or ``{"model": state_dict}``) or ``models/model.ts`` (TorchScript). This module builds
+(a state dict, or ``{"model": state_dict}``; TorchScript-only bundles are refused for now). This module builds
 the network on our device, loads the weights with ``weights_only=True``, picks the explained class from
 ``target_channel`` or a name in the metadata's ``channel_def``, and reads the intensity window from the
 bundle's ``ScaleIntensityRanged`` so the noise model sees the utility's own input.
@@ -74,12 +74,18 @@ def read_window(preprocessing: Any, source: Path) -> tuple[float, float]:
 def _channel(metadata: dict[str, Any], target_channel: int | str | None, source: Path) -> int:
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
     channel_def = next(iter(outputs.values()), {}).get("channel_def", {}) if outputs else {}
+    channels = int(next(iter(outputs.values()), {}).get("num_channels", 0) or 0) if outputs else 0
     if target_channel is None:
         if len(channel_def) > 1:  # the first class that is not the background
             names = {str(k): str(v).lower() for k, v in channel_def.items()}
             return int(next(k for k, v in sorted(names.items()) if v != "background"))
+        if channels > 1:
+            raise ConfigError(f"{source}: the network outputs {channels} channels and no channel_def names them; pass "
+                              "--target_channel N.")
         return 0
     if isinstance(target_channel, int) or str(target_channel).isdigit():
+        if channels and int(target_channel) >= channels:
+            raise ConfigError(f"{source}: target_channel {target_channel} does not exist: the network outputs {channels} channel(s).")
         return int(target_channel)
     for key, name in channel_def.items():
         if str(name).lower() == str(target_channel).lower():
@@ -101,8 +107,7 @@ def load_bundle_utility(
         device: where the network is built.
         target_channel: the explained class: an index, or a name from ``channel_def``; default the first
             class that is not the background (or channel 0).
-        weights: load ``models/model.pt`` (or ``model.ts``); False leaves the initialisation (the sanity
-            check loads its own weights).
+        weights: load ``models/model.pt``; False leaves the initialisation (the sanity check loads its own).
 
     Returns:
         ``(utility, meta)`` with meta ``kind``, ``preset`` (``bundle:<name>``), ``in_channels``,
@@ -132,7 +137,7 @@ def load_bundle_utility(
     if "network_def" not in parser.get():
         raise ConfigError(f"{config_file}: has no network_def; a bundle names its network there.")
     if str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # the bundle's scripts/ are imported as `scripts.<module>`
+        sys.path.insert(1, str(root))  # the bundle's scripts/ are imported as `scripts.<module>` (as MONAI does)
     image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
     if len(image_format.get("spatial_shape", [0, 0])) == 3:
         raise ConfigError(f"{meta_file}: the network takes 3D patches (spatial_shape {image_format['spatial_shape']}); U-Noise "
@@ -168,11 +173,9 @@ def _load_weights(root: Path, network: torch.nn.Module, device: torch.device | s
             raise ConfigError(f"{model_pt}: weights do not fit the bundle's network_def ({str(err).splitlines()[0][:200]}).") from err
         return network
     if model_ts.is_file():
-        try:
-            return torch.jit.load(str(model_ts), map_location=device)
-        except Exception as err:
-            raise ConfigError(f"{model_ts}: not a loadable TorchScript file ({type(err).__name__}).") from err
-    raise ConfigError(f"{root}/models: no model.pt or model.ts; the bundle ships no weights (download them first).")
+        raise ConfigError(f"{model_ts}: only TorchScript weights; Grad-CAM and the sanity check need the Python network, so "
+                          "a TorchScript-only bundle is not supported yet: add models/model.pt (its state dict).")
+    raise ConfigError(f"{root}/models: no model.pt; the bundle ships no weights (download them first).")
 
 
 def load_utility(
@@ -181,11 +184,17 @@ def load_utility(
     bundle: str | os.PathLike | None = None,
     target_channel: int | str | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The utility of a command: a model-zoo ``bundle`` when given, else our utility ``checkpoint``."""
+    """The utility of a command: a model-zoo ``bundle`` when given, else our utility ``checkpoint``.
+
+    With both, and a checkpoint holding that bundle network's weights, the bundle's network gets them.
+    """
+    from pipeline.checkpoints import load_checkpoint, load_network_from_checkpoint
+
+    if bundle and checkpoint and Path(checkpoint).is_file() and load_checkpoint(checkpoint).get("meta", {}).get("bundle"):
+        # the bundle's network with this checkpoint's weights (the sanity check's randomised utility)
+        return load_network_from_checkpoint(checkpoint, device, kind="utility", role="--utility", trusted_bundle=bundle)
     if bundle:
         return load_bundle_utility(bundle, device, target_channel)
-    from pipeline.checkpoints import load_network_from_checkpoint
-
     if checkpoint is None:
         raise ConfigError("no utility: pass --utility CHECKPOINT or --utility_bundle DIR.")
     return load_network_from_checkpoint(checkpoint, device, kind="utility", role="--utility")

@@ -233,7 +233,7 @@ def _bad_checkpoints(work: Path) -> dict[str, Path]:
     folder = work / "checkpoints"
     folder.mkdir(exist_ok=True)
     noise = work / "noise" / "checkpoints" / "best.pt"
-    paths = {name: folder / f"{name}.pt" for name in ("truncated", "empty", "random", "hostile", "plain", "other_utility")}
+    paths = {name: folder / f"{name}.pt" for name in ("truncated", "empty", "random", "hostile", "plain", "other_utility", "record")}
     paths["truncated"].write_bytes(noise.read_bytes()[: noise.stat().st_size // 2])
     paths["empty"].write_bytes(b"")
     paths["random"].write_bytes(os.urandom(5000))
@@ -242,6 +242,8 @@ def _bad_checkpoints(work: Path) -> dict[str, Path]:
     content = torch.load(noise, weights_only=True)
     torch.save(content["model"], paths["plain"])
     torch.save({"model": content["model"], "meta": {**content["meta"], "utility_preset": "medium"}}, paths["other_utility"])
+    record = {"target": "os.system", "args": {"command": f"touch {work / 'PWNED'}"}}  # a record naming code, not a network
+    torch.save({"model": content["model"], "meta": {**content["meta"], "network_config": record}}, paths["record"])
     return paths
 
 
@@ -372,11 +374,13 @@ def build_cases(work: Path) -> list[Case]:
                       expect="accepted"))
 
     # checkpoints
-    bad = {name: str(work / "checkpoints" / f"{name}.pt") for name in ("truncated", "empty", "random", "hostile", "plain", "other_utility")}
+    bad = {name: str(work / "checkpoints" / f"{name}.pt") for name in ("truncated", "empty", "random", "hostile", "plain", "other_utility", "record")}
     no_pwned = lambda w: "the hostile pickle ran" if (w / "PWNED").exists() else None  # noqa: E731
     for name in ("truncated", "empty", "random", "hostile", "plain"):
         cases.append(explain_case(f"noise checkpoint {name}", written("ok.nii.gz", lambda p: shutil.copy(test_image, p)),
                                   f"{name}.pt", noise_path=bad[name], after=no_pwned))
+    cases.append(explain_case("noise checkpoint whose network record names os.system", written("ok.nii.gz", lambda p: shutil.copy(test_image, p)),
+                              "record.pt", noise_path=bad["record"], after=no_pwned))
     cases.append(explain_case("utility checkpoint hostile pickle", written("ok.nii.gz", lambda p: shutil.copy(test_image, p)),
                               "hostile.pt", utility_path=bad["hostile"], after=no_pwned))
     cases.append(explain_case("noise checkpoint missing", written("ok.nii.gz", lambda p: shutil.copy(test_image, p)),

@@ -44,3 +44,20 @@ def test_monai_networks_get_a_bottleneck_a_decoder_and_a_grad_cam(name: str) -> 
 def test_an_unknown_grad_cam_layer_names_the_options() -> None:
     with pytest.raises(ConfigError, match=r"gradcam_layer 'encoder.9' is not a module of the utility; .*'downs', .*default: the deepest feature map, 'downs.1'"):
         GradCAMMap(build_unet("small"), "encoder.9")
+
+
+def test_sanity_decoder_names_are_checked_and_a_string_is_one_name() -> None:
+    from pipeline.explain.layers import check_prefixes
+
+    network = build_unet("small")
+    assert check_prefixes(network, "ups") == ("ups",)
+    with pytest.raises(ConfigError, match=r"sanity_decoder 'upz' is not a module with weights of LevelUNet; its top-level modules are"):
+        check_prefixes(network, ["ups", "upz"])
+
+
+def test_a_squeeze_and_excitation_pool_is_no_feature_map() -> None:
+    from monai.networks.blocks import ChannelSELayer
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), ChannelSELayer(2, 8), torch.nn.MaxPool2d(2),
+                                  torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(8, 1, 1))
+    assert find_feature_layer(network) == "2"  # the pooled map, not the SE block's 1 x 1 squeeze

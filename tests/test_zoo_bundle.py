@@ -84,7 +84,7 @@ def test_the_bundle_builds_on_the_cpu_with_its_weights_class_and_window(zoo: dic
 
 
 def test_what_cannot_work_is_refused_naming_the_file(zoo: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"models: no model.pt or model.ts; the bundle ships no weights"):
+    with pytest.raises(ConfigError, match=r"models: no model.pt; the bundle ships no weights"):
         load_bundle_utility(write_bundle(tmp_path / "empty", None, weights=False), "cpu")
     with pytest.raises(ConfigError, match=r"metadata.json: the network takes 3D patches"):
         load_bundle_utility(write_bundle(tmp_path / "volumetric", None, spatial_shape=[32, 32, 16], weights=False), "cpu")
@@ -122,3 +122,34 @@ def test_monai_bundle_run_takes_the_bundle_too(zoo: dict[str, Path]) -> None:
                                "output_dir": str(zoo["root"] / "noise_bundle_run"), "noise_preset": "small", "spatial_size": 32,
                                "batch_size": 4, "epochs": 1, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.2})
     assert (zoo["root"] / "noise_bundle_run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_checkpoint_never_chooses_the_code_that_runs(tmp_path: Path, zoo: dict[str, Path]) -> None:
+    from pipeline.checkpoints import CheckpointError, load_network_from_checkpoint
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "meta": {"kind": "utility", "network_config": {"target": "os.makedirs", "args": {"name": str(marker)}}}},
+               tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil.pt: its network cannot be built .*'os.makedirs' is not a network of pipeline.networks"):
+        load_network_from_checkpoint(tmp_path / "evil.pt", kind="utility")
+    assert not marker.exists()
+    utility, meta = load_bundle_utility(zoo["bundle"], "cpu")
+    torch.save({"model": utility.state_dict(), "meta": meta}, tmp_path / "bundle_weights.pt")
+    with pytest.raises(CheckpointError, match=r"bundle_weights.pt: holds weights of the bundle .* pass that bundle as --utility-bundle"):
+        load_network_from_checkpoint(tmp_path / "bundle_weights.pt", kind="utility")
+    network, _ = load_network_from_checkpoint(tmp_path / "bundle_weights.pt", kind="utility", trusted_bundle=zoo["bundle"])
+    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), utility.state_dict().values()))
+
+
+def test_the_class_logit_is_exact_where_the_model_is_sure() -> None:
+    from pipeline.utility import TargetLogit
+
+    class Identity(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return image
+
+    logits = torch.tensor([10.0, -8.0, 3.0]).view(1, 3, 1, 1).requires_grad_(True)
+    value = TargetLogit(Identity(), 1)(logits)
+    assert float(value.detach()) == pytest.approx(float(torch.logit(torch.softmax(logits.detach().double(), 1)[0, 1]).item()), abs=1e-4)
+    value.sum().backward()
+    assert float(logits.grad.abs().sum()) > 1.0  # no clamp: the gradient survives at p = 1.5e-8

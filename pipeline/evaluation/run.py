@@ -20,7 +20,7 @@ import torch
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
 from pipeline.data import build_slice_dataset, check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.engines import resolve_device
-from pipeline.explain.layers import find_decoder_prefixes, find_feature_layer
+from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.zoo import load_utility
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
@@ -244,8 +244,10 @@ def run_evaluation(
         check_shortcut_entries(splits[split])
     data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks)
     in_channels = int(utility_meta.get("in_channels", 1))
-    layer = gradcam_layer or find_feature_layer(utility, in_channels)
-    decoder = tuple(sanity_decoder) if sanity_decoder else find_decoder_prefixes(utility, in_channels, layer)
+    needs_layer = "gradcam" in baselines or sanity
+    layer = gradcam_layer or (find_feature_layer(utility, in_channels) if needs_layer else None)
+    decoder = check_prefixes(utility, sanity_decoder) if sanity_decoder else (
+        find_decoder_prefixes(utility, in_channels, layer) if sanity else ())
 
     noise_models: dict[str, torch.nn.Module] = {}
     noise_metas: dict[str, tuple[str, dict]] = {}
@@ -302,7 +304,9 @@ def run_evaluation(
             sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
             sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction,
             decoder_prefixes=decoder,
-            data_checks={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths}))
+            extra_overrides={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths,
+                             **({"utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel")}
+                                if utility_bundle else {})}))
     save_atomic({"image": data["image"].cpu(), "label": data["label"].cpu(), "body": data["body"].cpu(),
                  "cases": data["cases"], "maps": maps,
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {})}, out / "maps.pt")

@@ -45,7 +45,7 @@ def randomise_layers(network: torch.nn.Module, prefixes: Sequence[str] | None = 
     """Re-initialise (in place) the modules whose names start with one of ``prefixes`` (all when None)."""
     torch.manual_seed(seed)
     for name, module in network.named_modules():
-        chosen = prefixes is None or name.startswith(tuple(prefixes))
+        chosen = prefixes is None or any(name == p or name.startswith(p + ".") for p in prefixes)  # ups.1 is not ups.10
         if chosen and hasattr(module, "reset_parameters"):
             module.reset_parameters()
         if chosen and hasattr(module, "reset_running_stats"):
@@ -67,11 +67,12 @@ def retrain_overrides(meta: dict[str, Any], epochs: int | None) -> dict[str, Any
 
 def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, epochs: int | None, dataset_dir: str,
                   datalist_key: str, val_fraction: float, test_fraction: float, seed: int, device: torch.device,
-                  bundle_root: str, data_checks: dict[str, Any] | None = None) -> torch.nn.Module:
+                  bundle_root: str, extra_overrides: dict[str, Any] | None = None) -> torch.nn.Module:
     """Train a fresh noise model against the utility in ``utility_path`` with the run's own config; returns last.pt's network.
 
-    ``data_checks`` (``label_values``, ``strict``, ``allow_outside_paths``) are the evaluation's own, so the
-    retraining accepts exactly the data the evaluation accepted.
+    ``extra_overrides`` are the evaluation's own settings (``label_values``, ``strict``, ``allow_outside_paths``,
+    and a bundle utility's ``utility_bundle`` / ``target_channel``), so the retraining accepts exactly the data
+    the evaluation accepted and rebuilds the same utility network.
     """
     from monai.bundle import run
 
@@ -79,7 +80,7 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     overrides = retrain_overrides(meta, epochs)
     overrides.update(dataset_dir=str(dataset_dir), datalist_key=datalist_key, val_fraction=val_fraction,
                      test_fraction=test_fraction, seed=seed, device=str(device), utility_checkpoint=str(utility_path),
-                     output_dir=str(output_dir), init_from=None, **(data_checks or {}))
+                     output_dir=str(output_dir), init_from=None, **(extra_overrides or {}))
     logger.info("sanity check: retraining the noise model for %d epochs against %s", overrides["epochs"], utility_path)
     run(config_file=str(root / "configs" / "train_noise.json"), meta_file=str(root / "configs" / "metadata.json"),
         bundle_root=str(root), **overrides)
@@ -93,7 +94,7 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
                      datalist_key: str, seed: int, device: torch.device, bundle_root: str | None, layer: str,
                      occlusion_window: int, occlusion_stride: int, ring_mm: float, blur_sigma: float,
                      smoothgrad_samples: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                     decoder_prefixes: Sequence[str] = DECODER_PREFIXES, data_checks: dict[str, Any] | None = None) -> dict[str, Any]:
+                     decoder_prefixes: Sequence[str] = DECODER_PREFIXES, extra_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The cascade for every method; returns ``sanity``, ``sanity_detail`` and ``sanity_protocol`` for evaluation.json."""
     if bundle_root is None:
         raise ValueError("the sanity check retrains U-Noise with the bundle's train_noise.json: pass bundle_root.")
@@ -111,7 +112,7 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
         save_atomic({"model": random_utility.state_dict(), "meta": {**utility_meta, "randomised": stage}}, utility_path)
         for name, (_, meta) in noise_metas.items():
             network = retrain_noise(meta, utility_path, out_dir / stage / name, sanity_epochs, dataset_dir, datalist_key,
-                                    val_fraction, test_fraction, seed, device, bundle_root, data_checks)
+                                    val_fraction, test_fraction, seed, device, bundle_root, extra_overrides)
             new_maps[name] = UNoiseMap(network)(image).detach().float().cpu()
         for name, new in new_maps.items():
             rho = compute_spearman(maps[name][rows], new, body)

@@ -27,7 +27,8 @@ def trace_modules(network: torch.nn.Module, in_channels: int, size: int = TRACE_
         size: H = W of the blank slice it is run on.
 
     Returns:
-        ``[(name, area), ...]`` for every module whose output is a (B, C, H, W) tensor; the root is left out.
+        ``[(name, area), ...]`` for every module whose output is a (B, C, H, W) tensor larger than one pixel
+        (global and squeeze-and-excitation pools are left out), the root too.
     """
     finished: list[tuple[str, int]] = []
     hooks = []
@@ -36,8 +37,8 @@ def trace_modules(network: torch.nn.Module, in_channels: int, size: int = TRACE_
             continue
 
         def record(_module: torch.nn.Module, _inputs: object, output: object, name: str = name) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4:
-                finished.append((name, int(output.shape[-1] * output.shape[-2])))
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+                finished.append((name, int(output.shape[-1] * output.shape[-2])))  # 1-pixel maps (pools) are no feature map
 
         hooks.append(module.register_forward_hook(record))
     device = next((p.device for p in network.parameters()), torch.device("cpu"))
@@ -105,8 +106,24 @@ def find_decoder_prefixes(network: torch.nn.Module, in_channels: int = 1, featur
     return tuple(_outermost(chosen))
 
 
+def check_prefixes(network: torch.nn.Module, prefixes: str | Sequence[str]) -> tuple[str, ...]:
+    """``sanity_decoder`` as given: one name or several, each a module of ``network`` that has weights.
+
+    Raises:
+        ConfigError: a name that is no module, or one without weights (the stage would change nothing).
+    """
+    names = (prefixes,) if isinstance(prefixes, str) else tuple(str(p) for p in prefixes)
+    modules = dict(network.named_modules())
+    for name in names:
+        if name not in modules or not any(True for _ in modules[name].parameters()):
+            options = [n for n in modules if n and "." not in n]
+            raise ConfigError(f"sanity_decoder {name!r} is not a module with weights of {type(network).__name__}; its "
+                              f"top-level modules are {options}.")
+    return names
+
+
 def _outermost(names: Sequence[str]) -> list[str]:
     return [n for n in names if not any(n != other and n.startswith(other + ".") for other in names)]
 
 
-__all__ = ["find_decoder_prefixes", "find_feature_layer", "trace_modules"]
+__all__ = ["check_prefixes", "find_decoder_prefixes", "find_feature_layer", "trace_modules"]
