@@ -92,7 +92,7 @@ benchmark: $(STAMP)
 	$(UNOISE) benchmark --output $(BENCH_OUT) --overwrite \
 		$(if $(BENCH_UTILITY),--utility $(BENCH_UTILITY) --dataset $(DEMO_DATA) $(DEMO_SPLIT))
 
-# The hostile-input table (not a test; about 10 minutes on 2 CPU cores): every bad input we know of against
+# The hostile-input table (not a test; about 5 minutes on 2 CPU cores): every bad input we know of against
 # every command, in fresh processes; writes $(HOSTILE_OUT) and exits non-zero if any case is not refused as it should be.
 HOSTILE_OUT ?= hostile_inputs.json
 hostile: $(STAMP)
