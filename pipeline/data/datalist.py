@@ -164,8 +164,7 @@ def load_datalist(source: str | os.PathLike, key: str = "training", allow_outsid
             entries = _resolve([{"image": item} for item in content[key]], path.parent, path, allow_outside_paths)  # MSD test list: paths only
         else:
             _check_entries(content[key], path)
-            raw = [dict(entry) for entry in content[key]]
-            entries = _resolve(raw, path.parent, path, allow_outside_paths)
+            entries = _resolve(content[key], path.parent, path, allow_outside_paths)  # _resolve copies each entry
     else:
         entries = _resolve(_check_entries(content, path), path.parent, path, allow_outside_paths)
     if not entries:

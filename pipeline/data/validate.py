@@ -257,7 +257,8 @@ def validate_datalist(
         image_path = str(entry["image"])
         image = load_volume(image_path, entry.get("series"))
         _check_finite(image, image_path)
-        note = check_ct_intensity(float(image.min()), float(image.max()), image_path, strict)
+        hu_range = (float(image.min()), float(image.max()))  # one pass each over the volume, used twice
+        note = check_ct_intensity(*hu_range, image_path, strict)
         if note:
             notes.append(note)
         spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
@@ -266,7 +267,7 @@ def validate_datalist(
             shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]
             spacing=spacing,  # type: ignore[arg-type]
             orientation="".join(nib.aff2axcodes(np.asarray(image.affine))),
-            hu_range=(float(image.min()), float(image.max())),
+            hu_range=hu_range,
         )
         label_path = entry.get("label")
         if label_path:

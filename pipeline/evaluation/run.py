@@ -72,6 +72,20 @@ def check_settings(slices_per_case: Any, infill: str, extra_infills: Sequence[st
     return limit
 
 
+def load_split(dataset_dir: str, datalist_key: str, val_fraction: float, test_fraction: float, seed: int, split: str,
+               allow_outside_paths: bool = False) -> dict[str, list[dict]]:
+    """The split training used (same datalist, fractions and seed); the evaluated part must not be empty.
+
+    Raises:
+        ConfigError: the evaluated part is empty.
+    """
+    splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
+    if not splits[split]:
+        raise ConfigError(f"{dataset_dir}: the {split} split is empty with val_fraction {val_fraction} and test_fraction "
+                          f"{test_fraction}; raise the fraction or evaluate another split.")
+    return splits
+
+
 def check_inputs(
     dataset_dir: str,
     utility_checkpoint: str,
@@ -114,14 +128,11 @@ def check_inputs(
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")
         check_pair(utility_meta, noise_meta, utility_bundle or utility_checkpoint, path)
-    splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
-    if not splits[split]:
-        raise ConfigError(f"{dataset_dir}: the {split} split is empty with val_fraction {val_fraction} and test_fraction "
-                          f"{test_fraction}; raise the fraction or evaluate another split.")
-    parts = [split, *(("training", "validation") if sanity else ())]
-    entries = [entry for part in dict.fromkeys(parts) for entry in splits[part]]
+    splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
+    parts = tuple(dict.fromkeys([split, *(("training", "validation") if sanity else ())]))
+    entries = [entry for part in parts for entry in splits[part]]
     summary = validate_datalist(entries, pancreas_labels, label_values, require_labels=True, progress=False, strict=strict)
-    check_training_split(summary, splits, dataset_dir, parts=tuple(dict.fromkeys(parts)))
+    check_training_split(summary, splits, dataset_dir, parts=parts)
     if shortcut:
         from pipeline.data import load_volume
         from pipeline.evaluation.shortcut import SHORTCUT_KEYS, check_shortcut_entries
@@ -233,10 +244,7 @@ def run_evaluation(
     device = resolve_device(device)
     utility, utility_meta = load_utility(utility_checkpoint, device, utility_bundle, target_channel)
     utility.eval()
-    splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
-    if not splits[split]:
-        raise ConfigError(f"the {split} split is empty with val_fraction {val_fraction} and test_fraction {test_fraction}; "
-                          "raise the fraction or evaluate another split.")
+    splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     extra_images, extra_masks = (("image_nocue",), ("shortcut",)) if shortcut else ((), ())
     if shortcut:
         from pipeline.evaluation.shortcut import check_shortcut_entries
@@ -336,5 +344,5 @@ def summarise(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BASELINES", "NULL_MAPS", "build_explainers", "check_inputs", "check_settings", "load_evaluation_slices", "run_evaluation",
+__all__ = ["BASELINES", "NULL_MAPS", "build_explainers", "check_inputs", "check_settings", "load_split", "load_evaluation_slices", "run_evaluation",
            "select_slices", "summarise", "unoise_name"]
