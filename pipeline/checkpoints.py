@@ -22,7 +22,7 @@ import torch
 
 from pipeline.errors import UNoiseError
 from pipeline.fileio import atomic_path
-from pipeline.networks import build_network, build_unet, get_preset, network_name
+from pipeline.networks import build_network, get_preset, network_name, preset_config
 
 
 class CheckpointError(UNoiseError, ValueError):
@@ -140,10 +140,10 @@ def load_network_weights(
         CheckpointError: the file cannot be read, or its weights belong to another architecture; the
             message names the preset the checkpoint was trained with and the one expected.
     """
-    return _load_state(network, load_checkpoint(path, map_location), path, preset, check_preset)
+    return load_state(network, load_checkpoint(path, map_location), path, preset, check_preset)
 
 
-def _load_state(network: torch.nn.Module, content: dict[str, Any], path: str | os.PathLike, preset: str,
+def load_state(network: torch.nn.Module, content: dict[str, Any], path: str | os.PathLike, preset: str,
                 check_preset: bool) -> dict[str, Any]:
     meta = dict(content.get("meta", {}))
     trained = meta.get("preset")
@@ -167,7 +167,6 @@ def _load_state(network: torch.nn.Module, content: dict[str, Any], path: str | o
 
 def load_network_from_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", kind: str | None = None, role: str | None = None,
-    trusted_bundle: str | os.PathLike | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the network a checkpoint records (``network_config``; older ones: preset, channels) and load its weights.
 
@@ -176,44 +175,42 @@ def load_network_from_checkpoint(
         map_location: device of the network.
         kind: refuse a checkpoint of another kind (``utility`` or ``noise``); None accepts any.
         role: the option the path came from, named in the error (default ``--<kind>``).
-        trusted_bundle: the model-zoo bundle the caller was given; a checkpoint holding a bundle network's
-            weights is only rebuilt from it (the record alone never decides what code runs).
 
     Returns:
         ``(network, meta)``; the network is on ``map_location``.
 
     Raises:
-        CheckpointError: unreadable file, wrong kind, or no ``meta["preset"]`` to build from.
+        CheckpointError: unreadable file, wrong kind, no network record to build from, or the weights of a
+            model-zoo bundle's network (those load only with that bundle, :func:`pipeline.zoo.load_utility`).
     """
     content = load_checkpoint(path, map_location)
     meta = dict(content.get("meta", {}))
     if kind is not None:
         check_kind(meta, path, kind, role or f"--{kind}")
-    if meta.get("bundle"):  # a bundle network's weights (the sanity check's randomised copy): only with that bundle
-        from pipeline.zoo import load_bundle_utility
-
-        if trusted_bundle is None or Path(str(trusted_bundle)).expanduser().resolve() != Path(str(meta["bundle"])).resolve():
-            raise CheckpointError(f"{path}: holds weights of the bundle {meta['bundle']}; a checkpoint never chooses code to "
-                                  "run: pass that bundle as --utility-bundle (utility_bundle) too.")
-        network, _ = load_bundle_utility(trusted_bundle, map_location, meta.get("target_channel"), weights=False)
-        _load_state(network, content, path, str(meta.get("preset")), check_preset=False)
-        return network.to(map_location), meta
-    if "network_config" in meta:  # the network record (any MONAI network): rebuild exactly that
-        try:
-            network = build_network(meta["network_config"])
-        except UNoiseError as err:
-            raise CheckpointError(f"{path}: its network cannot be built ({err})") from err
-        except Exception as err:  # an allowed network class refusing its recorded args
-            raise CheckpointError(f"{path}: its network cannot be built ({type(err).__name__}: {err})") from err
-        _load_state(network, content, path, network_name(meta["network_config"]), check_preset=False)
-        return network.to(map_location), meta
-    if "preset" not in meta:
+    if meta.get("bundle"):  # a bundle network's weights (the sanity check's randomised copy): built by pipeline.zoo only
+        raise CheckpointError(f"{path}: holds weights of the bundle {meta['bundle']}; a checkpoint never chooses code to "
+                              "run: pass that bundle as --utility-bundle (utility_bundle) too.")
+    if "network_config" not in meta and "preset" not in meta:
         raise CheckpointError(f"{path}: the checkpoint records no network (network_config or preset); it was not written "
                               "by a U-Noise run.")
-    network = build_unet(meta["preset"], in_channels=int(meta.get("in_channels", 1)),
-                         out_channels=int(meta.get("out_channels", 1)))
-    _load_state(network, content, path, meta["preset"], check_preset=True)
+    # the network record (any MONAI network); checkpoints older than the record name a preset of the factory
+    config = meta.get("network_config") or _preset_record(meta, path)
+    try:
+        network = build_network(config)
+    except UNoiseError as err:
+        raise CheckpointError(f"{path}: its network cannot be built ({err})") from err
+    except Exception as err:  # an allowed network class refusing its recorded args
+        raise CheckpointError(f"{path}: its network cannot be built ({type(err).__name__}: {err})") from err
+    load_state(network, content, path, network_name(config), check_preset=False)
     return network.to(map_location), meta
+
+
+def _preset_record(meta: dict[str, Any], path: str | os.PathLike) -> dict:
+    """The network record of an older checkpoint that names only its preset and channels."""
+    try:
+        return preset_config(str(meta["preset"]), int(meta.get("in_channels", 1)), int(meta.get("out_channels", 1)))
+    except UNoiseError as err:
+        raise CheckpointError(f"{path}: records an unknown network preset ({err})") from err
 
 
 def reconcile_best(save_dir: str | os.PathLike) -> bool:

@@ -2,25 +2,25 @@
 
 Data subcommands run here directly; the training and inference subcommands run the bundle configs in
 ``bundles/pancreas_ct_unoise/configs`` with ``--key value`` overrides, as ``python -m monai.bundle run``
-does. Problems with the user's input print one line (``error: ...``) and exit with status 2; pass
-``--traceback`` to see the full stack.
+does. Problems with the user's input (our own :class:`~pipeline.errors.UNoiseError`) print one line
+(``error: ...``) and exit with status 2; pass ``--traceback`` to see the full stack. Any other exception
+is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import difflib
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, UNoiseError
+from pipeline.bundle import check_override_keys, default_bundle_root, run_bundle, user_error
+from pipeline.errors import ConfigError
 
 logger = logging.getLogger("pipeline")
 
@@ -40,11 +40,6 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def default_bundle_root() -> Path:
-    """The bundle shipped with this checkout (``$UNOISE_BUNDLE`` overrides it)."""
-    return Path(os.environ.get("UNOISE_BUNDLE", Path(__file__).resolve().parent.parent / "bundles" / "pancreas_ct_unoise"))
-
-
 def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
     """``["--epochs", "2", "--device=cpu"]`` -> ``{"epochs": 2, "device": "cpu"}``, values as in :func:`parse_value`."""
     overrides: dict[str, Any] = {}
@@ -60,67 +55,6 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
             value = items.pop(0)
         overrides[key] = parse_value(value)
     return overrides
-
-
-def check_override_keys(config_file: Path, overrides: dict[str, Any]) -> None:
-    """Fail on an override that names no key of the config (``a#b`` reaches into nested dicts)."""
-    config = json.loads(config_file.read_text())
-    for key in overrides:
-        node: Any = config
-        for part in key.split("#"):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                experiment = config.get("run_config")  # the experiment values; components are reachable too
-                known = sorted(k for k in (experiment if isinstance(experiment, dict) else config) if k in config)
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean --{close[0]}? " if close else ""
-                raise ConfigError(
-                    f"unknown config key {key!r} for {config_file.name}; {hint}keys: {', '.join(known)}."
-                )
-
-
-def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None) -> None:
-    """Run ``configs/<config>.json`` of the bundle with overrides, exactly as ``python -m monai.bundle run``."""
-    from monai.bundle import run
-
-    root = Path(bundle_root or default_bundle_root())
-    config_file = root / "configs" / f"{config}.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
-    check_override_keys(config_file, overrides)
-    from pipeline.rundir import forget_created, release_all, roll_back
-
-    try:
-        run(
-            config_file=str(config_file),
-            meta_file=str(root / "configs" / "metadata.json"),
-            logging_file=str(root / "configs" / "logging.conf"),
-            bundle_root=str(root),
-            **overrides,
-        )
-    except Exception as err:
-        if _user_error(err) is not None:  # a refusal: leave the disk as it was
-            for path in roll_back():
-                logger.info("refused: removed %s, which this run had created", path)
-        raise
-    finally:
-        forget_created()
-        release_all()  # the run folder's lock, on errors too
-
-
-def _user_error(err: BaseException) -> BaseException | None:
-    """The user-facing error inside MONAI's "Failed to evaluate ..." wrappers, if any."""
-    seen, first_value_error = err, None
-    while seen is not None:
-        if isinstance(seen, UNoiseError):
-            return seen
-        if first_value_error is None and isinstance(seen, (ValueError, FileNotFoundError)):
-            first_value_error = seen  # our argument checks (bad preset, fraction...) raised during config parsing
-        seen = seen.__cause__ or seen.__context__
-    return first_value_error
 
 
 def _print_training_summary(output: str) -> None:
@@ -321,7 +255,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unoise", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="unoise", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--bundle-root", type=Path, default=None, help="bundle folder (default: the one in this checkout)")
@@ -430,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--work-dir", "--work_dir", dest="work_dir", type=Path, default=None,
                        help="keep the phantom set and the benchmark's runs here (default: a temporary folder)")
     bench.set_defaults(func=_cmd_benchmark, takes_overrides=True)
+    for command in sub.choices.values():  # "--target" must reach the config, not be read as --target-channel
+        command.allow_abbrev = False
     return parser
 
 
@@ -447,10 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = parse_overrides(extra)
         return int(args.func(args) or 0)
     except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None or args.traceback:
+        refusal = user_error(err)
+        if refusal is None or args.traceback:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

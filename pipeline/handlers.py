@@ -20,6 +20,7 @@ from monai.handlers import CheckpointLoader, from_engine
 
 from pipeline.checkpoints import load_checkpoint, save_atomic
 from pipeline.distributed import gather_objects, is_main_process, sum_over_ranks
+from pipeline.errors import ConfigError
 from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
 from pipeline.metrics import compute_region_share
 
@@ -321,7 +322,9 @@ class OutputMean(Metric):
     def update(self, output: Any) -> None:
         for item in output:
             if self.loss_function is not None:
-                value = self.loss_function(torch.as_tensor(item["pred"])[None], torch.as_tensor(item["label"])[None])
+                label = item.get("label")
+                label = None if label is None else torch.as_tensor(label)[None]  # None: label-free training
+                value = self.loss_function(torch.as_tensor(item["pred"])[None], label)
             else:
                 value = torch.as_tensor(item[self.key]).float().mean()
             self._total += float(value)
@@ -340,13 +343,14 @@ class SliceImagesHandler:
     Args:
         summary_writer: a ``SummaryWriter``.
         images: ``{tag: (source, key, channel, invert)}`` with source ``batch`` or ``output``; ``invert``
-            shows 1 - channel (importance from tolerance). Each image is min-max scaled for display.
+            shows 1 - channel (importance from tolerance). Each image is min-max scaled for display. A key
+            the item does not hold (``label`` in label-free training) is skipped.
     """
 
     def __init__(self, summary_writer: Any, images: dict[str, tuple[str, str, int, bool]]) -> None:
         for tag, spec in images.items():
             if len(spec) != 4 or spec[0] not in ("batch", "output"):
-                raise ValueError(f"image {tag!r}: expected (source 'batch'|'output', key, channel, invert), got {spec!r}.")
+                raise ConfigError(f"image {tag!r}: expected (source 'batch'|'output', key, channel, invert), got {spec!r}.")
         self.writer, self.images = summary_writer, dict(images)
 
     def attach(self, engine: Engine) -> None:
@@ -355,6 +359,8 @@ class SliceImagesHandler:
     def __call__(self, engine: Engine) -> None:
         for tag, (source, key, channel, invert) in self.images.items():
             items = engine.state.batch if source == "batch" else engine.state.output
+            if items[0].get(key) is None:
+                continue
             image = torch.as_tensor(items[0][key])[channel].detach().float().cpu()  # (H, W)
             if invert:
                 image = 1.0 - image
@@ -451,16 +457,18 @@ class RegionShare(Metric):
     all pixels; ``compute()`` returns share / chance (1 = no better than a uniform map). When the batch
     carries the slices' ``body`` masks, only body pixels count (air says nothing about a map). ``share`` and
     ``chance`` are kept as attributes. Reads ``tolerance_key`` (importance = 1 - B)
-    from the decollated output, ``label`` from it, and the pixel ``spacing`` from ``engine.state.batch``.
-    Under several processes ``compute()`` pools the slices of every rank.
+    from the decollated output, the region ``region_key`` from it, and the pixel ``spacing`` from
+    ``engine.state.batch``. Under several processes ``compute()`` pools the slices of every rank.
 
     Args:
         ring_mm: ring width around the pancreas, mm (0: the pancreas alone).
         tolerance_key: output key of the tolerance B; the importance is 1 - B.
+        region_key: output key of the binary region: ``label``, or ``pred_clean`` (the utility's clean
+            prediction) in label-free training.
     """
 
-    def __init__(self, ring_mm: float = 10.0, tolerance_key: str = "pred_tolerance") -> None:
-        self.ring_mm, self.tolerance_key = float(ring_mm), tolerance_key
+    def __init__(self, ring_mm: float = 10.0, tolerance_key: str = "pred_tolerance", region_key: str = "label") -> None:
+        self.ring_mm, self.tolerance_key, self.region_key = float(ring_mm), tolerance_key, region_key
         self.share = self.chance = float("nan")
         super().__init__(output_transform=lambda output: output)
 
@@ -477,7 +485,7 @@ class RegionShare(Metric):
                   list(batch["body"]) if "body" in batch else [None] * len(spacings))
         for item, spacing, body in zip(engine.state.output, spacings, bodies):
             importance = 1.0 - torch.as_tensor(item[self.tolerance_key])[0]  # (H, W)
-            label = torch.as_tensor(item["label"])[0]
+            label = torch.as_tensor(item[self.region_key])[0]
             within = None if body is None else torch.as_tensor(body)[0]
             inside, region, total, pixels = compute_region_share(importance, label, torch.as_tensor(spacing).tolist(),
                                                                  self.ring_mm, within)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import ConfigError
+
 INFILLS = ("blur", "floor", "mean", "noise", "road")
 DEFAULT_BLUR_SIGMA = 4.0  # pixels
 DEFAULT_ROAD_NOISE = 0.01  # std in [0, 1] intensity units
@@ -32,7 +34,7 @@ def apply_blur(image: torch.Tensor, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.
         sigma: standard deviation in pixels (> 0); the kernel reaches 3 sigma.
     """
     if sigma <= 0:
-        raise ValueError(f"blur sigma must be > 0 pixels, got {sigma}.")
+        raise ConfigError(f"blur sigma must be > 0 pixels, got {sigma}.")
     radius = max(1, int(round(3 * sigma)))
     x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
@@ -131,7 +133,7 @@ def apply_infill(
         (B, C, H, W) tensor.
     """
     if infill not in INFILLS:
-        raise ValueError(f"infill (hidden-pixel baseline) must be one of {INFILLS}, got {infill!r}.")
+        raise ConfigError(f"infill (hidden-pixel baseline) must be one of {INFILLS}, got {infill!r}.")
     if hidden.shape[0] != image.shape[0] or hidden.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"hidden mask {tuple(hidden.shape)} does not match image {tuple(image.shape)}.")
     hidden = hidden.bool()

@@ -28,6 +28,8 @@ import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 
+from pipeline.errors import ConfigError
+
 
 class LevelUNet(torch.nn.Module):
     """UNet with ``len(channels) - 1`` down-samplings, from MONAI ``BasicUNet`` blocks.
@@ -61,7 +63,7 @@ class LevelUNet(torch.nn.Module):
     ) -> None:
         super().__init__()
         if len(channels) < 2 or any(c < 1 for c in channels):
-            raise ValueError(f"channels needs >= 2 positive entries (top level first), got {tuple(channels)}.")
+            raise ConfigError(f"channels needs >= 2 positive entries (top level first), got {tuple(channels)}.")
         up_options = {"upsample": upsample, "interp_mode": interp_mode, "align_corners": None if interp_mode == "nearest" else True}
         self.downsamplings = len(channels) - 1
         self.encoder_in = TwoConv(spatial_dims, in_channels, channels[0], act, norm, True, dropout)
@@ -139,11 +141,11 @@ def build_unet(
     """
     shape = get_preset(preset)
     if in_channels < 1 or out_channels < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}.")
+        raise ConfigError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}.")
     if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}.")
     return LevelUNet(spatial_dims, in_channels, out_channels, shape.channels, dropout=dropout)
 
 

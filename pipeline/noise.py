@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import ConfigError
 from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur
 
 PERTURBATIONS = ("additive", "replace")
@@ -48,7 +49,7 @@ def apply_tolerance(noise_logits: torch.Tensor) -> torch.Tensor:
 def apply_noise_scale(tolerance: torch.Tensor, min_scale: float, max_scale: float) -> torch.Tensor:
     """sigma = min_scale + (max_scale - min_scale) * B, same shape as ``tolerance``, in [min_scale, max_scale]."""
     if min_scale < 0 or max_scale < min_scale:
-        raise ValueError(f"need 0 <= min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}.")
+        raise ConfigError(f"need 0 <= min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}.")
     return min_scale + (max_scale - min_scale) * tolerance
 
 
@@ -56,7 +57,7 @@ def resolve_baseline(image: torch.Tensor, baseline: float | str, blur_sigma: flo
     """What ``replace`` blends towards: a constant, or ``"blur"`` = the slice blurred, (B, C, H, W)."""
     if isinstance(baseline, str):
         if baseline != "blur":
-            raise ValueError(f"baseline must be a number or 'blur', got {baseline!r}.")
+            raise ConfigError(f"baseline must be a number or 'blur', got {baseline!r}.")
         return apply_blur(image, blur_sigma)
     return float(baseline)
 
@@ -86,7 +87,7 @@ def apply_perturbation(
         The perturbed image, shape of ``image``.
     """
     if perturbation not in PERTURBATIONS:
-        raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+        raise ConfigError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
     if tolerance.shape[0] != image.shape[0] or tolerance.shape[-2:] != image.shape[-2:]:
         raise ValueError(f"tolerance {tuple(tolerance.shape)} does not match image {tuple(image.shape)} (B, ., H, W).")
     noise = torch.randn_like(image) if noise is None else noise
@@ -145,7 +146,7 @@ class UNoiseModel(torch.nn.Module):
     ) -> None:
         super().__init__()
         if perturbation not in PERTURBATIONS:
-            raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+            raise ConfigError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
         apply_noise_scale(torch.zeros(1), min_scale, max_scale)  # validates the scales
         resolve_baseline(torch.zeros(1, 1, 4, 4), baseline, 1.0)  # validates the baseline
         self.noise_net = noise_net
@@ -207,7 +208,7 @@ class UNoiseLoss(torch.nn.Module):
     ``loss = utility_loss(SEG, target) + noise term + deletion_weight * softdice(DELETED, target)
     + tv_weight * TV(B)``, with the noise term ``-noise_weight * mean(log B)`` (``area: log``, the
     paper's) or ``noise_weight * mean(1 - B)`` (``area: l1``). Takes the (B, 5, H, W) output of
-    :class:`UNoiseModel` and the label (B, 1, H, W) in {0, 1}. The terms of the last call are kept in
+    :class:`UNoiseModel` and the label (B, 1, H, W) in {0, 1} (None with ``target: prediction``: label-free). The terms of the last call are kept in
     ``last_terms`` (``utility_loss``, ``noise_term``, ``deletion_term``, ``tv_term``, ``mean_tolerance``)
     for logging.
 
@@ -227,23 +228,25 @@ class UNoiseLoss(torch.nn.Module):
         for name, value in {"noise_weight (lambda)": noise_weight, "deletion_weight": deletion_weight,
                             "tv_weight": tv_weight}.items():
             if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
+                raise ConfigError(f"{name} must be >= 0, got {value}.")
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
+            raise ConfigError(f"target must be one of {TARGETS}, got {target!r}.")
         if area not in AREA_TERMS:
-            raise ValueError(f"area must be one of {AREA_TERMS}, got {area!r}.")
+            raise ConfigError(f"area must be one of {AREA_TERMS}, got {area!r}.")
         if utility_loss == "bce":
             self.utility_loss: Callable = F.binary_cross_entropy_with_logits
         elif callable(utility_loss):
             self.utility_loss = utility_loss
         else:
-            raise ValueError(f"utility_loss must be 'bce' or a callable, got {utility_loss!r}.")
+            raise ConfigError(f"utility_loss must be 'bce' or a callable, got {utility_loss!r}.")
         self.noise_weight, self.eps, self.target, self.area = noise_weight, eps, target, area
         self.deletion_weight, self.tv_weight = deletion_weight, tv_weight
         self.last_terms: dict[str, float] = {}
 
-    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         seg_logits, tolerance = outputs[:, SEG : SEG + 1], outputs[:, TOLERANCE : TOLERANCE + 1]  # (B, 1, H, W) each
+        if self.target == "label" and target is None:
+            raise ConfigError("target 'label' needs labels, and this batch has none: train label-free with target 'prediction'.")
         if self.target == "prediction":
             if outputs.shape[1] <= CLEAN:
                 raise ValueError("target 'prediction' needs the clean logits: the outputs of UNoiseModel (5 channels).")

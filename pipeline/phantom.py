@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from pipeline.errors import ConfigError
 from pipeline.fileio import save_nifti, write_json_atomic
 from pipeline.phantom_cue import SHORTCUTS, CueSettings, cue_positions, draw_cue, plant_twin_gland
 
@@ -54,10 +55,10 @@ class PhantomCase:
 
 def _check_int(name: str, value: object, minimum: int, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r} "
+        raise ConfigError(f"{name} must be an integer >= {minimum}; received {value!r} "
                          f"({type(value).__name__}). {hint}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {value}. {hint}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}; received {value}. {hint}")
     return int(value)
 
 
@@ -65,7 +66,7 @@ def _check_grid(seed: object, size: object, slices: object) -> tuple[int, int, i
     seed = _check_int("seed", seed, 0, "Pass a non-negative integer seed.")
     size = _check_int("size", size, 32, "Use a multiple of 16 such as 64, 128 or 512.")
     if size % 16:
-        raise ValueError(f"size must be divisible by 16 (the UNet halves it four times); received {size}. "
+        raise ConfigError(f"size must be divisible by 16 (the UNet halves it four times); received {size}. "
                          f"Use {size - size % 16} or {size - size % 16 + 16}.")
     return seed, size, _check_int("slices", slices, 8, "Use at least 8 slices, e.g. 48.")
 
@@ -392,11 +393,11 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
     """
     seed, size, slices = _check_grid(seed, size, slices)
     if orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {ORIENTATIONS}; received {orientation!r}.")
+        raise ConfigError(f"orientation must be one of {ORIENTATIONS}; received {orientation!r}.")
     if tumour is not None and not isinstance(tumour, (bool, np.bool_)):
-        raise ValueError(f"tumour must be True, False or None (the seed decides); received {tumour!r}.")
+        raise ConfigError(f"tumour must be True, False or None (the seed decides); received {tumour!r}.")
     if shortcut is not None and shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
+        raise ConfigError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
     cue_settings = CueSettings()
     rng = np.random.default_rng(seed)
     seed_tumour = bool(rng.random() < 0.5)
@@ -462,7 +463,7 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
     seed, size, slices = _check_grid(seed, size, slices)
     test_cases = _check_int("test_cases", test_cases, 0, "Use 0 for no test images.")
     if shortcut is not None and shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
+        raise ConfigError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
     root = Path(out_dir)
     folders = ("imagesTr", "labelsTr", "imagesTs") + (("shortcutsTr", "imagesTr_nocue", "shortcutsTs", "imagesTs_nocue")
                                                       if shortcut else ())

@@ -53,4 +53,36 @@ class TargetLogit(torch.nn.Module):
         return target.to(output.dtype)
 
 
-__all__ = ["ACTIVATIONS", "TargetLogit"]
+class PredictedMask:
+    """The utility's own binary prediction of a volume, axial slice by axial slice: (C, X, Y, Z) -> (1, X, Y, Z).
+
+    Label-free training chooses its slices from this mask where it would read the label
+    (:class:`pipeline.data.SliceDataset` ``reference``): the slices the model itself calls pancreas.
+
+    Args:
+        utility: maps (B, C, X, Y) to one logit (B, 1, X, Y), e.g. a :class:`TargetLogit`.
+        device: where the utility runs.
+        batch_size: slices per forward pass.
+        threshold: probability above which a pixel is foreground.
+    """
+
+    def __init__(self, utility: torch.nn.Module, device: torch.device | str = "cpu", batch_size: int = 16,
+                 threshold: float = 0.5) -> None:
+        self.utility, self.device = utility, torch.device(device)
+        self.batch_size, self.threshold = max(1, int(batch_size)), float(threshold)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = torch.as_tensor(image).float()  # (C, X, Y, Z)
+        was_training = self.utility.training
+        self.utility.eval()
+        slices = image.permute(3, 0, 1, 2)  # (Z, C, X, Y)
+        masks = []
+        for start in range(0, slices.shape[0], self.batch_size):
+            logits = self.utility(slices[start : start + self.batch_size].to(self.device))
+            masks.append((torch.sigmoid(logits.float()) > self.threshold).cpu())
+        self.utility.train(was_training)
+        return torch.cat(masks).permute(1, 2, 3, 0).float()  # (1, X, Y, Z)
+
+
+__all__ = ["ACTIVATIONS", "PredictedMask", "TargetLogit"]

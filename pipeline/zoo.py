@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from pipeline.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
 from pipeline.errors import ConfigError
 from pipeline.utility import TargetLogit
 
@@ -188,11 +189,17 @@ def load_utility(
 
     With both, and a checkpoint holding that bundle network's weights, the bundle's network gets them.
     """
-    from pipeline.checkpoints import load_checkpoint, load_network_from_checkpoint
-
-    if bundle and checkpoint and Path(checkpoint).is_file() and load_checkpoint(checkpoint).get("meta", {}).get("bundle"):
-        # the bundle's network with this checkpoint's weights (the sanity check's randomised utility)
-        return load_network_from_checkpoint(checkpoint, device, kind="utility", role="--utility", trusted_bundle=bundle)
+    if bundle and checkpoint and Path(checkpoint).is_file():
+        content = load_checkpoint(checkpoint, device)
+        meta = dict(content.get("meta", {}))
+        if meta.get("bundle"):  # the bundle's network with this checkpoint's weights (the sanity check's randomised utility)
+            check_kind(meta, checkpoint, "utility", "--utility")
+            if Path(str(bundle)).expanduser().resolve() != Path(str(meta["bundle"])).resolve():
+                raise CheckpointError(f"{checkpoint}: holds weights of the bundle {meta['bundle']}, not of {bundle}; pass "
+                                      "that bundle as --utility-bundle (a checkpoint never chooses code to run).")
+            network, _ = load_bundle_utility(bundle, device, meta.get("target_channel"), weights=False)
+            load_state(network, content, checkpoint, str(meta.get("preset")), check_preset=False)
+            return network.to(device), meta
     if bundle:
         return load_bundle_utility(bundle, device, target_channel)
     if checkpoint is None:

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import run_bundle
+from pipeline.bundle import run_bundle
 from pipeline.evaluation.run import run_evaluation
 from pipeline.fileio import write_json_atomic
 

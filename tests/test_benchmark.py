@@ -15,7 +15,8 @@ from ignite.engine import Engine
 from pipeline.benchmark import format_table
 from pipeline.benchmark.measure import count_flops, peak_memory, time_runs
 from pipeline.benchmark.training import TrainerTimer
-from pipeline.cli import main, run_bundle
+from pipeline.bundle import run_bundle
+from pipeline.cli import main
 from pipeline.engines import cpu_has_bf16
 from pipeline.phantom import write_phantom_dataset
 

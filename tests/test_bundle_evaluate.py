@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main, run_bundle
+from pipeline.bundle import run_bundle
+from pipeline.cli import main
 from pipeline.phantom import write_phantom_dataset
 
 pytestmark = pytest.mark.slow

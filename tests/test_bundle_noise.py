@@ -13,7 +13,8 @@ import torch
 from conftest import write_dicom_series
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.cli import main, run_bundle
+from pipeline.bundle import run_bundle
+from pipeline.cli import main
 from pipeline.phantom import write_phantom_dataset
 
 pytestmark = pytest.mark.slow

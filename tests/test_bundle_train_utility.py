@@ -12,7 +12,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.checkpoints import CheckpointError, load_network_weights
-from pipeline.cli import check_override_keys, default_bundle_root, main, run_bundle
+from pipeline.bundle import check_override_keys, default_bundle_root, run_bundle
+from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.networks import build_unet
 from pipeline.phantom import write_phantom_dataset

@@ -254,6 +254,32 @@ def test_slice_policies_count(volumes) -> None:
     assert len(mixed) == pancreas_slices + len(volumes) * 3  # round(0.5 * 6) others per volume
 
 
+def test_label_free_slices_follow_the_reference_and_carry_no_label(msd_dir: Path) -> None:
+    from pipeline.utility import PredictedMask
+
+    low, high = resolve_window("pancreas")
+    gland = (100 - low) / (high - low)  # make_volume paints the pancreas at 100 HU
+
+    class Threshold(torch.nn.Module):  # a "utility" that finds 3 x 3 patches of gland
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            flat = ((image - gland).abs() < 1e-3).float()
+            return torch.nn.functional.avg_pool2d(flat, 3, 1, 1) * 20 - 19.5
+
+    entries = load_datalist(msd_dir)[:2]
+    unlabelled = [{k: v for k, v in e.items() if k != "label"} for e in entries]
+    reference = PredictedMask(Threshold(), batch_size=3)
+    masks = [reference(build_volume_transforms(with_label=False)({"image": e["image"]})["image"]) for e in unlabelled]
+    expected = sum(int(m.flatten(0, 2).any(0).sum()) for m in masks)
+    assert expected == len(build_slice_dataset(entries, policy="pancreas", progress=False))  # the gland's slices
+    for datalist in (unlabelled, entries):  # labels present but not used: ignored alike
+        dataset = build_slice_dataset(datalist, policy="pancreas", use_labels=False, reference=reference, progress=False)
+        assert len(dataset) == expected and "label" not in dataset[0]
+    with pytest.raises(ValueError, match="needs labels"):
+        build_slice_dataset(unlabelled, policy="mixed", progress=False)
+    with pytest.raises(DataError, match="no label for this case, while labels are in use"):
+        build_slice_dataset([entries[0], unlabelled[1]], use_labels=True, progress=False)
+
+
 def test_slice_items_are_2d_and_match_the_volume(volumes) -> None:
     dataset = SliceDataset(volumes, policy="pancreas")
     item = dataset[0]

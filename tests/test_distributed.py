@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
 from pipeline.checkpoints import load_checkpoint, load_network_weights
-from pipeline.cli import default_bundle_root
+from pipeline.bundle import default_bundle_root
 from pipeline.data import write_datalist
 from pipeline.distributed import (
     BroadcastBuffers,

@@ -23,7 +23,7 @@ def test_bench_data_writes_json(tmp_path: Path) -> None:
 
 
 def test_noise_settings_trains_evaluates_and_tabulates_every_setting(tmp_path: Path) -> None:
-    from pipeline.cli import run_bundle
+    from pipeline.bundle import run_bundle
     from pipeline.phantom import write_phantom_dataset
 
     data = tmp_path / "phantom"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main, run_bundle
+from pipeline.bundle import run_bundle
+from pipeline.cli import main
 from pipeline.data import build_slice_dataset, load_datalist
 from pipeline.errors import ConfigError
 from pipeline.phantom import write_phantom_dataset
@@ -69,7 +70,11 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("zoo")
     data = root / "phantom"
     write_phantom_dataset(data, cases=6, size=32, slices=10, seed=5, test_cases=1)
-    return {"data": data, "bundle": write_bundle(root / "tiny_zoo", data), "root": root}
+    images = root / "images_only"  # the noise model trains label-free: a plain folder of CT volumes
+    images.mkdir()
+    for path in sorted((data / "imagesTr").glob("*.nii.gz")):
+        (images / path.name).write_bytes(path.read_bytes())
+    return {"data": data, "images": images, "bundle": write_bundle(root / "tiny_zoo", data), "root": root}
 
 
 def test_the_bundle_builds_on_the_cpu_with_its_weights_class_and_window(zoo: dict[str, Path]) -> None:
@@ -96,11 +101,14 @@ def test_what_cannot_work_is_refused_naming_the_file(zoo: dict[str, Path], tmp_p
 
 def test_train_noise_explain_and_evaluate_against_the_bundle(zoo: dict[str, Path]) -> None:
     root, data, bundle = zoo["root"], zoo["data"], str(zoo["bundle"])
-    assert main(["train-noise", "--dataset", str(data), "--utility-bundle", bundle, "--output", str(root / "noise"), *SPLIT,
+    assert main(["train-noise", "--dataset", str(zoo["images"]), "--utility-bundle", bundle, "--output", str(root / "noise"), *SPLIT,
                  "--noise_preset", "small", "--spatial_size", "32", "--batch_size", "4", "--epochs", "1", "--device", "cpu"]) == 0
     noise = root / "noise" / "checkpoints" / "best.pt"
     meta = torch.load(noise, weights_only=True)["meta"]
     assert meta["utility_preset"] == "bundle:tiny_zoo" and meta["window"] == [-87.0, 199.0]
+    assert meta["labels_used"] is False and meta["target"] == "prediction"
+    record = json.loads((root / "noise" / "metrics.json").read_text())["epochs"][-1]
+    assert {"val_agreement", "val_ring_ratio", "val_objective"} <= set(record) and "val_dice_clean" not in record, record
     assert main(["explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps"), "--noise", str(noise),
                  "--utility-bundle", bundle, "--device", "cpu"]) == 0
     source = nib.load(str(data / "imagesTs" / "pancreas_006.nii.gz"))
@@ -118,10 +126,10 @@ def test_train_noise_explain_and_evaluate_against_the_bundle(zoo: dict[str, Path
 
 
 def test_monai_bundle_run_takes_the_bundle_too(zoo: dict[str, Path]) -> None:
-    run_bundle("train_noise", {"dataset_dir": str(zoo["data"]), "utility_bundle": str(zoo["bundle"]), "utility_checkpoint": None,
+    run_bundle("train_noise", {"dataset_dir": str(zoo["images"]), "utility_bundle": str(zoo["bundle"]), "utility_checkpoint": None,
                                "output_dir": str(zoo["root"] / "noise_bundle_run"), "noise_preset": "small", "spatial_size": 32,
                                "batch_size": 4, "epochs": 1, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.2})
-    assert (zoo["root"] / "noise_bundle_run" / "checkpoints" / "best.pt").is_file()
+    assert torch.load(zoo["root"] / "noise_bundle_run" / "checkpoints" / "best.pt", weights_only=True)["meta"]["labels_used"] is False
 
 
 def test_a_checkpoint_never_chooses_the_code_that_runs(tmp_path: Path, zoo: dict[str, Path]) -> None:
@@ -137,7 +145,9 @@ def test_a_checkpoint_never_chooses_the_code_that_runs(tmp_path: Path, zoo: dict
     torch.save({"model": utility.state_dict(), "meta": meta}, tmp_path / "bundle_weights.pt")
     with pytest.raises(CheckpointError, match=r"bundle_weights.pt: holds weights of the bundle .* pass that bundle as --utility-bundle"):
         load_network_from_checkpoint(tmp_path / "bundle_weights.pt", kind="utility")
-    network, _ = load_network_from_checkpoint(tmp_path / "bundle_weights.pt", kind="utility", trusted_bundle=zoo["bundle"])
+    from pipeline.zoo import load_utility
+
+    network, _ = load_utility(tmp_path / "bundle_weights.pt", "cpu", zoo["bundle"])
     assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), utility.state_dict().values()))
 
 
@@ -153,3 +163,12 @@ def test_the_class_logit_is_exact_where_the_model_is_sure() -> None:
     assert float(value.detach()) == pytest.approx(float(torch.logit(torch.softmax(logits.detach().double(), 1)[0, 1]).item()), abs=1e-4)
     value.sum().backward()
     assert float(logits.grad.abs().sum()) > 1.0  # no clamp: the gradient survives at p = 1.5e-8
+
+
+def test_training_against_labels_without_labels_is_refused_naming_the_case(zoo: dict[str, Path], capsys) -> None:
+    output = zoo["root"] / "refused_label_target"
+    assert main(["train-noise", "--dataset", str(zoo["images"]), "--utility-bundle", str(zoo["bundle"]), "--output", str(output),
+                 *SPLIT, "--target", "label", "--noise_preset", "small", "--spatial_size", "32", "--device", "cpu"]) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "pancreas_000.nii.gz: no label for this case" in message and "--target prediction" in message, message
+    assert not output.exists()

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import ConfigError
+
 
 def time_runs(function: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``function()`` after ``warmup`` untimed calls.
@@ -21,7 +23,7 @@ def time_runs(function: Callable[[], Any], repeats: int, warmup: int, device: to
     CUDA work is synchronised before each clock reading, so queued kernels are counted.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
     for _ in range(warmup):
         function()
     times = []

@@ -160,7 +160,7 @@ def run_benchmark(
         dice_overrides: more train_noise.json values for the dice check (e.g. the split of the utility's run).
         work_dir: where the phantom set and the runs go (default: a temporary folder, removed afterwards).
     """
-    from pipeline.cli import default_bundle_root
+    from pipeline.bundle import default_bundle_root
     from pipeline.engines import resolve_device
 
     dice_overrides = dict(dice_overrides or {})

@@ -36,9 +36,11 @@ from pipeline.data.transforms import (
     resolve_window,
 )
 from pipeline.data.validate import DatasetSummary, check_batch_count, check_training_split, load_volume, validate_datalist
+from pipeline.errors import DataError
 
 __all__ = [
     "BODY_HU",
+    "all_labelled",
     "SLICE_POLICIES",
     "BodyMaskd",
     "LoadVolumed",
@@ -85,15 +87,30 @@ def build_slice_dataset(
     progress: bool = True,
     extra_images: Sequence[str] = (),
     extra_masks: Sequence[str] = (),
+    use_labels: bool | None = None,
+    reference: Callable | None = None,
 ) -> SliceDataset:
     """Volumes -> transforms -> cache -> 2D slices, in one call (the bundle configs use this).
 
     Args are those of :func:`build_volume_transforms`, :func:`build_volume_dataset` and
-    :class:`SliceDataset`; labels are expected when the first entry has one. Every slice carries its
-    body mask (``body``), computed from HU before the window.
+    :class:`SliceDataset`. ``use_labels`` None reads labels when every entry has one; False ignores them
+    (label-free training: the slice policy then reads ``reference``, e.g. the utility's own prediction).
+    Every slice carries its body mask (``body``), computed from HU before the window.
     """
-    with_label = bool(datalist) and bool(datalist[0].get("label"))
+    with_label = all_labelled(datalist) if use_labels is None else bool(use_labels)
+    if with_label and not all_labelled(datalist):
+        unlabelled = next(str(e.get("case", e.get("image"))) for e in datalist if not e.get("label"))
+        raise DataError(f"{unlabelled}: no label for this case, while labels are in use; give every case a label "
+                        "or train label-free (target: prediction).")
+    if not with_label:
+        datalist = [{k: v for k, v in entry.items() if k != "label"} for entry in datalist]
     volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label, with_body=True,
                                                extra_images=extra_images, extra_masks=extra_masks)
     volumes = build_volume_dataset(datalist, volume_transform, cache, cache_dir, num_workers, progress)
-    return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform)
+    return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform,
+                        reference=None if with_label else reference)
+
+
+def all_labelled(datalist: Sequence[dict[str, Any]]) -> bool:
+    """True when the datalist is not empty and every entry has a label (only then are labels used)."""
+    return bool(datalist) and all(entry.get("label") for entry in datalist)

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.data.files import NIFTI_SUFFIXES, check_inside, resolve_input
 from pipeline.distributed import is_main_process
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def split_datalist(
         ``{"training": [...], "validation": [...], "test": [...]}``.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(
+        raise ConfigError(
             f"val_fraction and test_fraction must each be in [0, 1) and sum below 1, got {val_fraction} and {test_fraction}."
         )
     if not datalist:

@@ -20,6 +20,8 @@ from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.data.utils import json_hashing
 from monai.transforms import Compose
 
+from pipeline.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 SLICE_POLICIES = ("all", "pancreas", "mixed")
@@ -46,7 +48,7 @@ def build_volume_dataset(
         progress: progress bar while caching.
     """
     if cache not in CACHE_MODES:
-        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}.")
+        raise ConfigError(f"cache must be one of {CACHE_MODES}, got {cache!r}.")
     # MONAI caches up to the first Randomizable transform, and a nested Compose counts as one: flatten.
     transform = Compose(transform).flatten()
     if cache == "memory":
@@ -55,7 +57,7 @@ def build_volume_dataset(
         )
     if cache == "disk":
         if cache_dir is None:
-            raise ValueError("cache='disk' needs a cache_dir (e.g. RUN_DIR/cache).")
+            raise ConfigError("cache='disk' needs a cache_dir (e.g. RUN_DIR/cache).")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return PersistentDataset(datalist, transform, cache_dir=cache_dir, hash_transform=json_hashing)
     return Dataset(datalist, transform)
@@ -76,11 +78,11 @@ def select_slices(label: torch.Tensor | None, n_slices: int, policy: str, other_
         Sorted slice indices.
     """
     if policy not in SLICE_POLICIES:
-        raise ValueError(f"slice policy must be one of {SLICE_POLICIES}, got {policy!r}.")
+        raise ConfigError(f"slice policy must be one of {SLICE_POLICIES}, got {policy!r}.")
     if policy == "all":
         return list(range(n_slices))
     if label is None:
-        raise ValueError(f"slice policy {policy!r} needs labels; use 'all' for unlabelled volumes.")
+        raise ConfigError(f"slice policy {policy!r} needs labels (or a reference mask); use 'all' for unlabelled volumes.")
     has_pancreas = (torch.as_tensor(label) > 0).flatten(0, -2).any(dim=0).cpu().numpy()  # (Z,)
     chosen = np.flatnonzero(has_pancreas)
     if policy == "mixed":
@@ -105,6 +107,9 @@ class SliceDataset(torch.utils.data.Dataset):
         other_fraction: for ``mixed``, the share of non-pancreas slices kept.
         seed: seeds the ``mixed`` draw.
         transform: applied to each slice dict (e.g. random 2D augmentation).
+        reference: for unlabelled volumes, a callable ``image (C, X, Y, Z) -> mask (1, X, Y, Z)`` (e.g. the
+            utility's own prediction, :class:`pipeline.utility.PredictedMask`) that the ``pancreas`` and
+            ``mixed`` policies read instead of the label.
         recent_volumes: decoded volumes kept at hand when the source is not a memory cache.
     """
 
@@ -116,9 +121,10 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         transform: Callable | None = None,
         recent_volumes: int = 2,
+        reference: Callable | None = None,
     ) -> None:
         if not 0.0 <= other_fraction <= 1.0:
-            raise ValueError(f"other_fraction must be in [0, 1], got {other_fraction}.")
+            raise ConfigError(f"other_fraction must be in [0, 1], got {other_fraction}.")
         self.volumes = volumes
         self.transform = transform
         self._in_memory = isinstance(volumes, CacheDataset)
@@ -134,7 +140,10 @@ class SliceDataset(torch.utils.data.Dataset):
             spacing = torch.linalg.norm(torch.as_tensor(affine)[:3, :2].double(), dim=0) if affine is not None else torch.ones(2)
             self.spacings.append(spacing.float())
             n_slices = int(item["image"].shape[-1])
-            kept = select_slices(item.get("label"), n_slices, policy, other_fraction, rng)
+            mask = item.get("label")
+            if mask is None and reference is not None and policy != "all":
+                mask = reference(item["image"])
+            kept = select_slices(mask, n_slices, policy, other_fraction, rng)
             self.index.extend((v, z) for z in kept)
             self.cases.append(str(item.get("case", v)))
         logger.info("%d slices from %d volumes (policy %s)", len(self.index), len(volumes), policy)

@@ -33,6 +33,7 @@ from monai.transforms import (
 )
 
 from pipeline.data.files import choose_dicom_series, series_regex
+from pipeline.errors import ConfigError
 
 # Named HU windows (lower, upper). "pancreas" is the window of MONAI's pancreas CT bundle, "spleen" that
 # of its spleen bundle; "abdomen" is the usual soft-tissue reading window (level 40, width 400).
@@ -135,11 +136,11 @@ def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
     """
     if isinstance(window, str):
         if window not in WINDOW_PRESETS:
-            raise ValueError(f"unknown HU window {window!r}; use one of {sorted(WINDOW_PRESETS)} or [lower, upper] in HU.")
+            raise ConfigError(f"unknown HU window {window!r}; use one of {sorted(WINDOW_PRESETS)} or [lower, upper] in HU.")
         return WINDOW_PRESETS[window]
     bounds = tuple(float(v) for v in window)
     if len(bounds) != 2 or not bounds[0] < bounds[1]:
-        raise ValueError(f"an explicit HU window is [lower, upper] with lower < upper, got {list(window)}.")
+        raise ConfigError(f"an explicit HU window is [lower, upper] with lower < upper, got {list(window)}.")
     return bounds  # type: ignore[return-value]
 
 
@@ -172,9 +173,9 @@ def build_volume_transforms(
     """
     lower, upper = resolve_window(window)
     if spatial_size is not None and int(spatial_size) < 8:
-        raise ValueError(f"spatial_size is the in-plane size in pixels (>= 8) or null, got {spatial_size}.")
+        raise ConfigError(f"spatial_size is the in-plane size in pixels (>= 8) or null, got {spatial_size}.")
     if not pancreas_labels:
-        raise ValueError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
+        raise ConfigError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
     images = ["image", *extra_images]
     masks = (["label"] if with_label else []) + list(extra_masks)
     chain = [
@@ -228,9 +229,9 @@ def build_slice_augmentation(
     """
     for name, value in {"prob": prob, "flip_prob": flip_prob, "elastic_prob": elastic_prob}.items():
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} is a probability in [0, 1], got {value}.")
+            raise ConfigError(f"{name} is a probability in [0, 1], got {value}.")
     if rotate_deg < 0 or zoom < 0 or intensity < 0:
-        raise ValueError(f"rotate_deg, zoom and intensity must be >= 0, got {rotate_deg}, {zoom}, {intensity}.")
+        raise ConfigError(f"rotate_deg, zoom and intensity must be >= 0, got {rotate_deg}, {zoom}, {intensity}.")
     keys = list(keys)
     modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
     chain = []

@@ -30,7 +30,7 @@ from pipeline.data.files import (
     resolve_input,
     series_regex,
 )
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def allowed_label_values(pancreas_labels: Sequence[int], label_values: Sequence[
     """The set of label values accepted: explicit list, ``"any"`` (no check) or None (0 + pancreas labels)."""
     if isinstance(label_values, str):
         if label_values.lower() != "any":
-            raise ValueError(f"label_values must be a list of integers, null or 'any', got {label_values!r}.")
+            raise ConfigError(f"label_values must be a list of integers, null or 'any', got {label_values!r}.")
         return None
     if label_values is None:
         return {0, *(int(v) for v in pancreas_labels)}
@@ -246,7 +246,7 @@ def validate_datalist(
     if not datalist:
         raise DataError("the datalist is empty: the dataset holds no cases; check the path and datalist key.")
     if not pancreas_labels:
-        raise ValueError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
+        raise ConfigError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
     allowed = allowed_label_values(pancreas_labels, label_values)
     pancreas = torch.tensor([float(v) for v in pancreas_labels])
     cases: list[CaseSummary] = []
@@ -278,18 +278,21 @@ def validate_datalist(
             foreground = torch.isin(label, pancreas)
             summary.pancreas_slices = int(foreground.flatten(0, 1).any(dim=0).sum())
         elif require_labels:
-            raise DataError(f"{image_path}: no label for this case; training needs a 'label' for every image.")
+            raise DataError(f"{image_path}: no label for this case; this run needs a 'label' for every image "
+                            "(a noise model also trains without labels: --target prediction).")
         cases.append(summary)
     return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels), warnings=notes)
 
 
 def check_training_split(
-    summary: DatasetSummary, split: dict[str, list[dict[str, Any]]], source: str | Path, parts: Sequence[str] = ("training", "validation")
+    summary: DatasetSummary, split: dict[str, list[dict[str, Any]]], source: str | Path,
+    parts: Sequence[str] = ("training", "validation"), require_pancreas: bool = True,
 ) -> None:
     """Refuse a split a training run would learn nothing from or score wrongly.
 
-    Every part in ``parts`` must hold at least one case and at least one pancreas voxel: with no
-    pancreas in validation every empty prediction scores dice 1.0, and the "best" checkpoint means nothing.
+    Every part in ``parts`` must hold at least one case and (with ``require_pancreas``, i.e. when labels
+    are in use) at least one pancreas voxel: with no pancreas in validation every empty prediction scores
+    dice 1.0, and the "best" checkpoint means nothing.
 
     Args:
         summary: what :func:`validate_datalist` found for the whole datalist.
@@ -307,7 +310,7 @@ def check_training_split(
             raise DataError(f"{source}: the {part} split is empty ({len(summary.cases)} cases in all); add cases or "
                             "change --val_fraction / --test_fraction so that it gets at least one patient.")
         names = [str(entry["case"]) for entry in entries]
-        if sum(by_case[name].pancreas_slices for name in names if name in by_case) == 0:
+        if require_pancreas and sum(by_case[name].pancreas_slices for name in names if name in by_case) == 0:
             shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
             raise DataError(
                 f"{source}: the {part} split ({len(names)} cases: {shown}) holds no pancreas voxel (label values "

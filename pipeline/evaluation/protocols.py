@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from pipeline.errors import ConfigError
 from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur, apply_infill
 from pipeline.metrics import compute_dice
 
@@ -62,7 +63,7 @@ def select_top(ranks: torch.Tensor, counts: torch.Tensor, fraction: float, shape
         shape: (B, 1, H, W) of the result.
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
+        raise ConfigError(f"fraction must be in [0, 1], got {fraction}.")
     keep = torch.round(fraction * counts.double()).long()  # (B,)
     return (ranks < keep[:, None]).view(*shape)
 

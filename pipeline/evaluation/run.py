@@ -18,26 +18,17 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
-from pipeline.data import build_slice_dataset, check_training_split, load_datalist, split_datalist, validate_datalist
+from pipeline.data import check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.engines import resolve_device
-from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
-from pipeline.zoo import load_utility
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
-from pipeline.explain import (
-    GradCAMMap,
-    OcclusionMap,
-    OracleMap,
-    PredictionLogitsMap,
-    RandomMap,
-    SaliencyMap,
-    SegmentationMap,
-    SmoothGradMap,
-    UNoiseMap,
-)
+from pipeline.evaluation.slices import load_evaluation_slices
+from pipeline.explain import build_explainers
+from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
 from pipeline.infill import INFILLS
+from pipeline.zoo import load_utility
 
 logger = logging.getLogger(__name__)
 
@@ -141,57 +132,6 @@ def check_inputs(
         for entry in splits[split]:
             for key in SHORTCUT_KEYS:
                 load_volume(entry[key])  # header, size and 3D checks; geometry follows the image's in the transforms
-
-
-def select_slices(pancreas_pixels: Sequence[float], cases: Sequence[str], limit: int | None) -> list[int]:
-    """Indices of every slice, or of the ``limit`` slices with the most pancreas in each case, in order."""
-    by_case: dict[str, list[tuple[float, int]]] = {}
-    for index, (pixels, case) in enumerate(zip(pancreas_pixels, cases)):
-        by_case.setdefault(case, []).append((float(pixels), index))
-    chosen: list[int] = []
-    for case in sorted(by_case):
-        ranked = sorted(by_case[case], key=lambda item: (-item[0], item[1]))
-        chosen += [index for _, index in (ranked if limit is None else ranked[:limit])]
-    return sorted(chosen)
-
-
-def load_evaluation_slices(entries: Sequence[dict[str, Any]], utility_meta: dict[str, Any], pancreas_labels: Sequence[int],
-                           limit: int | None, device: torch.device, extra_images: Sequence[str] = (),
-                           extra_masks: Sequence[str] = ()) -> dict[str, Any]:
-    """The pancreas slices of ``entries`` as stacked tensors: image, label, body, spacing, cases, and extras."""
-    slices = build_slice_dataset(entries, window=utility_meta.get("window", "pancreas"),
-                                 spatial_size=utility_meta.get("spatial_size"), pancreas_labels=pancreas_labels,
-                                 policy="pancreas", progress=False, extra_images=extra_images, extra_masks=extra_masks)
-    items = [slices[i] for i in range(len(slices))]
-    if not items:
-        raise ConfigError("the evaluated cases hold no slice with pancreas; check the split and pancreas_labels.")
-    chosen = [items[i] for i in select_slices([float(it["label"].sum()) for it in items], [it["case"] for it in items], limit)]
-    data: dict[str, Any] = {key: torch.stack([item[key] for item in chosen]).to(device)
-                            for key in ("image", "label", "body", *extra_images, *extra_masks)}
-    data["spacing"] = torch.stack([item["spacing"] for item in chosen])
-    data["cases"] = [item["case"] for item in chosen]
-    data["slice_index"] = [int(item["slice"]) for item in chosen]
-    return data
-
-
-def build_explainers(utility: torch.nn.Module, noise_models: dict[str, torch.nn.Module], baselines: Sequence[str],
-                     gradcam_layer: str, occlusion_window: int, occlusion_stride: int, ring_mm: float, seed: int,
-                     blur_sigma: float, smoothgrad_samples: int = 25) -> dict[str, Any]:
-    """U-Noise maps first, then the baselines and null maps in the order asked for."""
-    explainers: dict[str, Any] = {name: UNoiseMap(net) for name, net in noise_models.items()}
-    factories = {
-        "occlusion": lambda: OcclusionMap(utility, occlusion_window, occlusion_stride, fill="blur", blur_sigma=blur_sigma),
-        "gradcam": lambda: GradCAMMap(utility, gradcam_layer),
-        "saliency": lambda: SaliencyMap(utility),
-        "smoothgrad": lambda: SmoothGradMap(utility, samples=smoothgrad_samples),
-        "segmentation": lambda: SegmentationMap(utility, ring_mm),
-        "prediction_logits": lambda: PredictionLogitsMap(utility),
-        "random": lambda: RandomMap(seed),
-        "oracle": lambda: OracleMap(ring_mm),
-    }
-    for name in baselines:
-        explainers[name] = factories[name]()
-    return explainers
 
 
 def run_evaluation(
@@ -344,5 +284,4 @@ def summarise(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BASELINES", "NULL_MAPS", "build_explainers", "check_inputs", "check_settings", "load_split", "load_evaluation_slices", "run_evaluation",
-           "select_slices", "summarise", "unoise_name"]
+__all__ = ["BASELINES", "NULL_MAPS", "check_inputs", "check_settings", "load_split", "run_evaluation", "summarise", "unoise_name"]

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from pipeline.checkpoints import load_network_from_checkpoint, save_atomic
-from pipeline.evaluation.run import build_explainers, select_slices
+from pipeline.evaluation.slices import top_slices_per_case
 from pipeline.evaluation.stats import compute_spearman
-from pipeline.explain import UNoiseMap
+from pipeline.explain import UNoiseMap, build_explainers
 from pipeline.networks import NETWORK_PRESETS
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
     """The cascade for every method; returns ``sanity``, ``sanity_detail`` and ``sanity_protocol`` for evaluation.json."""
     if bundle_root is None:
         raise ValueError("the sanity check retrains U-Noise with the bundle's train_noise.json: pass bundle_root.")
-    rows = select_slices([float(v) for v in data["label"].flatten(1).sum(1)], data["cases"], slices_per_case)
+    rows = top_slices_per_case([float(v) for v in data["label"].flatten(1).sum(1)], data["cases"], slices_per_case)
     image, label, body = data["image"][rows], data["label"][rows], data["body"][rows].cpu()
     spacing = data["spacing"][rows]
     baselines = [name for name in explainers if name not in noise_metas]

@@ -79,7 +79,7 @@ def evaluate_shortcut(utility: torch.nn.Module, maps: dict[str, torch.Tensor], d
         utility: the frozen segmentation network.
         maps: ``{method: (N, 1, H, W)}`` on the evaluated slices.
         data: the evaluated slices (``image``, ``image_nocue``, ``label``, ``body``, ``shortcut``,
-            ``spacing``, ``cases``), see :func:`pipeline.evaluation.run.load_evaluation_slices`.
+            ``spacing``, ``cases``), see :func:`pipeline.evaluation.slices.load_evaluation_slices`.
         cue_ring_mm: ring around the cue that still counts as "on the cue".
         pointing_share: share of body pixels of the pointing game (0.01: the top 1%).
         bootstrap, seed: intervals over cases.

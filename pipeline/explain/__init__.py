@@ -14,12 +14,39 @@ in-plane pixel size in mm, read by the distance-based null maps. The result is (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
 from pipeline.explain.gradient import GradCAMMap, PancreasScore, SaliencyMap, SmoothGradMap
 from pipeline.explain.null import OracleMap, PredictionLogitsMap, RandomMap, SegmentationMap, distance_decay_map
 from pipeline.explain.occlusion import OcclusionMap
 from pipeline.explain.unoise import UNoiseMap
 
+
+def build_explainers(utility: torch.nn.Module, noise_models: dict[str, torch.nn.Module], baselines: Sequence[str],
+                     gradcam_layer: str, occlusion_window: int, occlusion_stride: int, ring_mm: float, seed: int,
+                     blur_sigma: float, smoothgrad_samples: int = 25) -> dict[str, Any]:
+    """U-Noise maps first, then the baselines and null maps in the order asked for."""
+    explainers: dict[str, Any] = {name: UNoiseMap(net) for name, net in noise_models.items()}
+    factories = {
+        "occlusion": lambda: OcclusionMap(utility, occlusion_window, occlusion_stride, fill="blur", blur_sigma=blur_sigma),
+        "gradcam": lambda: GradCAMMap(utility, gradcam_layer),
+        "saliency": lambda: SaliencyMap(utility),
+        "smoothgrad": lambda: SmoothGradMap(utility, samples=smoothgrad_samples),
+        "segmentation": lambda: SegmentationMap(utility, ring_mm),
+        "prediction_logits": lambda: PredictionLogitsMap(utility),
+        "random": lambda: RandomMap(seed),
+        "oracle": lambda: OracleMap(ring_mm),
+    }
+    for name in baselines:
+        explainers[name] = factories[name]()
+    return explainers
+
+
 __all__ = [
+    "build_explainers",
     "GradCAMMap",
     "OcclusionMap",
     "OracleMap",

@@ -116,7 +116,7 @@ class SmoothGradMap(SaliencyMap):
     def __init__(self, utility: torch.nn.Module, samples: int = 25, noise_level: float = 0.15) -> None:
         super().__init__(utility)
         if samples < 1 or noise_level < 0:
-            raise ValueError(f"SmoothGrad needs samples >= 1 and noise_level >= 0, got {samples} and {noise_level}.")
+            raise ConfigError(f"SmoothGrad needs samples >= 1 and noise_level >= 0, got {samples} and {noise_level}.")
         self.magnitude = SmoothGrad(self.score, stdev_spread=noise_level, n_samples=samples, magnitude=True, verbose=False)
         self.signed = SmoothGrad(self.score, stdev_spread=noise_level, n_samples=samples, magnitude=False, verbose=False)
 

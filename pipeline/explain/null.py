@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from pipeline.errors import ConfigError
 from pipeline.noise import freeze
 
 
@@ -34,7 +35,7 @@ def distance_decay_map(mask: np.ndarray, spacing_mm: Sequence[float], decay_mm: 
         float32 (H, W) in (0, 1].
     """
     if decay_mm <= 0:
-        raise ValueError(f"the decay distance must be > 0 mm, got {decay_mm}.")
+        raise ConfigError(f"the decay distance must be > 0 mm, got {decay_mm}.")
     if not mask.any():
         return torch.full(mask.shape, 0.5)
     distance = ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing_mm])
@@ -67,7 +68,7 @@ class OracleMap:
 
     def __init__(self, decay_mm: float = 10.0) -> None:
         if decay_mm <= 0:
-            raise ValueError(f"decay_mm must be > 0, got {decay_mm}.")
+            raise ConfigError(f"decay_mm must be > 0, got {decay_mm}.")
         self.decay = decay_mm
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
@@ -90,7 +91,7 @@ class SegmentationMap:
 
     def __init__(self, utility: torch.nn.Module, decay_mm: float = 10.0) -> None:
         if decay_mm <= 0:
-            raise ValueError(f"decay_mm must be > 0, got {decay_mm}.")
+            raise ConfigError(f"decay_mm must be > 0, got {decay_mm}.")
         self.utility, self.decay = freeze(utility), decay_mm
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import ConfigError
 from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur
 from pipeline.metrics import compute_dice
 from pipeline.noise import freeze
@@ -31,9 +32,9 @@ class OcclusionMap:
     def __init__(self, utility: torch.nn.Module, window: int = 15, stride: int = 2, fill: float | str = "blur",
                  batch_size: int = 16, blur_sigma: float = DEFAULT_BLUR_SIGMA) -> None:
         if window < 1 or stride < 1 or batch_size < 1:
-            raise ValueError(f"window, stride and batch_size must be >= 1, got {window}, {stride}, {batch_size}.")
+            raise ConfigError(f"window, stride and batch_size must be >= 1, got {window}, {stride}, {batch_size}.")
         if isinstance(fill, str) and fill != "blur":
-            raise ValueError(f"occlusion fill must be 'blur' or a number, got {fill!r}.")
+            raise ConfigError(f"occlusion fill must be 'blur' or a number, got {fill!r}.")
         self.utility = freeze(utility)
         self.window, self.stride, self.fill, self.batch_size = window, stride, fill, batch_size
         self.blur_sigma = blur_sigma
