@@ -24,9 +24,31 @@ def default_bundle_root() -> Path:
     return Path(os.environ.get("UNOISE_BUNDLE", Path(__file__).resolve().parent.parent / "bundles" / "pancreas_ct_unoise"))
 
 
-def check_override_keys(config_file: Path, overrides: dict[str, Any]) -> None:
-    """Fail on an override that names no key of the config (``a#b`` reaches into nested dicts)."""
-    config = json.loads(config_file.read_text())
+COMMON_CONFIG = "common.json"  # layered under every run config: the preprocessing chain
+
+
+def config_files(root: str | os.PathLike, config: str) -> list[Path]:
+    """The files ``monai.bundle run --config_file`` takes for one config: ``configs/common.json`` then ``<config>.json``."""
+    configs = Path(root) / "configs"
+    config_file = configs / f"{config}.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
+    common = configs / COMMON_CONFIG
+    if not common.is_file():
+        raise ConfigError(f"{common}: the bundle's shared config is missing; every run config is layered on it.")
+    return [common, config_file]
+
+
+def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any]) -> None:
+    """Fail on an override that names no key of the config(s) (``a#b`` reaches into nested dicts).
+
+    Several files are merged as ``monai.bundle run`` merges them: a later file's top-level key wins.
+    """
+    files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+    config: dict[str, Any] = {}
+    for path in files:
+        config.update(json.loads(Path(path).read_text()))
+    config_file = Path(files[-1])
     for key in overrides:
         node: Any = config
         for part in key.split("#"):
@@ -45,19 +67,17 @@ def check_override_keys(config_file: Path, overrides: dict[str, Any]) -> None:
 
 
 def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None) -> None:
-    """Run ``configs/<config>.json`` of the bundle with overrides, exactly as ``python -m monai.bundle run``."""
+    """Run ``configs/<config>.json`` (on ``common.json``) with overrides, exactly as ``python -m monai.bundle run``."""
     from monai.bundle import run
 
     root = Path(bundle_root or default_bundle_root())
-    config_file = root / "configs" / f"{config}.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
-    check_override_keys(config_file, overrides)
+    files = config_files(root, config)
+    check_override_keys(files, overrides)
     from pipeline.rundir import forget_created, release_all, roll_back
 
     try:
         run(
-            config_file=str(config_file),
+            config_file=[str(path) for path in files],
             meta_file=str(root / "configs" / "metadata.json"),
             logging_file=str(root / "configs" / "logging.conf"),
             bundle_root=str(root),
@@ -86,4 +106,4 @@ def user_error(err: BaseException) -> UNoiseError | None:
     return None
 
 
-__all__ = ["check_override_keys", "default_bundle_root", "run_bundle", "user_error"]
+__all__ = ["COMMON_CONFIG", "check_override_keys", "config_files", "default_bundle_root", "run_bundle", "user_error"]

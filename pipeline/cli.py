@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.bundle import check_override_keys, default_bundle_root, run_bundle, user_error
+from pipeline.bundle import check_override_keys, config_files, default_bundle_root, run_bundle, user_error
 from pipeline.errors import ConfigError
 
 logger = logging.getLogger("pipeline")
@@ -149,7 +149,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         raise ConfigError(f"--{next(iter(args.overrides))}: config overrides go to the dice check's train_noise.json "
                           "runs, which need --utility and --dataset.")
     if args.overrides:
-        check_override_keys(Path(args.bundle_root or default_bundle_root()) / "configs" / "train_noise.json", args.overrides)
+        check_override_keys(config_files(args.bundle_root or default_bundle_root(), "train_noise"), args.overrides)
     result = run_benchmark(
         spatial_size=args.spatial_size, batch_size=args.batch_size, utility_preset=args.utility_preset,
         noise_preset=args.noise_preset, repeats=args.repeats, warmup=args.warmup, device=args.device,
@@ -183,22 +183,37 @@ def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> 
 
 
 def _add_utility_options(parser: argparse.ArgumentParser) -> None:
-    """``--utility CHECKPOINT`` or ``--utility-bundle DIR`` (a model-zoo bundle), and the explained class."""
+    """``--utility CHECKPOINT``, ``--utility-bundle DIR`` (a model-zoo bundle) or ``--utility-torchscript FILE``, and the class."""
     parser.add_argument("--utility", default=None, help="utility checkpoint (train-utility RUN_DIR/checkpoints/best.pt)")
     parser.add_argument("--utility-bundle", "--utility_bundle", dest="utility_bundle", default=None, metavar="DIR",
                         help="a MONAI model-zoo bundle as the utility (configs/metadata.json, configs/inference.json, models/model.pt)")
+    parser.add_argument("--utility-torchscript", "--utility_torchscript", dest="utility_torchscript", default=None, metavar="FILE",
+                        help="a TorchScript segmentation network (torch.jit.save) as the utility; give its CT window "
+                             "with --window and its input size with --spatial_size")
     parser.add_argument("--target-channel", "--target_channel", dest="target_channel", type=parse_value, default=None,
-                        help="the explained output channel of a bundle utility: an index or a channel_def name "
-                             "(default: the first class that is not the background)")
+                        help="the explained output channel of a bundle or TorchScript utility: an index (or a bundle's "
+                             "channel_def name); default the first class that is not the background")
 
 
 def _utility_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    if not args.utility and not args.utility_bundle:
-        raise ConfigError("no utility: pass --utility CHECKPOINT or --utility-bundle DIR.")
-    if args.utility and args.utility_bundle:
-        raise ConfigError("pass --utility or --utility-bundle, not both.")
+    given = [flag for flag, value in (("--utility", args.utility), ("--utility-bundle", args.utility_bundle),
+                                      ("--utility-torchscript", args.utility_torchscript)) if value]
+    if not given:
+        raise ConfigError("no utility: pass --utility CHECKPOINT, --utility-bundle DIR or --utility-torchscript FILE.")
+    if len(given) > 1:
+        raise ConfigError(f"pass one utility, got {' and '.join(given)}.")
     if args.utility and args.target_channel is not None:
-        raise ConfigError("--target-channel chooses a class of a --utility-bundle; a --utility checkpoint has one output.")
+        raise ConfigError("--target-channel chooses a class of a --utility-bundle or --utility-torchscript; a --utility "
+                          "checkpoint has one output.")
+    if args.utility_torchscript:
+        from pipeline.zoo import is_torchscript
+
+        if not Path(args.utility_torchscript).is_file():
+            raise ConfigError(f"{args.utility_torchscript}: no such file; pass the TorchScript file (torch.jit.save).")
+        if not is_torchscript(args.utility_torchscript):
+            raise ConfigError(f"{args.utility_torchscript}: not a TorchScript archive (torch.jit.save writes a zip with "
+                              "code/ and constants.pkl); a U-Noise checkpoint goes to --utility.")
+        return {"utility_checkpoint": args.utility_torchscript, "target_channel": args.target_channel}
     overrides: dict[str, Any] = {"utility_checkpoint": args.utility}
     if args.utility_bundle:
         overrides.update(utility_bundle=args.utility_bundle, target_channel=args.target_channel)

@@ -25,31 +25,34 @@ class TargetLogit(torch.nn.Module):
 
     Args:
         network: maps (B, C_in, H, W) to (B, C, H, W) logits (or a list/tuple whose first item is).
-        channel: the output channel explained.
+        channel: the output channel explained; None: channel 0 of a one-channel output, else channel 1 (the
+            first class after the background).
         activation: ``auto``, ``sigmoid`` or ``softmax``: how the network's outputs become probabilities.
     """
 
-    def __init__(self, network: torch.nn.Module, channel: int = 0, activation: str = "auto") -> None:
+    def __init__(self, network: torch.nn.Module, channel: int | None = 0, activation: str = "auto") -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
-        if int(channel) < 0:
+        if channel is not None and int(channel) < 0:
             raise ConfigError(f"target_channel must be >= 0, got {channel}.")
-        self.network, self.channel, self.activation = network, int(channel), activation
+        self.network, self.activation = network, activation
+        self.channel = None if channel is None else int(channel)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         output = self.network(image)
         if isinstance(output, (list, tuple)):  # deep supervision: the full-resolution head first
             output = output[0]
-        if self.channel >= output.shape[1]:
-            raise ConfigError(f"target_channel {self.channel} does not exist: the utility outputs {output.shape[1]} channel(s).")
+        channel = self.channel if self.channel is not None else (0 if output.shape[1] == 1 else 1)
+        if channel >= output.shape[1]:
+            raise ConfigError(f"target_channel {channel} does not exist: the utility outputs {output.shape[1]} channel(s).")
         softmax = self.activation == "softmax" or (self.activation == "auto" and output.shape[1] > 1)
         if not softmax:
-            return output[:, self.channel : self.channel + 1]
+            return output[:, channel : channel + 1]
         logits = output.float()
-        others = torch.cat([logits[:, : self.channel], logits[:, self.channel + 1 :]], dim=1)  # (B, C - 1, H, W)
+        others = torch.cat([logits[:, :channel], logits[:, channel + 1 :]], dim=1)  # (B, C - 1, H, W)
         # log(p / (1 - p)) for p = softmax(logits)[channel], exactly and without a clamp that kills gradients
-        target = logits[:, self.channel : self.channel + 1] - torch.logsumexp(others, dim=1, keepdim=True)
+        target = logits[:, channel : channel + 1] - torch.logsumexp(others, dim=1, keepdim=True)
         return target.to(output.dtype)
 
 

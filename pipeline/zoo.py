@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +158,8 @@ def load_bundle_utility(
     meta = {"kind": "utility", "preset": f"bundle:{metadata.get('name', root.name)}", "in_channels": in_channels,
             "out_channels": 1, "window": list(window), "spatial_size": None, "bundle": str(root),
             "target_channel": channel, "version": metadata.get("version")}
+    if isinstance(network, torch.jit.ScriptModule):
+        meta["torchscript"] = str(root / "models" / "model.ts")
     return utility, meta
 
 
@@ -173,9 +177,8 @@ def _load_weights(root: Path, network: torch.nn.Module, device: torch.device | s
         except (RuntimeError, TypeError) as err:
             raise ConfigError(f"{model_pt}: weights do not fit the bundle's network_def ({str(err).splitlines()[0][:200]}).") from err
         return network
-    if model_ts.is_file():
-        raise ConfigError(f"{model_ts}: only TorchScript weights; Grad-CAM and the sanity check need the Python network, so "
-                          "a TorchScript-only bundle is not supported yet: add models/model.pt (its state dict).")
+    if model_ts.is_file():  # the TorchScript export alone: it is the network (no Grad-CAM, no sanity check)
+        return load_torchscript_utility(model_ts, device)[0].network
     raise ConfigError(f"{root}/models: no model.pt; the bundle ships no weights (download them first).")
 
 
@@ -203,8 +206,58 @@ def load_utility(
     if bundle:
         return load_bundle_utility(bundle, device, target_channel)
     if checkpoint is None:
-        raise ConfigError("no utility: pass --utility CHECKPOINT or --utility_bundle DIR.")
+        raise ConfigError("no utility: pass --utility CHECKPOINT, --utility-bundle DIR or --utility-torchscript FILE.")
+    if is_torchscript(checkpoint):
+        return load_torchscript_utility(checkpoint, device, target_channel)
     return load_network_from_checkpoint(checkpoint, device, kind="utility", role="--utility")
 
 
-__all__ = ["load_bundle_utility", "load_utility", "read_window"]
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``: a zip with ``code/`` and ``constants.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names)
+
+
+def load_torchscript_utility(path: str | os.PathLike, device: torch.device | str = "cpu",
+                             target_channel: int | str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A TorchScript segmentation network (``torch.jit.save``) as a one-logit utility.
+
+    TorchScript holds no preprocessing: the configs' ``window`` and ``spatial_size`` (our JSON chain)
+    say what the model sees. It has no Python module tree either, so Grad-CAM and the sanity check
+    (which hook and re-initialise named modules) are refused for it; occlusion, saliency, SmoothGrad and
+    the null maps work. TorchScript is code: load files you trust.
+
+    Returns:
+        ``(utility, meta)`` with meta ``kind``, ``preset`` (``torchscript:<name>``), ``in_channels`` (1),
+        ``out_channels`` (1), ``torchscript`` and ``target_channel`` (None: see :class:`TargetLogit`).
+    """
+    path = Path(path).expanduser().resolve()
+    if isinstance(target_channel, str):
+        raise ConfigError(f"{path}: a TorchScript file has no channel_def to look the class {target_channel!r} up in; "
+                          "pass --target-channel as an index.")
+    try:
+        network = torch.jit.load(str(path), map_location=device)
+    except Exception as err:  # torch raises RuntimeError or its own types for damaged archives
+        raise ConfigError(f"{path}: not a loadable TorchScript file ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); save it with torch.jit.save.") from err
+    utility = TargetLogit(network.eval(), None if target_channel is None else int(target_channel)).to(device)
+    meta = {"kind": "utility", "preset": f"torchscript:{path.stem}", "in_channels": 1, "out_channels": 1,
+            "torchscript": str(path), "target_channel": None if target_channel is None else int(target_channel)}
+    return utility, meta
+
+
+def check_explainable(utility_meta: dict[str, Any], baselines: Sequence[str], sanity: bool, source: str) -> None:
+    """Refuse Grad-CAM and the sanity check for a TorchScript utility (no named modules to hook or re-initialise)."""
+    if not utility_meta.get("torchscript"):
+        return
+    wanted = [name for name, asked in (("gradcam", "gradcam" in baselines), ("the sanity check", sanity)) if asked]
+    if wanted:
+        raise ConfigError(f"{source}: a TorchScript utility has no Python module tree, which {' and '.join(wanted)} need; "
+                          "drop gradcam from --baselines and pass --sanity false, or give the network as a checkpoint or bundle.")
+
+
+__all__ = ["check_explainable", "is_torchscript", "load_bundle_utility", "load_torchscript_utility", "load_utility", "read_window"]

@@ -110,3 +110,46 @@ def test_explain_does_not_overwrite_outputs(runs: dict[str, Path], tmp_path: Pat
     assert "already exist" in capsys.readouterr().err
     assert (tmp_path / "out" / "pancreas_005_importance.nii.gz").read_bytes() == before
     assert _explain(runs, inputs, tmp_path / "out", "--overwrite") == 0
+
+
+def test_the_json_preprocessing_is_the_python_chain(runs: dict[str, Path]) -> None:
+    from monai.bundle import ConfigParser
+
+    from pipeline.bundle import config_files, default_bundle_root
+    from pipeline.data import build_volume_transforms, load_datalist
+
+    entry = load_datalist(runs["data"])[1]  # the LPS, anisotropic case
+    for overrides, with_label in (({"data_window": "pancreas", "data_spatial_size": 24}, True),
+                                  ({"data_window": [-100, 240], "data_spatial_size": None}, False)):
+        parser = ConfigParser()
+        parser.read_config([str(path) for path in config_files(default_bundle_root(), "train_noise")])
+        parser.update(overrides)
+        chain = parser.get_parsed_content("preprocessing")
+        data = {"image": entry["image"], **({"label": entry["label"]} if with_label else {})}
+        from_json = chain(dict(data))
+        from_python = build_volume_transforms(overrides["data_window"], overrides["data_spatial_size"], with_label=with_label,
+                                              with_body=True)(dict(data))
+        assert set(from_json) == set(from_python)
+        for key in ("image", "body", *(("label",) if with_label else ())):
+            assert torch.equal(from_json[key].as_tensor(), from_python[key].as_tensor()), key
+            np.testing.assert_allclose(from_json[key].affine, from_python[key].affine)
+
+
+def test_a_spacing_step_added_in_json_is_inverted_on_the_way_out(runs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.bundle import default_bundle_root
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_root() / "configs", bundle / "configs")
+    common = json.loads((bundle / "configs" / "common.json").read_text())
+    common["preprocessing"]["transforms"].insert(2, {
+        "_target_": "Spacingd", "keys": "$@image_keys + @mask_keys", "pixdim": [1.7, 1.7, -1], "allow_missing_keys": True,
+        "mode": "$['bilinear'] * len(@image_keys) + ['nearest'] * len(@mask_keys)"})
+    (bundle / "configs" / "common.json").write_text(json.dumps(common))
+    source = runs["data"] / "imagesTr" / "pancreas_001.nii.gz"
+    assert main(["--bundle-root", str(bundle), "explain", "--input", str(source), "--output", str(tmp_path / "out"),
+                 "--noise", str(runs["noise"]), "--utility", str(runs["utility"]), "--device", "cpu"]) == 0
+    original, written = nib.load(source), nib.load(tmp_path / "out" / "pancreas_001_importance.nii.gz")
+    assert written.shape == original.shape
+    np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)

@@ -119,7 +119,8 @@ def test_unknown_config_key_is_refused() -> None:
 
 def test_monai_bundle_run_command(phantom: Path, tmp_path: Path) -> None:
     configs = BUNDLE / "configs"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "train_utility.json"),
+    layered = str([str(configs / "common.json"), str(configs / "train_utility.json")])  # as the README writes it
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", layered,
                "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
                "--bundle_root", str(BUNDLE), "--dataset_dir", str(phantom), "--output_dir", str(tmp_path / "run"),
                "--epochs", "1"] + [arg for key, value in TINY.items() for arg in (f"--{key}", str(value))]

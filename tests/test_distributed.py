@@ -215,11 +215,11 @@ PER_PROCESS_BATCH = 2
 
 
 def _bundle_command(configs: list[str], overrides: dict[str, object], processes: int) -> list[str]:
-    files = [str(CONFIGS / f"{name}.json") for name in configs]
+    files = [str(CONFIGS / f"{name}.json") for name in ["common", *configs]]
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    return [*launcher, "-m", "monai.bundle", "run", "--config_file", str(files) if len(files) > 1 else files[0],
+    return [*launcher, "-m", "monai.bundle", "run", "--config_file", str(files),
             "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
             "--bundle_root", str(BUNDLE)] + [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
 
@@ -280,7 +280,7 @@ def test_reduced_dice_equals_a_single_process_evaluation_of_the_checkpoint(runs:
     assert sorted(record["val_dice_3d_per_case"]) == sorted(validation)
 
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train_utility.json"))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train_utility.json")])
     parser.update({**TINY, "bundle_root": str(BUNDLE), "dataset_dir": str(runs["data"]), "batch_size": PER_PROCESS_BATCH,
                    "output_dir": str(run.parent / "rescore"), "validate#evaluator#val_handlers": None,
                    "validate#dataset#progress": False})
@@ -311,7 +311,7 @@ def test_noise_model_trains_over_two_processes(runs: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("config", ["train_utility", "train_noise"])
 def test_multi_gpu_config_layers_over_each_train_config(config: str) -> None:
-    merged = ConfigParser.load_config_files([CONFIGS / f"{config}.json", CONFIGS / "multi_gpu_train.json"])
+    merged = ConfigParser.load_config_files([CONFIGS / "common.json", CONFIGS / f"{config}.json", CONFIGS / "multi_gpu_train.json"])
     parser = ConfigParser(merged)
     assert parser["train_network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
     assert parser["train#trainer#network"] == "@train_network"

@@ -172,3 +172,43 @@ def test_training_against_labels_without_labels_is_refused_naming_the_case(zoo: 
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "pancreas_000.nii.gz: no label for this case" in message and "--target prediction" in message, message
     assert not output.exists()
+
+
+def test_a_torchscript_utility_trains_explains_and_evaluates(zoo: dict[str, Path], capsys) -> None:
+    from monai.networks.nets import UNet
+
+    root, data = zoo["root"], zoo["data"]
+    network = UNet(**{k: v for k, v in NETWORK_DEF.items() if k != "_target_"})
+    network.load_state_dict(torch.load(zoo["bundle"] / "models" / "model.pt", weights_only=True))
+    scripted = root / "tiny.ts"
+    torch.jit.save(torch.jit.script(network.eval()), str(scripted))
+    window = ["--window", "[-100, 240]", "--spatial_size", "32", "--device", "cpu"]  # not the default preset
+    assert main(["train-noise", "--dataset", str(zoo["images"]), "--utility-torchscript", str(scripted), "--output",
+                 str(root / "noise_ts"), *SPLIT, "--noise_preset", "small", "--batch_size", "4", "--epochs", "1", *window]) == 0
+    noise = root / "noise_ts" / "checkpoints" / "best.pt"
+    meta = torch.load(noise, weights_only=True)["meta"]
+    assert meta["utility_preset"] == "torchscript:tiny" and meta["window"] == [-100, 240] and meta["labels_used"] is False
+    assert main(["explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps_ts"), "--noise", str(noise),
+                 "--utility-torchscript", str(scripted), "--device", "cpu"]) == 0
+    source = nib.load(str(data / "imagesTs" / "pancreas_006.nii.gz"))
+    written = nib.load(str(root / "maps_ts" / "pancreas_006_importance.nii.gz"))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
+    common = ["evaluate", "--dataset", str(data), "--utility-torchscript", str(scripted), "--noise", str(noise), *SPLIT,
+              "--slices_per_case", "1", "--occlusion_stride", "8", "--bootstrap", "50", "--device", "cpu"]
+    assert main([*common, "--output", str(root / "eval_ts_refused")]) == 2  # default baselines hold gradcam, sanity on
+    assert "a TorchScript utility has no Python module tree, which gradcam and the sanity check need" in capsys.readouterr().err
+    assert not (root / "eval_ts_refused").exists()
+    assert main([*common, "--output", str(root / "eval_ts"), "--sanity", "false",
+                 "--baselines", "['occlusion', 'saliency', 'segmentation', 'random']"]) == 0
+    result = json.loads((root / "eval_ts" / "evaluation.json").read_text())
+    assert {"occlusion", "saliency", "segmentation", "random"} <= set(result["methods"])
+    assert result["settings"]["window"] == [-100, 240] and result["settings"]["spatial_size"] == 32  # the noise model's input
+    assert main(["explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps_x"), "--noise", str(noise),
+                 "--utility-torchscript", str(noise), "--device", "cpu"]) == 2
+    assert "not a TorchScript archive" in capsys.readouterr().err
+    only_ts = write_bundle(root / "ts_only_bundle", None, weights=False)  # a bundle shipping models/model.ts alone
+    (only_ts / "models").mkdir()
+    (only_ts / "models" / "model.ts").write_bytes(scripted.read_bytes())
+    utility, meta = load_bundle_utility(only_ts, "cpu")
+    image = torch.rand(2, 1, 32, 32)
+    assert meta["torchscript"].endswith("model.ts") and torch.allclose(utility(image), load_bundle_utility(zoo["bundle"], "cpu")[0](image), atol=1e-5)

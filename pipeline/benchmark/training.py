@@ -47,7 +47,9 @@ def build_workflow(bundle_root: Path, config: str, overrides: dict[str, Any]) ->
     """A MONAI ``ConfigWorkflow`` of ``configs/<config>.json``, as ``monai.bundle run`` builds it (no logging set-up)."""
     from monai.bundle import ConfigWorkflow
 
-    return ConfigWorkflow(config_file=str(bundle_root / "configs" / f"{config}.json"),
+    from pipeline.bundle import config_files
+
+    return ConfigWorkflow(config_file=[str(path) for path in config_files(bundle_root, config)],
                           meta_file=str(bundle_root / "configs" / "metadata.json"), logging_file=False,
                           workflow_type="train", bundle_root=str(bundle_root), **overrides)
 

@@ -33,6 +33,7 @@ from pipeline.data.transforms import (
     build_slice_augmentation,
     build_volume_transforms,
     compute_body_mask,
+    resize_shape,
     resolve_window,
 )
 from pipeline.data.validate import DatasetSummary, check_batch_count, check_training_split, load_volume, validate_datalist
@@ -63,6 +64,7 @@ __all__ = [
     "list_dicom_series",
     "load_datalist",
     "load_volume",
+    "resize_shape",
     "resolve_window",
     "select_slices",
     "split_datalist",
@@ -89,6 +91,7 @@ def build_slice_dataset(
     extra_masks: Sequence[str] = (),
     use_labels: bool | None = None,
     reference: Callable | None = None,
+    volume_transform: Callable | None = None,
 ) -> SliceDataset:
     """Volumes -> transforms -> cache -> 2D slices, in one call (the bundle configs use this).
 
@@ -96,6 +99,8 @@ def build_slice_dataset(
     :class:`SliceDataset`. ``use_labels`` None reads labels when every entry has one; False ignores them
     (label-free training: the slice policy then reads ``reference``, e.g. the utility's own prediction).
     Every slice carries its body mask (``body``), computed from HU before the window.
+    ``volume_transform`` replaces the chain built here (the bundle configs pass their JSON
+    ``preprocessing``, which must give the same keys: image, label if used, body).
     """
     with_label = all_labelled(datalist) if use_labels is None else bool(use_labels)
     if with_label and not all_labelled(datalist):
@@ -104,8 +109,9 @@ def build_slice_dataset(
                         "or train label-free (target: prediction).")
     if not with_label:
         datalist = [{k: v for k, v in entry.items() if k != "label"} for entry in datalist]
-    volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label, with_body=True,
-                                               extra_images=extra_images, extra_masks=extra_masks)
+    if volume_transform is None:
+        volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label, with_body=True,
+                                                   extra_images=extra_images, extra_masks=extra_masks)
     volumes = build_volume_dataset(datalist, volume_transform, cache, cache_dir, num_workers, progress)
     return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform,
                         reference=None if with_label else reference)

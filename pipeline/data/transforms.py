@@ -7,6 +7,7 @@ does not decode files again; random augmentation acts on 2D slices after the cac
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,15 @@ def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
     return bounds  # type: ignore[return-value]
 
 
+def resize_shape(spatial_size: int | None) -> list[int]:
+    """``Resized``'s spatial size for an in-plane size S: ``[S, S, -1]`` (Z kept), or ``[-1, -1, -1]`` for None."""
+    if spatial_size is None:
+        return [-1, -1, -1]
+    if isinstance(spatial_size, bool) or not isinstance(spatial_size, numbers.Integral) or int(spatial_size) < 8:
+        raise ConfigError(f"spatial_size is the in-plane size in pixels (>= 8) or null, got {spatial_size!r}.")
+    return [int(spatial_size), int(spatial_size), -1]
+
+
 def build_volume_transforms(
     window: str | Sequence[float] = "pancreas",
     spatial_size: int | None = None,
@@ -154,6 +164,10 @@ def build_volume_transforms(
     extra_masks: Sequence[str] = (),
 ) -> Compose:
     """Deterministic chain: load -> channel first -> RAS -> body mask -> window to [0, 1] -> binary label -> size.
+
+    The bundle configs write this chain in JSON (``configs/common.json`` ``preprocessing``, where a user
+    adds ``Spacingd`` or changes the window); this is its Python form for notebooks and the evaluation,
+    pinned equal to the JSON one by the tests.
 
     Args:
         window: HU window preset name or ``[lower, upper]``; HU outside are clipped, then scaled to [0, 1].
@@ -172,8 +186,7 @@ def build_volume_transforms(
         RAS affine.
     """
     lower, upper = resolve_window(window)
-    if spatial_size is not None and int(spatial_size) < 8:
-        raise ConfigError(f"spatial_size is the in-plane size in pixels (>= 8) or null, got {spatial_size}.")
+    resize_to = resize_shape(spatial_size)
     if not pancreas_labels:
         raise ConfigError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
     images = ["image", *extra_images]
@@ -197,8 +210,7 @@ def build_volume_transforms(
         chain.append(AsDiscreted(list(extra_masks), threshold=0.5))
     keys = [*images, *masks]
     if spatial_size is not None:
-        size = (int(spatial_size), int(spatial_size), -1)
-        chain.append(Resized(keys, spatial_size=size, mode=[*["area"] * len(images), *["nearest"] * len(masks)]))
+        chain.append(Resized(keys, spatial_size=resize_to, mode=[*["area"] * len(images), *["nearest"] * len(masks)]))
     chain.append(EnsureTyped(keys, dtype="float32", track_meta=True))
     return Compose(chain)
 

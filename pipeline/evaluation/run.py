@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from pipeline.explain import build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
 from pipeline.infill import INFILLS
-from pipeline.zoo import load_utility
+from pipeline.zoo import check_explainable, is_torchscript, load_utility
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,25 @@ def unoise_name(meta: dict[str, Any]) -> str:
     """``unoise_<preset>_<perturbation>[_pretrained]`` from a noise checkpoint's meta."""
     name = f"unoise_{meta.get('preset', 'unknown')}_{meta.get('perturbation', 'additive')}"
     return name + ("_pretrained" if meta.get("init_from") else "")
+
+
+def with_input_settings(utility_meta: dict[str, Any], noise_checkpoints: Sequence[str]) -> dict[str, Any]:
+    """The utility's meta with the CT ``window`` and ``spatial_size`` its inputs had.
+
+    Our checkpoints and bundles record them; a TorchScript utility does not, and then the noise models
+    (trained on exactly the utility's input) say it; they must agree with each other.
+    """
+    meta = dict(utility_meta)
+    for key in ("window", "spatial_size"):
+        if key in meta:
+            continue
+        values = {str(path): load_checkpoint(path).get("meta", {}).get(key) for path in noise_checkpoints}
+        if len({repr(v) for v in values.values()}) > 1:
+            raise ConfigError(f"the noise checkpoints were trained on different {key}s ({values}); evaluate the models of "
+                              "one utility input at a time.")
+        if values:
+            meta[key] = next(iter(values.values()))
+    return meta
 
 
 def check_settings(slices_per_case: Any, infill: str, extra_infills: Sequence[str], baselines: Sequence[str],
@@ -94,6 +113,7 @@ def check_inputs(
     shortcut: bool = False,
     utility_bundle: str | None = None,
     target_channel: int | str | None = None,
+    baselines: Sequence[str] = (),
 ) -> None:
     """Every check of an evaluation, before its run folder is created.
 
@@ -112,6 +132,10 @@ def check_inputs(
         from pipeline.zoo import load_bundle_utility
 
         utility_meta = load_bundle_utility(utility_bundle, "cpu", target_channel)[1]
+        check_explainable(utility_meta, baselines, sanity, utility_bundle)
+    elif utility_checkpoint and is_torchscript(utility_checkpoint):
+        utility_meta = load_utility(utility_checkpoint, "cpu", None, target_channel)[1]
+        check_explainable(utility_meta, baselines, sanity, utility_checkpoint)
     else:
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
@@ -171,18 +195,23 @@ def run_evaluation(
     strict: bool = False,
     utility_bundle: str | None = None,
     target_channel: int | str | None = None,
+    volume_transform: Callable | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
     ``gradcam_layer`` and ``sanity_decoder`` (the module names the sanity check's decoder stage
     re-initialises) default to what the utility's module tree says (:mod:`pipeline.explain.layers`).
     The split is the one training used (same datalist, fractions and seed). ``sanity_occlusion_stride``
-    (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. Returns the written content.
+    (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. ``volume_transform`` is
+    the bundle's ``preprocessing`` (evaluate.json passes it; None builds the same chain in Python).
+    Returns the written content.
     """
     limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
     torch.manual_seed(seed)
     device = resolve_device(device)
     utility, utility_meta = load_utility(utility_checkpoint, device, utility_bundle, target_channel)
+    utility_meta = with_input_settings(utility_meta, noise_checkpoints)
+    check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
     utility.eval()
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     extra_images, extra_masks = (("image_nocue",), ("shortcut",)) if shortcut else ((), ())
@@ -190,7 +219,8 @@ def run_evaluation(
         from pipeline.evaluation.shortcut import check_shortcut_entries
 
         check_shortcut_entries(splits[split])
-    data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks)
+    data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks,
+                                  volume_transform)
     in_channels = int(utility_meta.get("in_channels", 1))
     needs_layer = "gradcam" in baselines or sanity
     layer = gradcam_layer or (find_feature_layer(utility, in_channels) if needs_layer else None)
@@ -232,7 +262,8 @@ def run_evaluation(
     }
     result["settings"] = {"dataset_dir": str(dataset_dir), "utility_checkpoint": str(utility_checkpoint),
                           "utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel"),
-                          "utility_preset": utility_meta["preset"], "noise_checkpoints": [str(p) for p in noise_checkpoints],
+                          "utility_preset": utility_meta["preset"], "window": utility_meta.get("window"),
+                          "spatial_size": utility_meta.get("spatial_size"), "noise_checkpoints": [str(p) for p in noise_checkpoints],
                           "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
                           "occlusion_fill": "blur", "smoothgrad_samples": smoothgrad_samples, "seed": seed,
                           "val_fraction": val_fraction, "test_fraction": test_fraction}
@@ -284,4 +315,5 @@ def summarise(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BASELINES", "NULL_MAPS", "check_inputs", "check_settings", "load_split", "run_evaluation", "summarise", "unoise_name"]
+__all__ = ["BASELINES", "NULL_MAPS", "check_inputs", "check_settings", "load_split", "run_evaluation", "summarise", "unoise_name",
+           "with_input_settings"]

@@ -76,13 +76,15 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     """
     from monai.bundle import run
 
+    from pipeline.bundle import config_files
+
     root = Path(bundle_root)
     overrides = retrain_overrides(meta, epochs)
     overrides.update(dataset_dir=str(dataset_dir), datalist_key=datalist_key, val_fraction=val_fraction,
                      test_fraction=test_fraction, seed=seed, device=str(device), utility_checkpoint=str(utility_path),
                      output_dir=str(output_dir), init_from=None, **(extra_overrides or {}))
     logger.info("sanity check: retraining the noise model for %d epochs against %s", overrides["epochs"], utility_path)
-    run(config_file=str(root / "configs" / "train_noise.json"), meta_file=str(root / "configs" / "metadata.json"),
+    run(config_file=[str(path) for path in config_files(root, "train_noise")], meta_file=str(root / "configs" / "metadata.json"),
         bundle_root=str(root), **overrides)
     network, _ = load_network_from_checkpoint(output_dir / "checkpoints" / "last.pt", device)
     return network.eval()

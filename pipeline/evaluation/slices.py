@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,11 +25,16 @@ def top_slices_per_case(pancreas_pixels: Sequence[float], cases: Sequence[str], 
 
 def load_evaluation_slices(entries: Sequence[dict[str, Any]], utility_meta: dict[str, Any], pancreas_labels: Sequence[int],
                            limit: int | None, device: torch.device, extra_images: Sequence[str] = (),
-                           extra_masks: Sequence[str] = ()) -> dict[str, Any]:
-    """The pancreas slices of ``entries`` as stacked tensors: image, label, body, spacing, cases, and extras."""
+                           extra_masks: Sequence[str] = (), volume_transform: Callable | None = None) -> dict[str, Any]:
+    """The pancreas slices of ``entries`` as stacked tensors: image, label, body, spacing, cases, and extras.
+
+    ``volume_transform`` is the bundle's ``preprocessing`` (``configs/common.json``); None builds the same
+    chain in Python from the utility's window and size.
+    """
     slices = build_slice_dataset(entries, window=utility_meta.get("window", "pancreas"),
                                  spatial_size=utility_meta.get("spatial_size"), pancreas_labels=pancreas_labels,
-                                 policy="pancreas", progress=False, extra_images=extra_images, extra_masks=extra_masks)
+                                 policy="pancreas", progress=False, extra_images=extra_images, extra_masks=extra_masks,
+                                 use_labels=True, volume_transform=volume_transform)
     items = [slices[i] for i in range(len(slices))]
     if not items:
         raise ConfigError("the evaluated cases hold no slice with pancreas; check the split and pancreas_labels.")
