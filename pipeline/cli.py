@@ -257,14 +257,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from pipeline.data import load_datalist, split_datalist, write_datalist
+    from pipeline.data import image_paths, load_datalist, split_datalist, write_datalist
 
     splits = split_datalist(load_datalist(args.dataset, key=args.key, allow_outside_paths=args.allow_outside_paths),
                             args.val, args.test, args.seed)
     path = write_datalist(splits, args.output)
     print(f"{path}: " + ", ".join(f"{name} {len(cases)}" for name, cases in splits.items()) + " cases (split by patient)")
     folder = Path(path).resolve().parent
-    if any(folder not in Path(e["image"]).parents for part in splits.values() for e in part):
+    if any(folder not in Path(path).parents for part in splits.values() for e in part for path in image_paths(e)):
         print(f"note: its paths leave {folder}; commands reading it need --allow_outside_paths (or write it inside the dataset folder)")
     return 0
 

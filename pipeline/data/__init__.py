@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.data.datalist import (
     case_name,
     collect_inputs,
+    image_paths,
     is_dicom_series,
     load_datalist,
     split_datalist,
@@ -36,7 +37,14 @@ from pipeline.data.transforms import (
     resize_shape,
     resolve_window,
 )
-from pipeline.data.validate import DatasetSummary, check_batch_count, check_training_split, load_volume, validate_datalist
+from pipeline.data.validate import (
+    DatasetSummary,
+    check_batch_count,
+    check_channels,
+    check_training_split,
+    load_volume,
+    validate_datalist,
+)
 from pipeline.errors import DataError
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "SliceDataset",
     "build_slice_augmentation",
     "check_batch_count",
+    "check_channels",
     "check_ct_intensity",
     "check_nifti_header",
     "check_training_split",
@@ -60,6 +69,7 @@ __all__ = [
     "case_name",
     "collect_inputs",
     "compute_body_mask",
+    "image_paths",
     "is_dicom_series",
     "list_dicom_series",
     "load_datalist",

@@ -35,6 +35,12 @@ SPLIT_KEYS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label", "image_nocue", "shortcut")  # entry keys holding files (the last two: the shortcut benchmark)
 
 
+def image_paths(entry: dict[str, Any]) -> list[str]:
+    """The image files of an entry: one path, or the co-registered volumes of a multi-channel case (a list)."""
+    image = entry["image"]
+    return [str(p) for p in image] if isinstance(image, (list, tuple)) else [str(image)]
+
+
 def case_name(path: str | os.PathLike) -> str:
     """Name of a case from its image path, safe for file names: ``imagesTr/pancreas_001.nii.gz`` -> ``pancreas_001``."""
     name = Path(path).name
@@ -70,7 +76,7 @@ def _with_case_names(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     named = []
     for entry in entries:
         entry = dict(entry)
-        base = entry.get("case") or case_name(entry["image"])
+        base = entry.get("case") or case_name(image_paths(entry)[0])
         count = seen.get(base, 0) + 1
         seen[base] = count
         entry["case"] = base if count == 1 else f"{base}_{count}"
@@ -99,6 +105,11 @@ def _resolve(entries: list[dict[str, Any]], base: Path, source: Path, allow_outs
         for key in PATH_KEYS:
             value = entry.get(key)
             if value is None:
+                continue
+            if key == "image" and isinstance(value, list):  # a multi-channel case: co-registered volumes
+                if not value or any(not isinstance(v, str) or v.strip() in ("", ".") for v in value):
+                    raise DataError(f"{source}: entry {value!r} lists its channels' images; each must be the path of a file.")
+                entry[key] = [str(check_inside(v, base, allow_outside, source)) for v in value]
                 continue
             if not isinstance(value, str) or value.strip() in ("", "."):
                 raise DataError(f"{source}: entry {entry.get('image', '?')} has {key} {value!r}; it must be the path of a file.")
@@ -203,7 +214,7 @@ def split_datalist(
         raise DataError("the datalist is empty; nothing to split.")
     groups: dict[str, list[dict[str, Any]]] = {}
     for entry in datalist:
-        groups.setdefault(str(entry.get(group_key, entry.get("case", entry["image"]))), []).append(dict(entry))
+        groups.setdefault(str(entry.get(group_key, entry.get("case", image_paths(entry)[0]))), []).append(dict(entry))
     patients = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(patients))
     n = len(patients)
@@ -243,8 +254,11 @@ def write_datalist(splits: dict[str, list[dict[str, Any]]], path: str | os.PathL
         for entry in entries:
             entry = dict(entry)
             for key in PATH_KEYS:
-                if entry.get(key):  # relative to the paths as written (symlinks kept): they read back the same
-                    entry[key] = os.path.relpath(os.path.abspath(entry[key]), base)
+                value = entry.get(key)  # relative to the paths as written (symlinks kept): they read back the same
+                if isinstance(value, list):
+                    entry[key] = [os.path.relpath(os.path.abspath(v), base) for v in value]
+                elif value:
+                    entry[key] = os.path.relpath(os.path.abspath(value), base)
             content[name].append(entry)
     return write_json_atomic(content, path)
 
@@ -288,4 +302,5 @@ def with_series(entries: Sequence[dict[str, Any]], series: str | None) -> list[d
     """Set ``series`` (a SeriesInstanceUID) on the entries whose image is a DICOM folder; None changes nothing."""
     if series is None:
         return [dict(entry) for entry in entries]
-    return [{**entry, "series": str(series)} if Path(entry["image"]).is_dir() else dict(entry) for entry in entries]
+    return [{**entry, "series": str(series)} if isinstance(entry["image"], str) and Path(entry["image"]).is_dir() else dict(entry)
+            for entry in entries]

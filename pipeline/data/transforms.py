@@ -122,7 +122,7 @@ class LoadVolumed(MapTransform):
         series = d.get(self.series_key)
         for key in self.key_iterator(d):
             loader = self.loader
-            if series and Path(str(d[key])).is_dir():
+            if series and isinstance(d[key], str) and Path(d[key]).is_dir():  # (a list: a multi-channel case's files)
                 files = choose_dicom_series(d[key], series).files
                 loader = LoadImage(image_only=True, ensure_channel_first=True, reader="PydicomReader", fname_regex=series_regex(files))
             d[key] = loader(d[key])

@@ -21,6 +21,7 @@ import torch
 from monai.transforms import LoadImage
 from tqdm import tqdm
 
+from pipeline.data.datalist import image_paths
 from pipeline.data.files import (
     MAX_VOXELS,
     NIFTI_SUFFIXES,
@@ -165,19 +166,20 @@ def _check_finite(volume: torch.Tensor, path: str) -> None:
         )
 
 
-def _check_geometry(image: torch.Tensor, label: torch.Tensor, image_path: str, label_path: str) -> None:
+def _check_geometry(image: torch.Tensor, label: torch.Tensor, image_path: str, label_path: str, what: str = "label") -> None:
+    """``label`` (or another channel's image, ``what``) must lie on ``image``'s voxel grid."""
     if tuple(image.shape) != tuple(label.shape):
         raise DataError(
-            f"{label_path}: label shape {tuple(label.shape)} differs from image shape {tuple(image.shape)} "
-            f"({image_path}); the label must be on the image's voxel grid: resample it onto the image."
+            f"{label_path}: {what} shape {tuple(label.shape)} differs from image shape {tuple(image.shape)} "
+            f"({image_path}); the {what} must be on the image's voxel grid: resample it onto the image."
         )
     image_affine = np.asarray(image.affine, dtype=np.float64)
     label_affine = np.asarray(label.affine, dtype=np.float64)
     if not np.allclose(image_affine, label_affine, atol=GEOMETRY_ATOL_MM, rtol=1e-5):
         raise DataError(
-            f"{label_path}: label geometry differs from the image's ({image_path}): spacing/direction/origin "
+            f"{label_path}: {what} geometry differs from the image's ({image_path}): spacing/direction/origin "
             f"affine {np.round(label_affine[:3], 3).tolist()} vs {np.round(image_affine[:3], 3).tolist()}; "
-            "resample the label onto the image grid (same spacing, origin and direction)."
+            f"resample the {what} onto the image grid (same spacing, origin and direction)."
         )
 
 
@@ -254,9 +256,14 @@ def validate_datalist(
     show = progress and sys.stderr.isatty()  # no bar in logs and CI output
     entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not show, leave=False)
     for entry in entries:
-        image_path = str(entry["image"])
+        paths = image_paths(entry)
+        image_path = paths[0]
         image = load_volume(image_path, entry.get("series"))
         _check_finite(image, image_path)
+        for channel, other_path in enumerate(paths[1:], start=2):  # a multi-channel case: every volume on the first's grid
+            other = load_volume(other_path)
+            _check_finite(other, other_path)
+            _check_geometry(image, other, image_path, other_path, what=f"channel {channel} image")
         hu_range = (float(image.min()), float(image.max()))  # one pass each over the volume, used twice
         note = check_ct_intensity(*hu_range, image_path, strict)
         if note:
@@ -282,6 +289,23 @@ def validate_datalist(
                             "(a noise model also trains without labels: --target prediction).")
         cases.append(summary)
     return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels), warnings=notes)
+
+
+def check_channels(datalist: Sequence[dict[str, Any]], in_channels: int, source: str | Path) -> None:
+    """Every entry lists as many co-registered images as the network takes input channels.
+
+    Raises:
+        DataError: naming the first entry with another count and how to list its channels.
+    """
+    for entry in datalist:
+        paths = image_paths(entry)
+        if len(paths) != int(in_channels):
+            example = "[" + ", ".join(f"'sequence{k}.nii.gz'" for k in range(1, int(in_channels) + 1)) + "]"
+            raise DataError(
+                f"{paths[0]}: the case has {len(paths)} image(s) but the network takes {in_channels} input channel(s) "
+                f"({source}); give each case its co-registered volumes as a list, {{'image': {example}}}, or use a "
+                f"network with in_channels {len(paths)}."
+            )
 
 
 def check_training_split(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
-from pipeline.data import check_training_split, load_datalist, split_datalist, validate_datalist
+from pipeline.data import check_channels, check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.engines import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
@@ -146,6 +146,7 @@ def check_inputs(
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     parts = tuple(dict.fromkeys([split, *(("training", "validation") if sanity else ())]))
     entries = [entry for part in parts for entry in splits[part]]
+    check_channels(entries, int(utility_meta.get("in_channels", 1)), dataset_dir)
     summary = validate_datalist(entries, pancreas_labels, label_values, require_labels=True, progress=False, strict=strict)
     check_training_split(summary, splits, dataset_dir, parts=parts)
     if shortcut:
