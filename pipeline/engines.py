@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine
 from monai.inferers import Inferer, SimpleInferer
-from monai.losses import DiceCELoss
 
 from pipeline.distributed import is_main_process
 from pipeline.errors import ConfigError
@@ -24,8 +23,6 @@ from pipeline.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("dicece", "bce")
-OPTIMIZERS = ("adam", "sgd")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -136,33 +133,15 @@ def resolve_workers(num_workers: int | str, device: torch.device) -> int:
     return num_workers
 
 
-def build_loss(name: str = "dicece") -> torch.nn.Module:
-    """Segmentation loss on one-channel logits: ``dicece`` (Dice + BCE, MONAI) or ``bce``."""
-    if name == "dicece":
-        return DiceCELoss(sigmoid=True)
-    if name == "bce":
-        return torch.nn.BCEWithLogitsLoss()
-    raise ConfigError(f"loss must be one of {LOSSES}, got {name!r}.")
-
-
-def build_optimizer(
-    name: str, params: Iterable[torch.nn.Parameter], learning_rate: float, weight_decay: float = 0.0, momentum: float = 0.9
-) -> torch.optim.Optimizer:
-    """``adam`` (Adam) or ``sgd`` (SGD with Nesterov momentum)."""
-    if learning_rate <= 0:
-        raise ConfigError(f"learning_rate must be > 0, got {learning_rate}.")
-    if name == "adam":
-        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=learning_rate, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, epochs: int, min_lr: float) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine schedule from the optimizer's learning rate down to ``min_lr`` over ``epochs`` (stepped per epoch)."""
-    if epochs < 1:
+def check_schedule(epochs: int, learning_rate: float, min_lr: float) -> None:
+    """Refuse a schedule no training can run: the configs' optimizer and scheduler are ``_target_`` entries
+    (torch's own classes), checked here first so that the error names the setting."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}.")
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr)
+    if not learning_rate > 0:
+        raise ConfigError(f"learning_rate must be > 0, got {learning_rate}.")
+    if not 0 <= min_lr <= learning_rate:
+        raise ConfigError(f"min_lr must be in [0, learning_rate {learning_rate}], got {min_lr}.")
 
 
 def metric_score(name: str) -> Callable[[Engine], float]:

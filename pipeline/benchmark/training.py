@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.losses import DiceCELoss
 
 from pipeline.benchmark.measure import count_flops, median, peak_memory, synchronize, time_runs
-from pipeline.engines import build_loss, cpu_autocast_dtype, memory_format
+from pipeline.engines import cpu_autocast_dtype, memory_format
 from pipeline.networks import build_unet
 from pipeline.noise import UNoiseLoss, UNoiseModel
 
@@ -105,7 +106,7 @@ def build_utility_step(utility: torch.nn.Module, image: torch.Tensor, label: tor
     fmt = memory_format(fast)
     utility = utility.to(memory_format=fmt).train()
     optimizer = torch.optim.Adam(utility.parameters(), lr=1e-3)
-    return _step(utility, build_loss("dicece"), optimizer, image.contiguous(memory_format=fmt), label,
+    return _step(utility, DiceCELoss(sigmoid=True), optimizer, image.contiguous(memory_format=fmt), label,
                  autocast=uses_autocast(image.device, fast))
 
 
