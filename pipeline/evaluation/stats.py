@@ -21,18 +21,24 @@ def compute_auc(fractions: Sequence[float], values: Sequence[float]) -> float:
     x, y = np.asarray(fractions, dtype=float), np.asarray(values, dtype=float)
     if x.shape != y.shape or x.ndim != 1 or x.size < 2:
         raise ValueError(f"need matching 1D fractions and values with >= 2 points, got {x.shape} and {y.shape}.")
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+    return float(np.trapezoid(y, x))
 
 
 def bootstrap_ci(values: Sequence[float], samples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over cases (NaNs dropped); (NaN, NaN) without data."""
+    """Percentile bootstrap interval of the mean over cases (NaNs dropped; ``scipy.stats.bootstrap``).
+
+    (NaN, NaN) without data; one case, or cases that all agree, give the degenerate interval (v, v).
+    """
+    from scipy.stats import bootstrap
+
     data = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
     if data.size == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(samples, data.size))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+    if data.size == 1 or np.all(data == data[0]):
+        return float(data[0]), float(data[0])
+    result = bootstrap((data,), np.mean, n_resamples=int(samples), confidence_level=level, method="percentile",
+                       rng=np.random.default_rng(seed), vectorized=True)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def paired_difference(first: Sequence[float], second: Sequence[float], samples: int = 1000, level: float = 0.95,
