@@ -13,6 +13,7 @@ wrong kind. Checkpoints written before the key existed are recognised by their o
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 from pipeline.errors import UNoiseError
 from pipeline.fileio import atomic_path
 from pipeline.networks import build_network, get_preset, network_name, preset_config
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(UNoiseError, ValueError):
@@ -263,3 +266,25 @@ def check_pair(utility_meta: dict[str, Any], noise_meta: dict[str, Any], utility
             f"{utility_path} is a '{given}' network; pass the utility it was trained against "
             f"(recorded in its meta: {noise_meta.get('utility_checkpoint', 'unknown')})."
         )
+
+
+def init_noise_from(
+    noise_net: torch.nn.Module, checkpoint: str | os.PathLike | None, noise_preset: str, device: torch.device
+) -> torch.nn.Module:
+    """The "pretrained" variant: start the noise model from a segmentation checkpoint of the same shape.
+
+    Args:
+        noise_net: the freshly built noise model.
+        checkpoint: a utility checkpoint whose network has the noise preset's shape (e.g. a ``demo`` or
+            ``large`` utility for a ``large`` noise model); None leaves the random initialisation.
+        noise_preset: the noise model's preset, named in errors.
+        device: where the weights are loaded.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or weights of another shape.
+    """
+    if checkpoint is None:
+        return noise_net
+    meta = load_network_weights(noise_net, checkpoint, noise_preset, device, check_preset=False)
+    logger.info("noise model initialised from %s (a '%s' network)", checkpoint, meta.get("preset", "unknown"))
+    return noise_net

@@ -17,7 +17,7 @@ from pipeline.benchmark.measure import count_flops, peak_memory, time_runs
 from pipeline.benchmark.training import TrainerTimer
 from pipeline.bundle import run_bundle
 from pipeline.cli import main
-from pipeline.engines import cpu_has_bf16
+from pipeline.device import cpu_has_bf16
 from pipeline.phantom import write_phantom_dataset
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"

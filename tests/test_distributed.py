@@ -31,7 +31,7 @@ from pipeline.distributed import (
     quiet_other_ranks,
     sum_over_ranks,
 )
-from pipeline.engines import prepare_run_dir
+from pipeline.rundir import prepare_run_dir
 from pipeline.errors import ConfigError
 from pipeline.handlers import CheckpointHandler, MetricsRecorder, OutputMean, VolumeDice
 from pipeline.networks import build_unet

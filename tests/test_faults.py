@@ -35,7 +35,7 @@ from pipeline.data import (
     validate_datalist,
 )
 from pipeline.data.validate import CaseSummary
-from pipeline.engines import prepare_output_dir, prepare_run_dir
+from pipeline.rundir import prepare_output_dir, prepare_run_dir
 from pipeline.errors import ConfigError, DataError
 from pipeline.rundir import acquire_lock, release_lock, remove_temporaries
 

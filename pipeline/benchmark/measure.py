@@ -115,7 +115,7 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
     import ignite
     import monai
 
-    from pipeline.engines import BF16_CPU_FLAGS, cpu_flags
+    from pipeline.device import BF16_CPU_FLAGS, cpu_flags
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")

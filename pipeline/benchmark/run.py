@@ -161,7 +161,7 @@ def run_benchmark(
         work_dir: where the phantom set and the runs go (default: a temporary folder, removed afterwards).
     """
     from pipeline.bundle import default_bundle_root
-    from pipeline.engines import resolve_device
+    from pipeline.device import resolve_device
 
     dice_overrides = dict(dice_overrides or {})
     check_arguments(spatial_size, batch_size, repeats, warmup, cases, slices, utility_checkpoint, dataset,

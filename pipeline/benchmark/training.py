@@ -2,7 +2,7 @@
 
 The *fast path* is what the training configs do by default: channels-last networks, and autocast (on a
 CPU with bf16 instructions: bf16 for the utility's forward in utility training, through
-:class:`pipeline.engines.AutocastInferer`, and for the frozen utility alone in noise training, through
+:class:`pipeline.device.AutocastInferer`, and for the frozen utility alone in noise training, through
 ``UNoiseModel(utility_dtype=...)``; on CUDA: fp16 AMP with a gradient scaler, MONAI's ``amp=True``). *fp32* is the same step without either
 (TF32 is switched off by :func:`pipeline.benchmark.run_benchmark`, so fp32 means fp32 on a GPU too).
 
@@ -26,7 +26,7 @@ from ignite.engine import Engine, Events
 from monai.losses import DiceCELoss
 
 from pipeline.benchmark.measure import count_flops, median, peak_memory, synchronize, time_runs
-from pipeline.engines import cpu_autocast_dtype, memory_format
+from pipeline.device import cpu_autocast_dtype, memory_format
 from pipeline.networks import build_unet
 from pipeline.noise import UNoiseLoss, UNoiseModel
 
@@ -208,7 +208,7 @@ def run_pipeline(
         ``slices_per_s``, ``step_s``, ``wait_fraction`` (data wait / iteration time, summed over the timed
         iterations), ``loader_slices_per_s`` and peak memory.
     """
-    from pipeline.engines import AutocastInferer, resolve_workers
+    from pipeline.device import AutocastInferer, resolve_workers
 
     workers = resolve_workers(overrides.get("num_workers", "auto"), device)
     timed = max(repeats, 3 * workers * 2)  # 2: torch's default prefetch_factor per worker

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.evaluation.criteria import compute_criteria
 from pipeline.fileio import atomic_path
-from pipeline.handlers import radiological_view
+from pipeline.display import radiological_view
 
 NULL_NAMES = ("segmentation", "prediction_logits", "random", "oracle")
 

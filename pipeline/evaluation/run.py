@@ -19,7 +19,7 @@ import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
 from pipeline.data import check_channels, check_training_split, load_datalist, split_datalist, validate_datalist
-from pipeline.engines import resolve_device
+from pipeline.device import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS

@@ -1,0 +1,18 @@
+"""Ignite handlers and metrics of the runs, by role.
+
+- :mod:`~pipeline.handlers.metrics`: per-patient 3D dice, running means, the importance's region share;
+- :mod:`~pipeline.handlers.checkpoint`: ``last.pt`` / ``best.pt`` and ``metrics.json``;
+- :mod:`~pipeline.handlers.training_log`: the loss's terms and TensorBoard images;
+- :mod:`~pipeline.handlers.export`: maps and segmentations as NIfTI (and PNG overlays).
+
+The bundle configs name them as ``pipeline.handlers.<Name>``.
+"""
+
+from __future__ import annotations
+
+from pipeline.handlers.checkpoint import CheckpointHandler, MetricsRecorder
+from pipeline.handlers.export import ImportanceExporter
+from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
+from pipeline.handlers.training_log import LossTermsHandler, SliceImagesHandler
+
+__all__ = ["CheckpointHandler", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean", "RegionShare", "SliceImagesHandler", "VolumeDice"]

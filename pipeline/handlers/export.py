@@ -1,0 +1,103 @@
+"""Importance maps and segmentations written as NIfTI in the input's geometry (and PNG overlays).
+
+Each handler has MONAI's shape: ``attach(engine)`` registers it, ``__call__(engine)`` does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from pipeline.display import radiological_view
+from pipeline.fileio import atomic_path, save_nifti
+
+logger = logging.getLogger(__name__)
+
+
+class ImportanceExporter:
+    """Write each explained volume as NIfTI in the input's own geometry, beside the utility's segmentation.
+
+    Reads, per item of ``engine.state.output``: ``pred`` (2, X, Y, Z), channel 0 the importance and channel 1
+    the utility's pancreas probability, already inverted to the input's voxel grid (MONAI ``Invertd``), and
+    ``image`` (the preprocessed volume, whose meta holds the input's ``original_affine`` and
+    ``spatial_shape``). The case name comes from ``engine.state.batch[i]["case"]``. Files:
+
+    - ``<case>_importance.nii.gz``: float32 in [0, 1], 1 = most important;
+    - ``<case>_seg.nii.gz``: uint8, 1 where the probability > 0.5;
+    - ``<case>_overlay.png`` with ``overlay``: CT, importance heat map and pancreas contour on the axial
+      slices with the most predicted pancreas (reads ``pred_ras``, the prediction before inversion).
+
+    Only the affine and the voxels are written: no header field of the input (DICOM patient data
+    included) is copied. Files are written atomically.
+
+    Args:
+        output_dir: folder of the outputs (created).
+        overlay: also write the PNG overlay.
+        overlay_slices: slices in the overlay.
+    """
+
+    def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3) -> None:
+        self.output_dir = Path(output_dir)
+        self.overlay, self.overlay_slices = overlay, max(1, int(overlay_slices))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for item, source in zip(engine.state.output, batch):
+            case = str(source["case"])
+            meta = item["image"].meta
+            affine = np.asarray(meta["original_affine"], dtype=np.float64)
+            shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).tolist())
+            pred = torch.as_tensor(item["pred"]).detach().float().cpu().numpy()  # (2, X, Y, Z)
+            if pred.shape[1:] != shape:
+                raise RuntimeError(f"{case}: inverted prediction {pred.shape[1:]} does not match the input grid {shape}.")
+            outputs = {
+                "importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32),
+                "seg": (pred[1] > 0.5).astype(np.uint8),
+            }
+            for name, array in outputs.items():
+                save_nifti(array, affine, self.output_dir / f"{case}_{name}.nii.gz")
+            if self.overlay:
+                self._write_overlay(case, item)
+            logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", case, case, case)
+
+    def _write_overlay(self, case: str, item: dict[str, Any]) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        image = torch.as_tensor(item["image"]).float().cpu().numpy()[0]  # (X, Y, Z), RAS, windowed [0, 1]
+        pred = torch.as_tensor(item["pred_ras"]).float().cpu().numpy()  # (2, X, Y, Z)
+        area = (pred[1] > 0.5).sum(axis=(0, 1))
+        slices = sorted(np.argsort(area)[::-1][: self.overlay_slices].tolist())
+
+        figure, axes = plt.subplots(2, len(slices), figsize=(3.6 * len(slices), 7.2), squeeze=False)
+        for column, z in enumerate(slices):
+            ct_axis, map_axis = axes[0, column], axes[1, column]
+            ct_axis.imshow(radiological_view(image[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            heat = map_axis.imshow(radiological_view(pred[0, :, :, z]), cmap="inferno", vmin=0, vmax=1)
+            if pred[1, :, :, z].max() > 0.5:
+                for axis in (ct_axis, map_axis):
+                    axis.contour(radiological_view(pred[1, :, :, z]), levels=[0.5], colors="cyan", linewidths=1)
+            ct_axis.set_title(f"{case} slice {z}: CT")
+            map_axis.set_title("importance (1 - tolerance)")
+            for axis in (ct_axis, map_axis):
+                axis.axis("off")
+        figure.colorbar(heat, ax=axes[1].tolist(), fraction=0.03, label="importance")
+        figure.suptitle("U-Noise: CT (top) and importance map (bottom); cyan: utility segmentation; patient right on the left")
+        path = self.output_dir / f"{case}_overlay.png"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=90, format="png")
+        plt.close(figure)
+        return path
+
+
+__all__ = ["ImportanceExporter"]

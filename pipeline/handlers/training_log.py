@@ -1,0 +1,82 @@
+"""What a training run logs besides the metrics: the loss's terms and TensorBoard images.
+
+Each handler has MONAI's shape: ``attach(engine)`` registers it, ``__call__(engine)`` does the work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from pipeline.distributed import sum_over_ranks
+from pipeline.errors import ConfigError
+
+
+class LossTermsHandler:
+    """Per-epoch means of a loss's ``last_terms`` (e.g. :class:`pipeline.noise.UNoiseLoss`) into ``engine.state.metrics``.
+
+    Attach it before the stats/TensorBoard handlers so they log ``train_<term>`` at the end of each epoch.
+    Under several processes the means are over every rank's iterations.
+    """
+
+    def __init__(self, loss_function: torch.nn.Module, prefix: str = "train_") -> None:
+        if not hasattr(loss_function, "last_terms"):
+            raise TypeError(f"LossTermsHandler needs a loss with `last_terms`, got {type(loss_function).__name__}.")
+        self.loss_function, self.prefix = loss_function, prefix
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        for key, value in self.loss_function.last_terms.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+
+    def __call__(self, engine: Engine) -> None:
+        totals = sum_over_ranks(self._sums)  # collectives: every rank calls them
+        count = sum_over_ranks({"iterations": self._count})["iterations"]
+        for key, total in totals.items():
+            engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, count)
+
+class SliceImagesHandler:
+    """Log named 2D images of the first item of the last validation batch to TensorBoard, each epoch.
+
+    Args:
+        summary_writer: a ``SummaryWriter``.
+        images: ``{tag: (source, key, channel, invert)}`` with source ``batch`` or ``output``; ``invert``
+            shows 1 - channel (importance from tolerance). Each image is min-max scaled for display. A key
+            the item does not hold (``label`` in label-free training) is skipped.
+    """
+
+    def __init__(self, summary_writer: Any, images: dict[str, tuple[str, str, int, bool]]) -> None:
+        for tag, spec in images.items():
+            if len(spec) != 4 or spec[0] not in ("batch", "output"):
+                raise ConfigError(f"image {tag!r}: expected (source 'batch'|'output', key, channel, invert), got {spec!r}.")
+        self.writer, self.images = summary_writer, dict(images)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for tag, (source, key, channel, invert) in self.images.items():
+            items = engine.state.batch if source == "batch" else engine.state.output
+            if items[0].get(key) is None:
+                continue
+            image = torch.as_tensor(items[0][key])[channel].detach().float().cpu()  # (H, W)
+            if invert:
+                image = 1.0 - image
+            low, high = float(image.min()), float(image.max())
+            image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+            self.writer.add_image(tag, image[None], engine.state.epoch, dataformats="CHW")
+
+
+__all__ = ["LossTermsHandler", "SliceImagesHandler"]
