@@ -60,3 +60,28 @@ def write_dicom_series(folder: Path, array_xyz: np.ndarray, affine: np.ndarray, 
     """A DICOM series with patient fields that no output may carry (``Doe^Jane``, ``PID-0001``)."""
     folder.mkdir(parents=True)
     return phantom_dicom.write_dicom_series(folder, array_xyz, affine, **{"patient_name": "Doe^Jane", "patient_id": "PID-0001", **kwargs})
+
+
+# ---- one tiny trained pair for the suite ---------------------------------------------------------------
+
+TINY_RUN = {"spatial_size": 32, "batch_size": 4, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.0,
+            "other_fraction": 0.5}
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 6-case phantom set (5 labelled, 1 test volume), a 1-epoch ``small`` utility and a noise model trained
+    against it (``small``, started from the utility's weights), shared by every test module that only needs
+    *a* trained pair; modules that test training itself train their own."""
+    from pipeline.bundle import run_bundle
+    from pipeline.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("tiny_pair")
+    data = root / "phantom"
+    write_phantom_dataset(data, cases=5, size=32, slices=12, seed=1, test_cases=1)
+    run_bundle("train_utility", {**TINY_RUN, "preset": "small", "dataset_dir": str(data), "output_dir": str(root / "utility"),
+                                 "epochs": 1})
+    utility = root / "utility" / "checkpoints" / "best.pt"
+    run_bundle("train_noise", {**TINY_RUN, "noise_preset": "small", "dataset_dir": str(data), "utility_checkpoint": str(utility),
+                               "output_dir": str(root / "noise"), "epochs": 1, "init_from": str(utility)})
+    return {"data": data, "utility": utility, "noise": root / "noise" / "checkpoints" / "best.pt", "noise_run": root / "noise"}

@@ -15,10 +15,8 @@ from ignite.engine import Engine
 from pipeline.benchmark import format_table
 from pipeline.benchmark.measure import count_flops, peak_memory, time_runs
 from pipeline.benchmark.training import TrainerTimer
-from pipeline.bundle import run_bundle
 from pipeline.cli import main
 from pipeline.device import cpu_has_bf16
-from pipeline.phantom import write_phantom_dataset
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TOY = ["--spatial-size", "32", "--batch-size", "2", "--utility-preset", "small", "--noise-preset", "small",
@@ -60,19 +58,15 @@ def test_trainer_timer_measures_the_data_wait() -> None:
     timer = TrainerTimer(warmup=1, device=torch.device("cpu"))
     timer.attach(engine)
     engine.run(slow_batches(), max_epochs=1, epoch_length=6)
-    assert len(timer.iteration_s) == 5
-    assert 0.35 < sum(timer.wait_s) / sum(timer.iteration_s) < 0.65  # half of each iteration waits for data
+    assert len(timer.iteration_s) == 5 and len(timer.wait_s) == 5
+    # sleeps last at least what they ask for (never less): lower bounds hold on any machine, ratios need not
+    assert all(wait >= 0.019 for wait in timer.wait_s)
+    assert all(total >= wait + 0.019 for total, wait in zip(timer.iteration_s, timer.wait_s))  # the step on top
 
 
 @pytest.fixture(scope="module")
-def toy_utility(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bench")
-    data = root / "phantom"
-    write_phantom_dataset(data, cases=4, size=32, slices=8, seed=2)
-    run_bundle("train_utility", {"preset": "small", "spatial_size": 32, "batch_size": 4, "device": "cpu", "epochs": 1,
-                                 "val_fraction": 0.25, "test_fraction": 0.0, "dataset_dir": str(data),
-                                 "output_dir": str(root / "utility")})
-    return {"data": data, "utility": root / "utility" / "checkpoints" / "best.pt"}
+def toy_utility(tiny_pair: dict[str, Path]) -> dict[str, Path]:
+    return tiny_pair  # the suite's shared pair (conftest)
 
 
 @pytest.mark.slow
@@ -80,7 +74,7 @@ def test_benchmark_script_writes_the_record_and_the_table(tmp_path: Path, toy_ut
     out = tmp_path / "benchmark.json"
     command = [sys.executable, str(SCRIPTS / "benchmark.py"), *TOY, "--output", str(out), "--utility",
                str(toy_utility["utility"]), "--dataset", str(toy_utility["data"]), "--dice-epochs", "1",
-               "--val_fraction", "0.25", "--test_fraction", "0.0"]
+               "--val_fraction", "0.34", "--test_fraction", "0.0"]
     result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())

@@ -13,24 +13,14 @@ import torch
 from conftest import write_dicom_series
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.bundle import run_bundle
 from pipeline.cli import main
-from pipeline.phantom import write_phantom_dataset
 
 pytestmark = pytest.mark.slow
-TINY = {"spatial_size": 32, "batch_size": 4, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.0, "other_fraction": 0.5}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("noise")
-    data = root / "phantom"
-    write_phantom_dataset(data, cases=5, size=32, slices=12, seed=1, test_cases=1)
-    run_bundle("train_utility", {**TINY, "preset": "small", "dataset_dir": str(data), "output_dir": str(root / "utility"), "epochs": 1})
-    utility = root / "utility" / "checkpoints" / "best.pt"
-    run_bundle("train_noise", {**TINY, "noise_preset": "small", "dataset_dir": str(data), "utility_checkpoint": str(utility),
-                               "output_dir": str(root / "noise"), "epochs": 1, "init_from": str(utility)})
-    return {"data": data, "utility": utility, "noise": root / "noise" / "checkpoints" / "best.pt", "noise_run": root / "noise"}
+def runs(tiny_pair: dict[str, Path]) -> dict[str, Path]:
+    return tiny_pair  # the suite's shared pair (conftest)
 
 
 def test_noise_run_folder_and_metrics(runs: dict[str, Path]) -> None:
