@@ -125,11 +125,23 @@ def test_train_noise_explain_and_evaluate_against_the_bundle(zoo: dict[str, Path
         main(["--traceback", "explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps2"), "--noise", str(noise)])
 
 
-def test_monai_bundle_run_takes_the_bundle_too(zoo: dict[str, Path]) -> None:
+def test_monai_bundle_run_trains_explains_and_evaluates_against_the_bundle(zoo: dict[str, Path]) -> None:
     run_bundle("train_noise", {"dataset_dir": str(zoo["images"]), "utility_bundle": str(zoo["bundle"]), "utility_checkpoint": None,
                                "output_dir": str(zoo["root"] / "noise_bundle_run"), "noise_preset": "small", "spatial_size": 32,
                                "batch_size": 4, "epochs": 1, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.2})
     assert torch.load(zoo["root"] / "noise_bundle_run" / "checkpoints" / "best.pt", weights_only=True)["meta"]["labels_used"] is False
+    noise = str(zoo["root"] / "noise_bundle_run" / "checkpoints" / "best.pt")
+    run_bundle("inference", {"inputs": [str(zoo["data"] / "imagesTs")], "output_dir": str(zoo["root"] / "maps_bundle_run"),
+                             "noise_checkpoint": noise, "utility_bundle": str(zoo["bundle"]), "utility_checkpoint": None,
+                             "device": "cpu"})
+    source = nib.load(str(zoo["data"] / "imagesTs" / "pancreas_006.nii.gz"))
+    written = nib.load(str(zoo["root"] / "maps_bundle_run" / "pancreas_006_importance.nii.gz"))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
+    run_bundle("evaluate", {"dataset_dir": str(zoo["data"]), "utility_bundle": str(zoo["bundle"]), "utility_checkpoint": None,
+                            "noise_checkpoints": [noise], "output_dir": str(zoo["root"] / "eval_bundle_run"), "val_fraction": 0.34,
+                            "test_fraction": 0.2, "slices_per_case": 1, "occlusion_stride": 8, "bootstrap": 50, "device": "cpu",
+                            "sanity": False, "baselines": ["occlusion", "segmentation", "random"]})
+    assert {"occlusion", "segmentation", "random"} <= set(json.loads((zoo["root"] / "eval_bundle_run" / "evaluation.json").read_text())["methods"])
 
 
 def test_a_checkpoint_never_chooses_the_code_that_runs(tmp_path: Path, zoo: dict[str, Path]) -> None:
