@@ -1,15 +1,10 @@
 """Settings of the MONAI engines the configs build (``SupervisedTrainer`` / ``SupervisedEvaluator``).
 
 The engines, losses, optimizers and schedulers are ``_target_`` entries in the JSON configs; this module
-holds the checks and scores that need code.
+holds the checks that need code (early stopping reads Ignite's ``Checkpoint.get_default_score_fn``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-
-import torch
-from ignite.engine import Engine
 
 from pipeline.errors import ConfigError
 
@@ -24,13 +19,5 @@ def check_schedule(epochs: int, learning_rate: float, min_lr: float) -> None:
     if not 0 <= min_lr <= learning_rate:
         raise ConfigError(f"min_lr must be in [0, learning_rate {learning_rate}], got {min_lr}.")
 
-def metric_score(name: str) -> Callable[[Engine], float]:
-    """Score function for early stopping: the evaluator's metric ``name``."""
 
-    def score(engine: Engine) -> float:
-        return float(engine.state.metrics[name])
-
-    return score
-
-
-__all__ = ["check_schedule", "metric_score"]
+__all__ = ["check_schedule"]
