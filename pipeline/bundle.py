@@ -11,6 +11,7 @@ import difflib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,20 @@ def default_bundle_root() -> Path:
 COMMON_CONFIG = "common.json"  # layered under every run config: the preprocessing chain
 
 
-def config_files(root: str | os.PathLike, config: str) -> list[Path]:
-    """The files ``monai.bundle run --config_file`` takes for one config: ``configs/common.json`` then ``<config>.json``."""
+def config_files(root: str | os.PathLike, config: str, overlays: Sequence[str] = ()) -> list[Path]:
+    """The files ``monai.bundle run --config_file`` takes for one config: ``configs/common.json``, ``<config>.json``,
+    then each overlay (e.g. ``train_3d`` for volumetric networks, ``multi_gpu_train``), later files winning."""
     configs = Path(root) / "configs"
-    config_file = configs / f"{config}.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
+    files = []
+    for name in (config, *overlays):
+        config_file = configs / f"{name}.json"
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: bundle config not found; set --bundle-root (or $UNOISE_BUNDLE) to the bundle folder.")
+        files.append(config_file)
     common = configs / COMMON_CONFIG
     if not common.is_file():
         raise ConfigError(f"{common}: the bundle's shared config is missing; every run config is layered on it.")
-    return [common, config_file]
+    return [common, *files]
 
 
 def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any]) -> None:
@@ -66,12 +71,13 @@ def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any
                 )
 
 
-def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None) -> None:
-    """Run ``configs/<config>.json`` (on ``common.json``) with overrides, exactly as ``python -m monai.bundle run``."""
+def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = ()) -> None:
+    """Run ``configs/<config>.json`` (on ``common.json``, under ``overlays``) with overrides, exactly as
+    ``python -m monai.bundle run``."""
     from monai.bundle import run
 
     root = Path(bundle_root or default_bundle_root())
-    files = config_files(root, config)
+    files = config_files(root, config, overlays)
     check_override_keys(files, overrides)
     from pipeline.rundir import forget_created, release_all, roll_back
 

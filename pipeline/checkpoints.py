@@ -288,3 +288,15 @@ def init_noise_from(
     meta = load_network_weights(noise_net, checkpoint, noise_preset, device, check_preset=False)
     logger.info("noise model initialised from %s (a '%s' network)", checkpoint, meta.get("preset", "unknown"))
     return noise_net
+
+
+def check_spatial_dims(meta: dict[str, Any], spatial_dims: int, path: str | os.PathLike | None, role: str = "--utility") -> None:
+    """Refuse a network of the other dimensionality (a 3D utility in a 2D run, or the reverse), naming the fix.
+
+    ``meta["spatial_dims"]`` is absent from 2D checkpoints and bundles (2D until issue 13).
+    """
+    recorded = int(meta.get("spatial_dims", 2))
+    if recorded != int(spatial_dims):
+        fix = ("run the 3D configs (unoise --spatial-dims 3; configs/train_noise_3d.json or inference_3d.json layered last)"
+               if recorded == 3 else "run the 2D configs (without --spatial-dims 3 and the *_3d.json overlay)")
+        raise CheckpointError(f"{path} ({role}): holds a {recorded}D network and this run is {int(spatial_dims)}D; {fix}.")

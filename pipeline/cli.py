@@ -81,12 +81,20 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERLAYS_3D = {"train_utility": "train_3d", "train_noise": "train_noise_3d", "inference": "inference_3d"}
+
+
+def _overlays(config: str, args: argparse.Namespace) -> list[str]:
+    """The configs layered over ``config``: the 3D one with ``--spatial-dims 3``."""
+    return [OVERLAYS_3D[config]] if getattr(args, "spatial_dims", 2) == 3 else []
+
+
 def _run_training(config: str, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     """Run a training config with the command's overrides, then print the run's best figures."""
     overrides = {**overrides, "output_dir": args.output, **_check_overrides(args), **args.overrides}
     if args.resume:
         overrides["resume"] = True
-    run_bundle(config, overrides, args.bundle_root)
+    run_bundle(config, overrides, args.bundle_root, _overlays(config, args))
     _print_training_summary(args.output)
     return 0
 
@@ -112,7 +120,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import time
 
     started = time.time()
-    run_bundle("inference", overrides, args.bundle_root)
+    run_bundle("inference", overrides, args.bundle_root, _overlays("inference", args))
     written = sorted(p for p in Path(args.output).glob("*_importance.nii.gz") if p.stat().st_mtime >= started - 1)
     print(f"explained {len(written)} volume(s): importance maps and segmentations in {args.output}")
     for path in written:
@@ -314,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="Any other --key value overrides that config key, as with `python -m monai.bundle "
                                   "run`, e.g. --epochs 2 --spatial_size 64 --device cpu --preset demo.")
     train.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder (dataset_dir)")
+    train.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
+                       help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
     train.add_argument("--output", required=True, help="run folder (output_dir)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
     _add_check_options(train, series=False)
@@ -324,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "--noise_weight 0.03 --target label --perturbation additive --max_scale 0.4 --epochs 5.")
     noise.add_argument("--dataset", required=True, help="dataset the utility was trained on (same split by seed)")
     _add_utility_options(noise)
+    noise.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
+                       help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
     noise.add_argument("--output", required=True, help="run folder (output_dir)")
     noise.add_argument("--init-from", "--init_from", dest="init_from", default=None,
                        help="start the noise model from a checkpoint of the same shape ('pretrained' variant)")
@@ -334,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="write importance maps and segmentations of CT volumes (configs/inference.json)")
     explain.add_argument("--input", required=True, nargs="+",
                          help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
+    explain.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
+                       help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
     explain.add_argument("--output", required=True, help="folder for <case>_importance.nii.gz, <case>_seg.nii.gz")
     explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
     _add_utility_options(explain)

@@ -88,8 +88,8 @@ def apply_perturbation(
     """
     if perturbation not in PERTURBATIONS:
         raise ConfigError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
-    if tolerance.shape[0] != image.shape[0] or tolerance.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"tolerance {tuple(tolerance.shape)} does not match image {tuple(image.shape)} (B, ., H, W).")
+    if tolerance.ndim != image.ndim or tolerance.shape[0] != image.shape[0] or tolerance.shape[2:] != image.shape[2:]:
+        raise ValueError(f"tolerance {tuple(tolerance.shape)} does not match image {tuple(image.shape)} (B, ., spatial...).")
     noise = torch.randn_like(image) if noise is None else noise
     sigma = apply_noise_scale(tolerance, min_scale, max_scale)  # (B, 1, H, W)
     if perturbation == "additive":
@@ -198,8 +198,9 @@ def freeze(network: torch.nn.Module) -> torch.nn.Module:
 
 
 def compute_total_variation(tolerance: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels of B, (B, 1, H, W) -> scalar."""
-    return (tolerance[..., 1:, :] - tolerance[..., :-1, :]).abs().mean() + (tolerance[..., :, 1:] - tolerance[..., :, :-1]).abs().mean()
+    """Mean absolute difference of neighbouring pixels (voxels) of B, summed over the spatial axes:
+    (B, 1, H, W) or (B, 1, X, Y, Z) -> scalar."""
+    return sum(torch.diff(tolerance, dim=axis).abs().mean() for axis in range(2, tolerance.ndim))
 
 
 class UNoiseLoss(torch.nn.Module):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.datalist import (
+    all_labelled,
     case_name,
     collect_inputs,
     image_paths,
@@ -25,6 +26,7 @@ from pipeline.data.datalist import (
     write_datalist,
 )
 from pipeline.data.files import check_ct_intensity, check_nifti_header, choose_dicom_series, list_dicom_series
+from pipeline.data.patches import PatchDataset, build_patch_dataset, check_roi_size
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
 from pipeline.data.transforms import (
     BODY_HU,
@@ -55,11 +57,14 @@ __all__ = [
     "LoadVolumed",
     "WINDOW_PRESETS",
     "DatasetSummary",
+    "PatchDataset",
     "SliceDataset",
+    "build_patch_dataset",
     "build_slice_augmentation",
     "check_batch_count",
     "check_channels",
     "check_ct_intensity",
+    "check_roi_size",
     "check_nifti_header",
     "check_training_split",
     "choose_dicom_series",
@@ -126,7 +131,3 @@ def build_slice_dataset(
     return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform,
                         reference=None if with_label else reference)
 
-
-def all_labelled(datalist: Sequence[dict[str, Any]]) -> bool:
-    """True when the datalist is not empty and every entry has a label (only then are labels used)."""
-    return bool(datalist) and all(entry.get("label") for entry in datalist)

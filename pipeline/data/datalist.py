@@ -35,6 +35,11 @@ SPLIT_KEYS = ("training", "validation", "test")
 PATH_KEYS = ("image", "label", "image_nocue", "shortcut")  # entry keys holding files (the last two: the shortcut benchmark)
 
 
+def all_labelled(datalist: Sequence[dict[str, Any]]) -> bool:
+    """True when the datalist is not empty and every entry has a label (only then are labels used)."""
+    return bool(datalist) and all(entry.get("label") for entry in datalist)
+
+
 def image_paths(entry: dict[str, Any]) -> list[str]:
     """The image files of an entry: one path, or the co-registered volumes of a multi-channel case (a list)."""
     image = entry["image"]

@@ -139,6 +139,9 @@ def check_inputs(
     else:
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
+    if int(utility_meta.get("spatial_dims", 2)) != 2:
+        raise ConfigError(f"{utility_bundle or utility_checkpoint}: a {utility_meta['spatial_dims']}D utility; evaluate measures 2D "
+                          "networks for now (the 3D evaluation is not built yet).")
     for path in noise_checkpoints:
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")

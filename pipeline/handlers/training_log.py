@@ -53,7 +53,8 @@ class SliceImagesHandler:
     Args:
         summary_writer: a ``SummaryWriter``.
         images: ``{tag: (source, key, channel, invert)}`` with source ``batch`` or ``output``; ``invert``
-            shows 1 - channel (importance from tolerance). Each image is min-max scaled for display. A key
+            shows 1 - channel (importance from tolerance). Each image is min-max scaled for display; of a 3D
+            item the middle axial slice is shown. A key
             the item does not hold (``label`` in label-free training) is skipped.
     """
 
@@ -71,7 +72,9 @@ class SliceImagesHandler:
             items = engine.state.batch if source == "batch" else engine.state.output
             if items[0].get(key) is None:
                 continue
-            image = torch.as_tensor(items[0][key])[channel].detach().float().cpu()  # (H, W)
+            image = torch.as_tensor(items[0][key])[channel].detach().float().cpu()  # (H, W), or (X, Y, Z) in 3D
+            if image.ndim == 3:
+                image = image[..., image.shape[-1] // 2]  # a volume's middle axial slice
             if invert:
                 image = 1.0 - image
             low, high = float(image.min()), float(image.max())

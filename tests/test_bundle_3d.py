@@ -1,0 +1,117 @@
+"""3D: a volumetric utility trained on random patches and validated by sliding window (configs/train_3d.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.bundle import run_bundle
+from pipeline.checkpoints import load_network_from_checkpoint
+from pipeline.data import build_patch_dataset, build_volume_transforms, load_datalist
+from pipeline.errors import ConfigError
+from pipeline.phantom import write_phantom_dataset
+
+pytestmark = pytest.mark.slow
+ROI = [32, 32, 8]
+TINY_3D = {"preset": "small", "roi_size": ROI, "samples_per_volume": 2, "batch_size": 2, "device": "cpu",
+           "val_fraction": 0.34, "test_fraction": 0.0, "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("volumes3d") / "phantom"
+    write_phantom_dataset(data, cases=5, size=32, slices=12, seed=4, test_cases=1)
+    return data
+
+
+def test_patches_are_3d_of_the_roi_and_centred_on_the_label_when_asked(volumes: Path) -> None:
+    entries = load_datalist(volumes)[:2]
+    dataset = build_patch_dataset(entries, build_volume_transforms(with_body=True), ROI, samples_per_volume=3, pos=1.0, neg=0.0,
+                                  progress=False)
+    patches = dataset[0]
+    assert len(dataset) == 2 and len(patches) == 3
+    for patch in patches:
+        assert tuple(patch["image"].shape) == (1, *ROI) and tuple(patch["label"].shape) == (1, *ROI)
+        assert float(patch["label"].sum()) > 0  # pos only: every patch holds pancreas
+    unlabelled = build_patch_dataset(entries, build_volume_transforms(with_label=False, with_body=True), ROI, 2,
+                                     use_labels=False, progress=False)
+    assert all("label" not in p and tuple(p["image"].shape) == (1, *ROI) for p in unlabelled[1])
+    with pytest.raises(ConfigError, match="roi_size is a 3D patch size"):
+        build_patch_dataset(entries, build_volume_transforms(), [32, 32], progress=False)
+
+
+@pytest.fixture(scope="module")
+def utility_3d(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("u3d") / "run"
+    run_bundle("train_utility", {**TINY_3D, "dataset_dir": str(volumes), "output_dir": str(run)}, overlays=["train_3d"])
+    return run
+
+
+def test_a_3d_utility_trains_on_patches_and_validates_whole_volumes(utility_3d: Path) -> None:
+    checkpoint = utility_3d / "checkpoints" / "best.pt"
+    network, meta = load_network_from_checkpoint(checkpoint, kind="utility")
+    assert meta["spatial_dims"] == 3 and meta["roi_size"] == ROI and meta["network_config"]["args"]["spatial_dims"] == 3
+    assert network(torch.zeros(1, 1, *ROI)).shape == (1, 1, *ROI)  # a 3D network
+    record = json.loads((utility_3d / "metrics.json").read_text())["epochs"][0]
+    validation = [e["case"] for e in json.loads((utility_3d / "datalist.json").read_text())["validation"]]
+    assert sorted(record["val_dice_3d_per_case"]) == sorted(validation)  # whole validation volumes, by sliding window
+
+
+def test_a_3d_training_step_leaves_the_frozen_utility_unchanged() -> None:
+    from pipeline.networks import build_unet
+    from pipeline.noise import UNoiseLoss, UNoiseModel
+
+    torch.manual_seed(0)
+    utility, noise = build_unet("small", spatial_dims=3), build_unet("small", spatial_dims=3)
+    before = {k: v.clone() for k, v in utility.state_dict().items()}
+    noise_before = {k: v.clone() for k, v in noise.state_dict().items()}
+    model = UNoiseModel(noise, utility, min_scale=0.0, max_scale=0.0, baseline="blur", blur_sigma=1.5)
+    optimizer = torch.optim.Adam(noise.parameters(), lr=0.01)
+    image = torch.rand(2, 1, *ROI)
+    outputs = model(image)
+    assert outputs.shape == (2, 5, *ROI)
+    loss = UNoiseLoss(noise_weight=0.06, target="prediction", tv_weight=0.1)(outputs)
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in utility.state_dict().items())  # weights and BatchNorm statistics
+    assert any(not torch.equal(noise_before[k], v) for k, v in noise.state_dict().items())
+
+
+def test_3d_noise_training_and_sliding_window_explain_keep_the_lps_input_grid(volumes: Path, utility_3d: Path,
+                                                                              tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    utility = utility_3d / "checkpoints" / "best.pt"
+    run_bundle("train_noise", {**{k: v for k, v in TINY_3D.items() if k not in ("preset", "roi_size")}, "noise_preset": "small",
+                               "dataset_dir": str(volumes), "utility_checkpoint": str(utility), "output_dir": str(tmp_path / "n3d")},
+               overlays=["train_noise_3d"])
+    noise = tmp_path / "n3d" / "checkpoints" / "best.pt"
+    network, meta = load_network_from_checkpoint(noise, kind="noise")
+    assert meta["spatial_dims"] == 3 and meta["roi_size"] == ROI  # the utility's patch size
+    record = json.loads((tmp_path / "n3d" / "metrics.json").read_text())["epochs"][0]
+    assert {"val_objective", "val_agreement", "val_mean_tolerance", "val_dice_perturbed"} <= set(record), record
+    source = volumes / "imagesTr" / "pancreas_001.nii.gz"  # stored LPS, anisotropic
+    assert "".join(nib.aff2axcodes(nib.load(source).affine)) == "LPS"
+    run_bundle("inference", {"inputs": [str(source)], "output_dir": str(tmp_path / "maps"), "noise_checkpoint": str(noise),
+                             "utility_checkpoint": str(utility), "device": "cpu"}, overlays=["inference_3d"])
+    original = nib.load(source)
+    for name in ("importance", "seg"):
+        written = nib.load(tmp_path / "maps" / f"pancreas_001_{name}.nii.gz")
+        assert written.shape == original.shape
+        np.testing.assert_allclose(written.affine, original.affine, atol=1e-5)
+    values = np.asarray(nib.load(tmp_path / "maps" / "pancreas_001_importance.nii.gz").dataobj)
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.std() > 0
+    from pipeline.cli import main
+
+    explain = ["explain", "--input", str(source), "--noise", str(noise), "--utility", str(utility), "--device", "cpu"]
+    assert main([*explain, "--spatial-dims", "3", "--output", str(tmp_path / "cli_maps")]) == 0  # the same through unoise
+    assert (tmp_path / "cli_maps" / "pancreas_001_importance.nii.gz").is_file()
+    assert main([*explain, "--output", str(tmp_path / "maps_2d")]) == 2  # a 3D noise model in the 2D configs
+    assert not (tmp_path / "maps_2d").exists()
+    assert main(["train-noise", "--dataset", str(volumes), "--utility", str(utility), "--output", str(tmp_path / "n2d"),
+                 "--device", "cpu", "--epochs", "1"]) == 2
+    assert not (tmp_path / "n2d").exists()
