@@ -54,10 +54,11 @@ def apply_blur(image: torch.Tensor, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.
 
 def _body_stats(image: torch.Tensor, body: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of each slice's body pixels (the whole slice without a body mask): (B, C, 1, 1) each."""
-    weights = torch.ones_like(image[:, :1]) if body is None else body.to(image.dtype)  # (B, 1, H, W)
-    count = weights.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    mean = (image * weights).sum(dim=(-2, -1), keepdim=True) / count
-    var = (((image - mean) ** 2) * weights).sum(dim=(-2, -1), keepdim=True) / count
+    weights = torch.ones_like(image[:, :1]) if body is None else body.to(image.dtype)  # (B, 1, spatial...)
+    dims = tuple(range(2, image.ndim))  # every spatial axis: per slice in 2D, per volume in 3D
+    count = weights.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (image * weights).sum(dim=dims, keepdim=True) / count
+    var = (((image - mean) ** 2) * weights).sum(dim=dims, keepdim=True) / count
     return mean, var.sqrt()
 
 
@@ -127,8 +128,8 @@ def apply_infill(
     """Replace the ``hidden`` pixels of ``image`` by an infill; the others keep their values.
 
     Args:
-        image: slices windowed to [0, 1], (B, C, H, W); not modified.
-        hidden: bool (B, 1, H, W), broadcast over C.
+        image: slices windowed to [0, 1], (B, C, H, W), or volumes (B, C, X, Y, Z); not modified.
+        hidden: bool (B, 1, ...) like ``image``, broadcast over C.
         infill: one of ``INFILLS`` (see the module docstring).
         body: (B, 1, H, W) body mask for the ``mean`` / ``noise`` statistics; None: the whole slice.
         generator: CPU generator for ``noise`` and ``road`` (seeded: repeatable curves).
@@ -141,8 +142,10 @@ def apply_infill(
     """
     if infill not in INFILLS:
         raise ConfigError(f"infill (hidden-pixel baseline) must be one of {INFILLS}, got {infill!r}.")
-    if hidden.shape[0] != image.shape[0] or hidden.shape[-2:] != image.shape[-2:]:
+    if hidden.ndim != image.ndim or hidden.shape[0] != image.shape[0] or hidden.shape[2:] != image.shape[2:]:
         raise ValueError(f"hidden mask {tuple(hidden.shape)} does not match image {tuple(image.shape)}.")
+    if infill == "road" and image.ndim != 4:
+        raise ConfigError("the road infill (ROAD's linear imputation) is built for 2D slices; in 3D use blur, floor, mean or noise.")
     hidden = hidden.bool()
     if infill == "blur":
         values = apply_blur(image, blur_sigma) if blurred is None else blurred

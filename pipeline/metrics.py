@@ -10,11 +10,12 @@ from scipy import ndimage
 
 
 def compute_region(label: np.ndarray | torch.Tensor, spacing_mm: Sequence[float], ring_mm: float) -> np.ndarray:
-    """Pancreas plus a ring of ``ring_mm`` around it: a boolean (H, W) mask.
+    """Pancreas plus a ring of ``ring_mm`` around it: a boolean (H, W) mask, or (X, Y, Z) for a volume.
 
     Args:
-        label: binary pancreas mask (H, W).
-        spacing_mm: pixel size (row, column) in mm.
+        label: binary pancreas mask (H, W) or (X, Y, Z).
+        spacing_mm: pixel (voxel) size per axis in mm: 2 values, or 3 for a volume (the ring is in mm
+            along every axis, so anisotropic voxels are measured right).
         ring_mm: ring width in mm; 0 gives the pancreas itself.
     """
     mask = np.asarray(torch.as_tensor(label).detach().cpu()) > 0.5

@@ -1,5 +1,8 @@
 """Faithfulness protocols for any explainer (DESIGN.md section 6), as pure functions over slices.
 
+Every function takes 2D slices (B, C, H, W) or 3D volumes (B, C, X, Y, Z) alike: "pixels" below are
+voxels in 3D, and a "slice" is one volume (or patch).
+
 Everything happens inside the body: a map is judged only on how it ranks body pixels, the visible share
 p counts body pixels, and air is never hidden (hiding air costs nothing, so a protocol over the whole
 slice rewards any map that ranks "not air" first).
@@ -41,8 +44,8 @@ def rank_in_region(importance: torch.Tensor, region: torch.Tensor, seed: int = 0
     Returns:
         (B, H * W) long.
     """
-    if importance.shape[0] != region.shape[0] or importance.shape[-2:] != region.shape[-2:]:
-        raise ValueError(f"importance {tuple(importance.shape)} and region {tuple(region.shape)} must be (B, 1, H, W) alike.")
+    if importance.ndim != region.ndim or importance.shape[0] != region.shape[0] or importance.shape[2:] != region.shape[2:]:
+        raise ValueError(f"importance {tuple(importance.shape)} and region {tuple(region.shape)} must be (B, 1, spatial...) alike.")
     flat = importance.detach().float().cpu().flatten(1)  # (B, H * W)
     inside = region.detach().cpu().flatten(1) > 0.5
     jitter = torch.rand(flat.shape, generator=torch.Generator().manual_seed(seed)) * 1e-6

@@ -49,14 +49,14 @@ def _spacings(spacing: torch.Tensor | None, batch: int) -> list[list[float]]:
 
 
 class RandomMap:
-    """Uniform random importance, seeded: the floor any explanation must beat."""
+    """Uniform random importance, seeded: the floor any explanation must beat (slices or volumes)."""
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
                  spacing: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.rand((image.shape[0], 1, *image.shape[-2:]), generator=self.generator)
+        return torch.rand((image.shape[0], 1, *image.shape[2:]), generator=self.generator)  # slices or volumes
 
 
 class OracleMap:

@@ -1,0 +1,78 @@
+"""The faithfulness protocols over voxels: 3D volumes go through the same functions as 2D slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.evaluation.protocols import apply_visibility, compute_curves, predict, rank_in_region
+from pipeline.evaluation.stats import compute_auc, nanmean
+from pipeline.explain import RandomMap
+from pipeline.infill import apply_infill
+from pipeline.metrics import compute_region, compute_region_share
+
+SHAPE = (16, 16, 8)
+
+
+def body_volume() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image, body and gland of a toy volume: air in the first 4 rows, a bright 'gland' block inside the body."""
+    image = torch.full((1, 1, *SHAPE), 0.3)
+    body = torch.ones_like(image)
+    body[..., :4, :, :] = 0
+    image[..., :4, :, :] = 0.0
+    gland = torch.zeros_like(image)
+    gland[..., 6:10, 6:10, 2:6] = 1
+    image[gland > 0] = 0.9
+    return image, body, gland
+
+
+class BrightVoxels(torch.nn.Module):
+    """A '3D utility': pancreas where a 3 x 3 x 3 neighbourhood is bright."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool3d(image, 3, 1, 1) * 20 - 12
+
+
+def test_a_volume_map_that_ranks_air_first_scores_like_the_same_map_without_it() -> None:
+    image, body, gland = body_volume()
+    utility = BrightVoxels()
+    clean = predict(utility, image)
+    assert 0 < float(clean.sum()) < clean.numel()
+    random_map = RandomMap(0)(image)
+    air_first = torch.where(body > 0, random_map, torch.full_like(random_map, 5.0))
+    curves = [compute_curves(utility, image, m, body, clean, gland, infill="floor") for m in (random_map, air_first)]
+    for protocol in ("visibility", "deletion"):
+        assert np.array_equal(curves[0][protocol]["clean"], curves[1][protocol]["clean"], equal_nan=True)
+
+
+def test_the_gland_itself_keeps_the_prediction_with_few_voxels_and_random_does_not() -> None:
+    image, body, gland = body_volume()
+    utility = BrightVoxels()
+    clean = predict(utility, image)
+    aucs = {}
+    for name, importance in {"gland": gland, "random": RandomMap(0)(image)}.items():
+        curves = compute_curves(utility, image, importance, body, clean, gland, infill="floor")
+        aucs[name] = compute_auc(curves["fractions"], nanmean(curves["visibility"]["clean"], axis=1))
+    assert aucs["gland"] > aucs["random"] + 0.3, aucs
+
+
+def test_hiding_voxels_keeps_air_and_the_shown_ones() -> None:
+    image, body, _ = body_volume()
+    ranks = rank_in_region(torch.rand(1, 1, *SHAPE), body)
+    assert torch.equal(apply_visibility(image, ranks, body, 1.0, "blur", blur_sigma=1.0), image)
+    hidden = apply_visibility(image, ranks, body, 0.0, "mean")
+    assert torch.equal(hidden[body == 0], image[body == 0]) and torch.allclose(hidden[body > 0], image[body > 0].mean())
+    with pytest.raises(ConfigError, match="road infill .* 2D slices"):
+        apply_infill(image, body > 0, "road")
+
+
+def test_the_ring_is_in_millimetres_along_every_axis_of_an_anisotropic_volume() -> None:
+    label = np.zeros(SHAPE)
+    label[8, 8, 4] = 1
+    region = compute_region(label, (1.0, 1.0, 4.0), ring_mm=4.0)
+    assert region[8, 12, 4] and not region[8, 13, 4]  # 4 voxels of 1 mm in-plane
+    assert region[8, 8, 5] and not region[8, 8, 6]  # one 4 mm voxel through-plane
+    inside, pixels, total, counted = compute_region_share(np.ones(SHAPE), label, (1.0, 1.0, 4.0), 4.0)
+    assert inside == pixels == float(region.sum()) and total == counted == float(np.prod(SHAPE))
