@@ -80,19 +80,25 @@ def test_a_3d_training_step_leaves_the_frozen_utility_unchanged() -> None:
     assert any(not torch.equal(noise_before[k], v) for k, v in noise.state_dict().items())
 
 
-def test_3d_noise_training_and_sliding_window_explain_keep_the_lps_input_grid(volumes: Path, utility_3d: Path,
+@pytest.fixture(scope="module")
+def noise_3d(volumes: Path, utility_3d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("n3d") / "run"
+    run_bundle("train_noise", {**{k: v for k, v in TINY_3D.items() if k not in ("preset", "roi_size")}, "noise_preset": "small",
+                               "dataset_dir": str(volumes), "utility_checkpoint": str(utility_3d / "checkpoints" / "best.pt"),
+                               "output_dir": str(run)}, overlays=["train_noise_3d"])
+    return run
+
+
+def test_3d_noise_training_and_sliding_window_explain_keep_the_lps_input_grid(volumes: Path, utility_3d: Path, noise_3d: Path,
                                                                               tmp_path: Path) -> None:
     import nibabel as nib
     import numpy as np
 
     utility = utility_3d / "checkpoints" / "best.pt"
-    run_bundle("train_noise", {**{k: v for k, v in TINY_3D.items() if k not in ("preset", "roi_size")}, "noise_preset": "small",
-                               "dataset_dir": str(volumes), "utility_checkpoint": str(utility), "output_dir": str(tmp_path / "n3d")},
-               overlays=["train_noise_3d"])
-    noise = tmp_path / "n3d" / "checkpoints" / "best.pt"
+    noise = noise_3d / "checkpoints" / "best.pt"
     network, meta = load_network_from_checkpoint(noise, kind="noise")
     assert meta["spatial_dims"] == 3 and meta["roi_size"] == ROI  # the utility's patch size
-    record = json.loads((tmp_path / "n3d" / "metrics.json").read_text())["epochs"][0]
+    record = json.loads((noise_3d / "metrics.json").read_text())["epochs"][0]
     assert {"val_objective", "val_agreement", "val_mean_tolerance", "val_dice_perturbed"} <= set(record), record
     source = volumes / "imagesTr" / "pancreas_001.nii.gz"  # stored LPS, anisotropic
     assert "".join(nib.aff2axcodes(nib.load(source).affine)) == "LPS"
@@ -115,3 +121,26 @@ def test_3d_noise_training_and_sliding_window_explain_keep_the_lps_input_grid(vo
     assert main(["train-noise", "--dataset", str(volumes), "--utility", str(utility), "--output", str(tmp_path / "n2d"),
                  "--device", "cpu", "--epochs", "1"]) == 2
     assert not (tmp_path / "n2d").exists()
+
+
+def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: Path, utility_3d: Path, noise_3d: Path,
+                                                                       tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    evaluate = ["evaluate", "--dataset", str(volumes), "--utility", str(utility_3d / "checkpoints" / "best.pt"), "--noise",
+                str(noise_3d / "checkpoints" / "best.pt"), "--val_fraction", "0.34", "--test_fraction", "0.2", "--bootstrap", "50",
+                "--device", "cpu"]
+    assert main([*evaluate, "--output", str(tmp_path / "refused")]) == 2  # defaults: occlusion, Grad-CAM, the sanity check
+    assert "the 3D evaluation does not run occlusion 3D, Grad-CAM 3D, the sanity check yet" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--sanity", "false", "--baselines",
+                 "['saliency', 'segmentation', 'prediction_logits', 'random', 'oracle']"]) == 0
+    result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert {"unoise_small_replace", "saliency", "segmentation", "random", "oracle"} <= set(result["methods"]), result["methods"].keys()
+    assert result["protocol"]["unit"].startswith("3D") and result["slices"] == len(result["cases"]) >= 1
+    for name in ("unoise_small_replace", "random", "oracle"):  # against the label every volume counts (a 1-epoch
+        assert 0.0 <= result["methods"][name]["visibility_auc_label"] <= 1.0, name  # utility may predict nothing yet)
+    assert result["methods"]["oracle"]["ring_over_chance"] > 1.0  # the label's own region, in mm along every axis
+    assert (tmp_path / "evaluation" / "report" / "report.html").is_file()
+    saved = torch.load(tmp_path / "evaluation" / "maps.pt", weights_only=True)
+    assert saved["image"].ndim == 4 and saved["maps"]["random"].ndim == 4  # the report's axial slices

@@ -24,6 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
 from pipeline.evaluation.slices import load_evaluation_slices
+from pipeline.evaluation.volumes import check_volume_settings, load_evaluation_volumes, middle_slices
 from pipeline.explain import build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
@@ -139,9 +140,8 @@ def check_inputs(
     else:
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
-    if int(utility_meta.get("spatial_dims", 2)) != 2:
-        raise ConfigError(f"{utility_bundle or utility_checkpoint}: a {utility_meta['spatial_dims']}D utility; evaluate measures 2D "
-                          "networks for now (the 3D evaluation is not built yet).")
+    if int(utility_meta.get("spatial_dims", 2)) == 3:
+        check_volume_settings(baselines, sanity, shortcut, (), str(utility_bundle or utility_checkpoint))
     for path in noise_checkpoints:
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")
@@ -216,6 +216,9 @@ def run_evaluation(
     utility, utility_meta = load_utility(utility_checkpoint, device, utility_bundle, target_channel)
     utility_meta = with_input_settings(utility_meta, noise_checkpoints)
     check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
+    volumes = int(utility_meta.get("spatial_dims", 2)) == 3
+    if volumes:
+        check_volume_settings(baselines, sanity, shortcut, (infill, *extra_infills), str(utility_bundle or utility_checkpoint))
     utility.eval()
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     extra_images, extra_masks = (("image_nocue",), ("shortcut",)) if shortcut else ((), ())
@@ -223,8 +226,11 @@ def run_evaluation(
         from pipeline.evaluation.shortcut import check_shortcut_entries
 
         check_shortcut_entries(splits[split])
-    data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks,
-                                  volume_transform)
+    if volumes:  # one volume of interest per case (the utility's patch, centred on the pancreas)
+        data = load_evaluation_volumes(splits[split], utility_meta, pancreas_labels, device, volume_transform)
+    else:
+        data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks,
+                                      volume_transform)
     in_channels = int(utility_meta.get("in_channels", 1))
     needs_layer = "gradcam" in baselines or sanity
     layer = gradcam_layer or (find_feature_layer(utility, in_channels) if needs_layer else None)
@@ -242,8 +248,8 @@ def run_evaluation(
         noise_models[name], noise_metas[name] = noise_net, (str(path), meta)
     explainers = build_explainers(utility, noise_models, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
                                   seed, blur_sigma, smoothgrad_samples)
-    logger.info("evaluating %s on %d slices of %d %s cases", ", ".join(explainers), len(data["cases"]),
-                len(set(data["cases"])), split)
+    logger.info("evaluating %s on %d %s of %d %s cases", ", ".join(explainers), len(data["cases"]),
+                "volumes of interest" if volumes else "slices", len(set(data["cases"])), split)
     result = evaluate_explainers(utility, explainers, data["image"], data["label"], data["body"], data["cases"],
                                  data["spacing"], DEFAULT_FRACTIONS, infill, extra_infills, ring_mm, seed, bootstrap,
                                  blur_sigma)
@@ -256,6 +262,8 @@ def run_evaluation(
             "deletion_weight", "tv_weight", "init_from", "epochs")}}
     result["protocol"] = {
         "region": "body: HU > -500, largest connected component per slice, holes filled; air is never hidden or counted",
+        "unit": ("3D: per case one volume of interest of the utility's roi_size centred on the pancreas; voxels ranked, "
+                 "hidden and counted; the ring in mm along every axis") if volumes else "2D: axial slices",
         "infill": infill, "blur_sigma_px": blur_sigma, "extra_infills": list(extra_infills),
         "target": "the utility's clean prediction (headline); the label too (methods[name]['label'] metrics)",
         "fractions": result["fractions"], "split": split, "slices": result["slices"], "cases": len(result["cases"]),
@@ -290,8 +298,9 @@ def run_evaluation(
             extra_overrides={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths,
                              **({"utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel")}
                                 if utility_bundle else {})}))
-    save_atomic({"image": data["image"].cpu(), "label": data["label"].cpu(), "body": data["body"].cpu(),
-                 "cases": data["cases"], "maps": maps,
+    shown, shown_maps = middle_slices(data, maps) if volumes else (data, maps)  # the report draws axial slices
+    save_atomic({"image": shown["image"].cpu(), "label": shown["label"].cpu(), "body": shown["body"].cpu(),
+                 "cases": data["cases"], "maps": shown_maps,
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {})}, out / "maps.pt")
     write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
     return result

@@ -42,10 +42,11 @@ def distance_decay_map(mask: np.ndarray, spacing_mm: Sequence[float], decay_mm: 
     return torch.exp(-torch.as_tensor(distance, dtype=torch.float32) / decay_mm)
 
 
-def _spacings(spacing: torch.Tensor | None, batch: int) -> list[list[float]]:
+def _spacings(spacing: torch.Tensor | None, batch: int, dims: int = 2) -> list[list[float]]:
+    """Pixel (voxel) size per item and axis, mm; ones (pixels) when none is given."""
     if spacing is None:
-        return [[1.0, 1.0]] * batch  # in pixels
-    return torch.as_tensor(spacing, dtype=torch.float64).reshape(batch, 2).tolist()
+        return [[1.0] * dims] * batch  # in pixels
+    return torch.as_tensor(spacing, dtype=torch.float64).reshape(batch, -1).tolist()
 
 
 class RandomMap:
@@ -77,7 +78,7 @@ class OracleMap:
             raise ValueError("the oracle map needs the label: call it as explainer(image, label).")
         masks = label[:, 0].detach().cpu().numpy() > 0.5  # (B, H, W)
         return torch.stack([distance_decay_map(m, s, self.decay)
-                            for m, s in zip(masks, _spacings(spacing, len(masks)))])[:, None]
+                            for m, s in zip(masks, _spacings(spacing, len(masks), masks.ndim - 1))])[:, None]
 
 
 class SegmentationMap:
@@ -99,7 +100,7 @@ class SegmentationMap:
         with torch.inference_mode():
             masks = (self.utility(image)[:, 0] > 0).cpu().numpy()  # (B, H, W)
         return torch.stack([distance_decay_map(m, s, self.decay)
-                            for m, s in zip(masks, _spacings(spacing, len(masks)))])[:, None]
+                            for m, s in zip(masks, _spacings(spacing, len(masks), masks.ndim - 1))])[:, None]
 
 
 class PredictionLogitsMap:
@@ -112,4 +113,4 @@ class PredictionLogitsMap:
                  spacing: torch.Tensor | None = None) -> torch.Tensor:
         with torch.inference_mode():
             magnitude = self.utility(image).abs().float().cpu()  # (B, 1, H, W)
-        return magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (magnitude.ndim - 1)))
