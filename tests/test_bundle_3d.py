@@ -130,13 +130,16 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     evaluate = ["evaluate", "--dataset", str(volumes), "--utility", str(utility_3d / "checkpoints" / "best.pt"), "--noise",
                 str(noise_3d / "checkpoints" / "best.pt"), "--val_fraction", "0.34", "--test_fraction", "0.2", "--bootstrap", "50",
                 "--device", "cpu"]
-    assert main([*evaluate, "--output", str(tmp_path / "refused")]) == 2  # defaults: occlusion, Grad-CAM, the sanity check
-    assert "the 3D evaluation does not run occlusion 3D, Grad-CAM 3D, the sanity check yet" in capsys.readouterr().err
+    assert main([*evaluate, "--output", str(tmp_path / "refused")]) == 2  # the default sanity check is 2D only
+    assert "the 3D evaluation does not run the sanity check yet" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
-    assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--sanity", "false", "--baselines",
-                 "['saliency', 'segmentation', 'prediction_logits', 'random', 'oracle']"]) == 0
+    assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--sanity", "false", "--occlusion_window", "9",
+                 "--occlusion_stride", "8", "--baselines",
+                 "['occlusion', 'gradcam', 'saliency', 'segmentation', 'prediction_logits', 'random', 'oracle']"]) == 0
     result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
-    assert {"unoise_small_replace", "saliency", "segmentation", "random", "oracle"} <= set(result["methods"]), result["methods"].keys()
+    assert {"unoise_small_replace", "occlusion", "gradcam", "saliency", "segmentation", "random", "oracle"} <= set(result["methods"])
+    assert result["methods"]["occlusion"]["windows_per_map"] == 4 * 4 * 1  # a 9-voxel cube every 8 voxels of 32 x 32 x 8
+    assert result["settings"]["gradcam_layer"]  # found in the 3D module tree
     assert result["protocol"]["unit"].startswith("3D") and result["slices"] == len(result["cases"]) >= 1
     for name in ("unoise_small_replace", "random", "oracle"):  # against the label every volume counts (a 1-epoch
         assert 0.0 <= result["methods"][name]["visibility_auc_label"] <= 1.0, name  # utility may predict nothing yet)

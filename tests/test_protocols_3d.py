@@ -76,3 +76,13 @@ def test_the_ring_is_in_millimetres_along_every_axis_of_an_anisotropic_volume() 
     assert region[8, 8, 5] and not region[8, 8, 6]  # one 4 mm voxel through-plane
     inside, pixels, total, counted = compute_region_share(np.ones(SHAPE), label, (1.0, 1.0, 4.0), 4.0)
     assert inside == pixels == float(region.sum()) and total == counted == float(np.prod(SHAPE))
+
+
+def test_occlusion_slides_a_cube_and_finds_the_gland() -> None:
+    from pipeline.explain import OcclusionMap
+
+    image, _, gland = body_volume()
+    occlusion = OcclusionMap(BrightVoxels(), window=4, stride=2, fill=0.0)
+    importance = occlusion(image)
+    assert importance.shape == image.shape and len(occlusion.positions(*SHAPE)) == 7 * 7 * 3
+    assert float(importance[gland > 0].mean()) > 2 * float(importance[gland == 0].mean())

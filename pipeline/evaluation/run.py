@@ -233,9 +233,10 @@ def run_evaluation(
                                       volume_transform)
     in_channels = int(utility_meta.get("in_channels", 1))
     needs_layer = "gradcam" in baselines or sanity
-    layer = gradcam_layer or (find_feature_layer(utility, in_channels) if needs_layer else None)
+    dims = 3 if volumes else 2
+    layer = gradcam_layer or (find_feature_layer(utility, in_channels, dims) if needs_layer else None)
     decoder = check_prefixes(utility, sanity_decoder) if sanity_decoder else (
-        find_decoder_prefixes(utility, in_channels, layer) if sanity else ())
+        find_decoder_prefixes(utility, in_channels, layer, dims) if sanity else ())
 
     noise_models: dict[str, torch.nn.Module] = {}
     noise_metas: dict[str, tuple[str, dict]] = {}
@@ -255,7 +256,7 @@ def run_evaluation(
                                  blur_sigma)
     maps = result.pop("maps")
     if "occlusion" in explainers:
-        result["methods"]["occlusion"]["windows_per_map"] = len(explainers["occlusion"].positions(*data["image"].shape[-2:]))
+        result["methods"]["occlusion"]["windows_per_map"] = len(explainers["occlusion"].positions(*data["image"].shape[2:]))
     for name, (path, meta) in noise_metas.items():
         result["methods"][name]["checkpoint"] = {"path": path, **{k: meta.get(k) for k in (
             "preset", "perturbation", "baseline", "target", "area", "min_scale", "max_scale", "noise_weight",

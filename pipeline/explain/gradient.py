@@ -40,8 +40,8 @@ class PancreasScore(torch.nn.Module):
 
 
 def _scale(maps: torch.Tensor) -> torch.Tensor:
-    """Divide each (1, H, W) map by its largest magnitude: [0, 1] (or [-1, 1] for signed maps)."""
-    peak = maps.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    """Divide each (1, H, W) map (or (1, X, Y, Z) volume) by its largest magnitude: [0, 1] (or [-1, 1] for signed maps)."""
+    peak = maps.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (maps.ndim - 1)))
     return maps / peak
 
 
@@ -55,15 +55,16 @@ class GradCAMMap:
         in_channels: the utility's input channels (to find the default layer).
     """
 
-    def __init__(self, utility: torch.nn.Module, target_layer: str | None = None, in_channels: int = 1) -> None:
+    def __init__(self, utility: torch.nn.Module, target_layer: str | None = None, in_channels: int = 1,
+                 spatial_dims: int = 2) -> None:
         from pipeline.explain.layers import find_feature_layer
 
-        target_layer = target_layer or find_feature_layer(utility, in_channels)
+        target_layer = target_layer or find_feature_layer(utility, in_channels, spatial_dims)
         names = {name for name, _ in utility.named_modules()}
         if target_layer not in names:
             options = sorted(n for n in names if n and n.count(".") == 0)
             raise ConfigError(f"gradcam_layer {target_layer!r} is not a module of the utility; its top-level modules are "
-                              f"{options} (default: the deepest feature map, {find_feature_layer(utility, in_channels)!r}).")
+                              f"{options} (default: the deepest feature map, {find_feature_layer(utility, in_channels, spatial_dims)!r}).")
         self.target_layer = target_layer
         utility.eval()
         self.cam = GradCAM(nn_module=PancreasScore(utility), target_layers=f"utility.{target_layer}")

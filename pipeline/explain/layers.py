@@ -16,15 +16,18 @@ import torch
 from pipeline.errors import ConfigError
 
 TRACE_SIZE = 64  # H = W of the blank slice: divisible by 2**4, small enough to run in milliseconds
+TRACE_SIZE_3D = 32  # the blank volume's side: divisible by 2**4, small enough for a CPU
 
 
-def trace_modules(network: torch.nn.Module, in_channels: int, size: int = TRACE_SIZE) -> list[tuple[str, int]]:
-    """Named modules in the order their forward finishes, each with the area (H x W) of its output.
+def trace_modules(network: torch.nn.Module, in_channels: int, size: int | None = None,
+                  spatial_dims: int = 2) -> list[tuple[str, int]]:
+    """Named modules in the order their forward finishes, each with the area (H x W; X x Y x Z in 3D) of its output.
 
     Args:
-        network: a 2D network taking (B, in_channels, H, W).
+        network: a 2D network taking (B, in_channels, H, W), or with ``spatial_dims`` 3 a 3D one.
         in_channels: its input channels.
-        size: H = W of the blank slice it is run on.
+        size: side of the blank slice (volume) it is run on (default 64 in 2D, 32 in 3D).
+        spatial_dims: 2 or 3.
 
     Returns:
         ``[(name, area), ...]`` for every module whose output is a (B, C, H, W) tensor larger than one pixel
@@ -37,8 +40,8 @@ def trace_modules(network: torch.nn.Module, in_channels: int, size: int = TRACE_
             continue
 
         def record(_module: torch.nn.Module, _inputs: object, output: object, name: str = name) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
-                finished.append((name, int(output.shape[-1] * output.shape[-2])))  # 1-pixel maps (pools) are no feature map
+            if isinstance(output, torch.Tensor) and output.ndim == 2 + spatial_dims and min(output.shape[2:]) > 1:
+                finished.append((name, int(torch.tensor(output.shape[2:]).prod())))  # 1-pixel maps (pools) are no feature map
 
         hooks.append(module.register_forward_hook(record))
     device = next((p.device for p in network.parameters()), torch.device("cpu"))
@@ -46,7 +49,8 @@ def trace_modules(network: torch.nn.Module, in_channels: int, size: int = TRACE_
     try:
         network.eval()
         with torch.no_grad():
-            network(torch.zeros(1, in_channels, size, size, device=device))
+            side = size or (TRACE_SIZE if spatial_dims == 2 else TRACE_SIZE_3D)
+            network(torch.zeros(1, in_channels, *([side] * spatial_dims), device=device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -54,7 +58,7 @@ def trace_modules(network: torch.nn.Module, in_channels: int, size: int = TRACE_
     return finished
 
 
-def find_feature_layer(network: torch.nn.Module, in_channels: int = 1) -> str:
+def find_feature_layer(network: torch.nn.Module, in_channels: int = 1, spatial_dims: int = 2) -> str:
     """The module that outputs the deepest feature map: Grad-CAM's default layer.
 
     The modules that output the smallest map, from the first one until a larger map appears again, make
@@ -64,10 +68,10 @@ def find_feature_layer(network: torch.nn.Module, in_channels: int = 1) -> str:
     Raises:
         ConfigError: the network outputs no 4D feature map (not a 2D network).
     """
-    finished = trace_modules(network, in_channels)
+    finished = trace_modules(network, in_channels, spatial_dims=spatial_dims)
     if not finished:
-        raise ConfigError(f"{type(network).__name__}: no module outputs a (B, C, H, W) map; Grad-CAM needs a 2D network "
-                          "(set gradcam_layer to a module name).")
+        raise ConfigError(f"{type(network).__name__}: no module outputs a {spatial_dims}D feature map; is it a "
+                          f"{spatial_dims}D network? (set gradcam_layer to a module name).")
     smallest = min(area for _, area in finished)
     start = next(i for i, (_, area) in enumerate(finished) if area == smallest)
     end = start
@@ -78,7 +82,8 @@ def find_feature_layer(network: torch.nn.Module, in_channels: int = 1) -> str:
     return [name for name in run if name.count(".") == shallowest][0]
 
 
-def find_decoder_prefixes(network: torch.nn.Module, in_channels: int = 1, feature_layer: str | None = None) -> tuple[str, ...]:
+def find_decoder_prefixes(network: torch.nn.Module, in_channels: int = 1, feature_layer: str | None = None,
+                          spatial_dims: int = 2) -> tuple[str, ...]:
     """The top-level modules that run after the deepest feature map: the sanity check's "decoder" stage.
 
     Returns:
@@ -88,8 +93,8 @@ def find_decoder_prefixes(network: torch.nn.Module, in_channels: int = 1, featur
     Raises:
         ConfigError: nothing with parameters runs after the feature layer.
     """
-    finished = trace_modules(network, in_channels)
-    layer = feature_layer or find_feature_layer(network, in_channels)
+    finished = trace_modules(network, in_channels, spatial_dims=spatial_dims)
+    layer = feature_layer or find_feature_layer(network, in_channels, spatial_dims)
     names = [name for name, _ in finished]
     if layer not in names:
         raise ConfigError(f"{layer!r} is not a module of {type(network).__name__} that outputs a feature map.")

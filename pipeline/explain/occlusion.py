@@ -9,6 +9,8 @@ go through the utility in batches.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from pipeline.errors import ConfigError
@@ -40,35 +42,40 @@ class OcclusionMap:
         self.blur_sigma = blur_sigma
         self.forwards = 0  # utility forward passes (items), for the cost table
 
-    def positions(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Top-left corners of the windows (the last window touches the border)."""
-        rows = sorted({*range(0, max(1, height - self.window + 1), self.stride), max(0, height - self.window)})
-        cols = sorted({*range(0, max(1, width - self.window + 1), self.stride), max(0, width - self.window)})
-        return [(r, c) for r in rows for c in cols]
+    def positions(self, *sizes: int) -> list[tuple[int, ...]]:
+        """Corners of the windows (the last window touches the border), over every spatial axis: (H, W) or (X, Y, Z)."""
+        starts = [sorted({*range(0, max(1, size - self.window + 1), self.stride), max(0, size - self.window)})
+                  for size in sizes]
+        return list(itertools.product(*starts))
+
+    def _box(self, corner: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(start, start + self.window) for start in corner)
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
                  spacing: torch.Tensor | None = None) -> torch.Tensor:
         maps = []
-        for slice_ in image:  # (C, H, W)
-            height, width = slice_.shape[-2:]
-            clean = (self.utility(slice_[None]) > 0).float()  # (1, 1, H, W)
+        for slice_ in image:  # (C, H, W), or a volume (C, X, Y, Z): the window is a square or a cube
+            sizes = tuple(slice_.shape[1:])
+            clean = (self.utility(slice_[None]) > 0).float()  # (1, 1, ...)
             fill = apply_blur(slice_[None], self.blur_sigma)[0] if self.fill == "blur" else torch.full_like(slice_, float(self.fill))
-            drop_sum = torch.zeros(height, width)
-            count = torch.zeros(height, width)
-            corners = self.positions(height, width)
+            drop_sum = torch.zeros(sizes)
+            count = torch.zeros(sizes)
+            corners = self.positions(*sizes)
             for start in range(0, len(corners), self.batch_size):
                 chunk = corners[start : start + self.batch_size]
-                occluded = slice_[None].repeat(len(chunk), 1, 1, 1)  # (N, C, H, W)
-                for i, (r, c) in enumerate(chunk):
-                    occluded[i, :, r : r + self.window, c : c + self.window] = fill[:, r : r + self.window, c : c + self.window]
-                pred = (self.utility(occluded) > 0).float()  # (N, 1, H, W)
+                occluded = slice_[None].repeat(len(chunk), *([1] * slice_.ndim))  # (N, C, ...)
+                for i, corner in enumerate(chunk):
+                    box = self._box(corner)
+                    occluded[(i, slice(None), *box)] = fill[(slice(None), *box)]
+                pred = (self.utility(occluded) > 0).float()  # (N, 1, ...)
                 drops = 1.0 - torch.nan_to_num(compute_dice(pred, clean.expand_as(pred)), nan=1.0)  # (N,); both empty: no drop
                 self.forwards += len(chunk)
-                for drop, (r, c) in zip(drops.tolist(), chunk):
-                    drop_sum[r : r + self.window, c : c + self.window] += drop
-                    count[r : r + self.window, c : c + self.window] += 1
+                for drop, corner in zip(drops.tolist(), chunk):
+                    box = self._box(corner)
+                    drop_sum[box] += drop
+                    count[box] += 1
             importance = drop_sum / count.clamp_min(1)
             peak = float(importance.max())
             maps.append((importance / peak if peak > 0 else importance)[None])
-        return torch.stack(maps)  # (B, 1, H, W)
+        return torch.stack(maps)  # (B, 1, H, W) or (B, 1, X, Y, Z)
