@@ -8,7 +8,6 @@ run refused for the user's input removes what it had created (a refusal leaves t
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -47,12 +46,12 @@ def config_files(root: str | os.PathLike, config: str, overlays: Sequence[str] =
 def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any]) -> None:
     """Fail on an override that names no key of the config(s) (``a#b`` reaches into nested dicts).
 
-    Several files are merged as ``monai.bundle run`` merges them: a later file's top-level key wins.
+    Several files are merged by MONAI's own ``ConfigParser.load_config_files``, as ``monai.bundle run`` merges them.
     """
+    from monai.bundle import ConfigParser
+
     files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
-    config: dict[str, Any] = {}
-    for path in files:
-        config.update(json.loads(Path(path).read_text()))
+    config = ConfigParser.load_config_files([str(path) for path in files])  # merged as monai.bundle run merges them
     config_file = Path(files[-1])
     for key in overrides:
         node: Any = config

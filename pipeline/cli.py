@@ -203,6 +203,12 @@ def _add_utility_options(parser: argparse.ArgumentParser) -> None:
                              "channel_def name); default the first class that is not the background")
 
 
+def _add_dims_option(parser: argparse.ArgumentParser) -> None:
+    """``--spatial-dims 3``: the 3D configs layered over the 2D ones (see :data:`OVERLAYS_3D`)."""
+    parser.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
+                        help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
+
+
 def _utility_overrides(args: argparse.Namespace) -> dict[str, Any]:
     given = [flag for flag, value in (("--utility", args.utility), ("--utility-bundle", args.utility_bundle),
                                       ("--utility-torchscript", args.utility_torchscript)) if value]
@@ -322,8 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="Any other --key value overrides that config key, as with `python -m monai.bundle "
                                   "run`, e.g. --epochs 2 --spatial_size 64 --device cpu --preset demo.")
     train.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder (dataset_dir)")
-    train.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
-                       help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
+    _add_dims_option(train)
     train.add_argument("--output", required=True, help="run folder (output_dir)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
     _add_check_options(train, series=False)
@@ -334,8 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "--noise_weight 0.03 --target label --perturbation additive --max_scale 0.4 --epochs 5.")
     noise.add_argument("--dataset", required=True, help="dataset the utility was trained on (same split by seed)")
     _add_utility_options(noise)
-    noise.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
-                       help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
+    _add_dims_option(noise)
     noise.add_argument("--output", required=True, help="run folder (output_dir)")
     noise.add_argument("--init-from", "--init_from", dest="init_from", default=None,
                        help="start the noise model from a checkpoint of the same shape ('pretrained' variant)")
@@ -346,8 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="write importance maps and segmentations of CT volumes (configs/inference.json)")
     explain.add_argument("--input", required=True, nargs="+",
                          help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
-    explain.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
-                       help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
+    _add_dims_option(explain)
     explain.add_argument("--output", required=True, help="folder for <case>_importance.nii.gz, <case>_seg.nii.gz")
     explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
     _add_utility_options(explain)

@@ -21,12 +21,14 @@ from pipeline.data.datalist import (
     image_paths,
     is_dicom_series,
     load_datalist,
+    resolve_labels,
     split_datalist,
     with_series,
+    without_labels,
     write_datalist,
 )
 from pipeline.data.files import check_ct_intensity, check_nifti_header, choose_dicom_series, list_dicom_series
-from pipeline.data.patches import PatchDataset, build_patch_dataset, check_roi_size
+from pipeline.data.patches import build_patch_dataset, check_roi_size
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
 from pipeline.data.transforms import (
     BODY_HU,
@@ -47,7 +49,6 @@ from pipeline.data.validate import (
     load_volume,
     validate_datalist,
 )
-from pipeline.errors import DataError
 
 __all__ = [
     "BODY_HU",
@@ -57,7 +58,6 @@ __all__ = [
     "LoadVolumed",
     "WINDOW_PRESETS",
     "DatasetSummary",
-    "PatchDataset",
     "SliceDataset",
     "build_patch_dataset",
     "build_slice_augmentation",
@@ -80,11 +80,13 @@ __all__ = [
     "load_datalist",
     "load_volume",
     "resize_shape",
+    "resolve_labels",
     "resolve_window",
     "select_slices",
     "split_datalist",
     "validate_datalist",
     "with_series",
+    "without_labels",
     "write_datalist",
 ]
 
@@ -117,13 +119,7 @@ def build_slice_dataset(
     ``volume_transform`` replaces the chain built here (the bundle configs pass their JSON
     ``preprocessing``, which must give the same keys: image, label if used, body).
     """
-    with_label = all_labelled(datalist) if use_labels is None else bool(use_labels)
-    if with_label and not all_labelled(datalist):
-        unlabelled = next(str(e.get("case", e.get("image"))) for e in datalist if not e.get("label"))
-        raise DataError(f"{unlabelled}: no label for this case, while labels are in use; give every case a label "
-                        "or train label-free (target: prediction).")
-    if not with_label:
-        datalist = [{k: v for k, v in entry.items() if k != "label"} for entry in datalist]
+    with_label, datalist = resolve_labels(datalist, use_labels)
     if volume_transform is None:
         volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label, with_body=True,
                                                    extra_images=extra_images, extra_masks=extra_masks)

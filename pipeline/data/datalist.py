@@ -40,6 +40,25 @@ def all_labelled(datalist: Sequence[dict[str, Any]]) -> bool:
     return bool(datalist) and all(entry.get("label") for entry in datalist)
 
 
+def without_labels(datalist: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries with their ``label`` dropped (label-free training reads images only)."""
+    return [{k: v for k, v in entry.items() if k != "label"} for entry in datalist]
+
+
+def resolve_labels(datalist: Sequence[dict[str, Any]], use_labels: bool | None) -> tuple[bool, list[dict[str, Any]]]:
+    """Whether labels are used (None: when every entry has one) and the entries to read accordingly.
+
+    Raises:
+        DataError: labels asked for while a case has none.
+    """
+    with_label = all_labelled(datalist) if use_labels is None else bool(use_labels)
+    if with_label and not all_labelled(datalist):
+        unlabelled = next(str(e.get("case", e.get("image"))) for e in datalist if not e.get("label"))
+        raise DataError(f"{unlabelled}: no label for this case, while labels are in use; give every case a label "
+                        "or train label-free (target: prediction).")
+    return with_label, (list(datalist) if with_label else without_labels(datalist))
+
+
 def image_paths(entry: dict[str, Any]) -> list[str]:
     """The image files of an entry: one path, or the co-registered volumes of a multi-channel case (a list)."""
     image = entry["image"]

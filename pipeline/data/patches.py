@@ -16,7 +16,7 @@ from typing import Any
 from monai.data import Dataset
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandSpatialCropSamplesd, SpatialPadd
 
-from pipeline.data.datalist import all_labelled
+from pipeline.data.datalist import resolve_labels
 from pipeline.data.slices import build_volume_dataset
 from pipeline.errors import ConfigError
 
@@ -42,22 +42,6 @@ def build_patch_transforms(roi_size: Sequence[int], samples_per_volume: int = 4,
     return Compose([SpatialPadd(keys, spatial_size=roi, mode="constant"), crop])
 
 
-class PatchDataset(Dataset):
-    """Random 3D patches of cached volumes: item ``i`` is a list of ``samples_per_volume`` patch dicts of volume ``i``
-    (``image`` (C, X, Y, Z), ``label`` and ``body`` (1, X, Y, Z) when present, ``case``); MONAI's ``DataLoader``
-    stacks the lists into one batch of ``batch_size * samples_per_volume`` patches."""
-
-    def __init__(self, volumes: Sequence[dict[str, Any]], patches: Callable) -> None:
-        super().__init__(data=volumes, transform=None)
-        self.volumes, self.patches = volumes, patches
-
-    def __len__(self) -> int:
-        return len(self.volumes)
-
-    def __getitem__(self, index: int) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.patches(dict(self.volumes[index]))
-
-
 def build_patch_dataset(
     datalist: Sequence[dict[str, Any]],
     volume_transform: Callable,
@@ -70,16 +54,17 @@ def build_patch_dataset(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     progress: bool = True,
-) -> PatchDataset:
+) -> Dataset:
     """Volumes -> ``volume_transform`` (cached) -> random patches, in one call (the 3D configs use this).
 
-    ``use_labels`` None reads labels when every entry has one; False draws patches anywhere (label-free).
+    Item ``i`` is a list of ``samples_per_volume`` patch dicts of volume ``i`` (``image`` (C, X, Y, Z),
+    ``label`` and ``body`` (1, X, Y, Z) when present, ``case``); MONAI's ``DataLoader`` stacks the lists into
+    one batch of ``batch_size * samples_per_volume`` patches. ``use_labels`` None reads labels when every
+    entry has one; False draws patches anywhere (label-free).
     """
-    with_label = all_labelled(datalist) if use_labels is None else bool(use_labels)
-    if not with_label:
-        datalist = [{k: v for k, v in entry.items() if k != "label"} for entry in datalist]
+    with_label, datalist = resolve_labels(datalist, use_labels)
     volumes = build_volume_dataset(datalist, volume_transform, cache, cache_dir, num_workers, progress)
-    return PatchDataset(volumes, build_patch_transforms(roi_size, samples_per_volume, pos, neg, with_label))
+    return Dataset(volumes, transform=build_patch_transforms(roi_size, samples_per_volume, pos, neg, with_label))
 
 
-__all__ = ["PatchDataset", "build_patch_dataset", "build_patch_transforms", "check_roi_size"]
+__all__ = ["build_patch_dataset", "build_patch_transforms", "check_roi_size"]

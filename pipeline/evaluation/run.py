@@ -51,10 +51,10 @@ def with_input_settings(utility_meta: dict[str, Any], noise_checkpoints: Sequenc
     (trained on exactly the utility's input) say it; they must agree with each other.
     """
     meta = dict(utility_meta)
-    for key in ("window", "spatial_size"):
-        if key in meta:
-            continue
-        values = {str(path): load_checkpoint(path).get("meta", {}).get(key) for path in noise_checkpoints}
+    missing = [key for key in ("window", "spatial_size") if key not in meta]
+    noise_metas = {str(path): load_checkpoint(path).get("meta", {}) for path in noise_checkpoints} if missing else {}
+    for key in missing:
+        values = {path: noise_meta.get(key) for path, noise_meta in noise_metas.items()}
         if len({repr(v) for v in values.values()}) > 1:
             raise ConfigError(f"the noise checkpoints were trained on different {key}s ({values}); evaluate the models of "
                               "one utility input at a time.")
@@ -133,13 +133,12 @@ def check_inputs(
         from pipeline.zoo import load_bundle_utility
 
         utility_meta = load_bundle_utility(utility_bundle, "cpu", target_channel)[1]
-        check_explainable(utility_meta, baselines, sanity, utility_bundle)
     elif utility_checkpoint and is_torchscript(utility_checkpoint):
         utility_meta = load_utility(utility_checkpoint, "cpu", None, target_channel)[1]
-        check_explainable(utility_meta, baselines, sanity, utility_checkpoint)
     else:
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
+    check_explainable(utility_meta, baselines, sanity, str(utility_bundle or utility_checkpoint))  # TorchScript: no module tree
     if int(utility_meta.get("spatial_dims", 2)) == 3:
         check_volume_settings(baselines, sanity, shortcut, (), str(utility_bundle or utility_checkpoint))
     for path in noise_checkpoints:
@@ -200,6 +199,7 @@ def run_evaluation(
     utility_bundle: str | None = None,
     target_channel: int | str | None = None,
     volume_transform: Callable | None = None,
+    utility_loaded: tuple[torch.nn.Module, dict[str, Any]] | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -207,13 +207,15 @@ def run_evaluation(
     re-initialises) default to what the utility's module tree says (:mod:`pipeline.explain.layers`).
     The split is the one training used (same datalist, fractions and seed). ``sanity_occlusion_stride``
     (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. ``volume_transform`` is
-    the bundle's ``preprocessing`` (evaluate.json passes it; None builds the same chain in Python).
-    Returns the written content.
+    the bundle's ``preprocessing`` (evaluate.json passes it; None builds the same chain in Python), and
+    ``utility_loaded`` the ``(utility, meta)`` the config loaded for it (None loads it here). Returns the
+    written content.
     """
     limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
     torch.manual_seed(seed)
     device = resolve_device(device)
-    utility, utility_meta = load_utility(utility_checkpoint, device, utility_bundle, target_channel)
+    utility, utility_meta = utility_loaded or load_utility(utility_checkpoint, device, utility_bundle, target_channel)
+    utility = utility.to(device)
     utility_meta = with_input_settings(utility_meta, noise_checkpoints)
     check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
     volumes = int(utility_meta.get("spatial_dims", 2)) == 3
