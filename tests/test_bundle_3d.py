@@ -147,3 +147,26 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     assert (tmp_path / "evaluation" / "report" / "report.html").is_file()
     saved = torch.load(tmp_path / "evaluation" / "maps.pt", weights_only=True)
     assert saved["image"].ndim == 4 and saved["maps"]["random"].ndim == 4  # the report's axial slices
+    planes = saved["orthogonal"]  # the report's axial, coronal and sagittal planes through the pancreas
+    assert planes["planes"] == ["axial", "coronal", "sagittal"]
+    assert [tuple(p.shape) for p in planes["maps"]["random"][0]] == [(32, 32), (32, 8), (32, 8)]
+    assert (tmp_path / "evaluation" / "report" / "planes.png").is_file()
+
+    volumes_record = result["volumes"]  # every whole test volume by sliding window: the utility's dice and the cost
+    from pipeline.evaluation.run import load_split
+
+    test_cases = [e["case"] for e in load_split(str(volumes), "training", 0.34, 0.2, 0, "test", False)["test"]]
+    assert [c["case"] for c in volumes_record["cases"]] == test_cases and set(result["cases"]) <= set(test_cases)
+    for case in volumes_record["cases"]:
+        assert case["shape"] == [32, 32, 12] and case["windows"] == 2  # z: 12 voxels in windows of 8, step 6
+        assert 0.0 <= case["dice"] <= 1.0
+    cost = volumes_record["methods"]
+    assert {"utility_pass", "unoise_small_replace", "gradcam", "occlusion_stride8", "occlusion_stride2"} == set(cost)
+    assert cost["occlusion_stride8"]["utility_forwards_per_volume"] == 2 * (16 + 1)  # 4 x 4 x 1 cubes per window
+    assert cost["occlusion_stride2"]["utility_forwards_per_volume"] == 2 * (13 * 13 + 1)
+    assert cost["occlusion_stride2"]["ms_per_volume"] > cost["occlusion_stride8"]["ms_per_volume"] > 0
+    assert all(m["ms_per_volume"] > 0 for m in cost.values())
+    ratio = volumes_record["ratios"]["occlusion_stride8_over_unoise_small_replace"]
+    assert ratio == pytest.approx(cost["occlusion_stride8"]["ms_per_volume"] / cost["unoise_small_replace"]["ms_per_volume"])
+    html = (tmp_path / "evaluation" / "report" / "report.html").read_text()
+    assert "Whole test volumes" in html and "A whole-volume U-Noise map is" in html  # the Grad-CAM verdict

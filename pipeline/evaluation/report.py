@@ -79,6 +79,63 @@ def plot_grid(saved: dict, methods: list[str], path: Path, rows: int = 4, contou
     return _save(figure, path)
 
 
+def plot_planes(saved: dict, methods: list[str], path: Path) -> Path:
+    """3D evaluations: axial, coronal and sagittal planes through each shown volume of interest's centre (its
+    pancreas), the CT with the pancreas contour, then one column per method; voxels drawn at their spacing."""
+    plt = _pyplot()
+    planes = saved["orthogonal"]
+    names = planes["planes"]
+    rows = [(case, p) for case in range(len(planes["cases"])) for p in range(len(names))]
+    figure, axes = plt.subplots(len(rows), 1 + len(methods), figsize=(2.3 * (1 + len(methods)), 2.4 * len(rows)), squeeze=False)
+    axis_pairs = ((0, 1), (0, 2), (1, 2))  # (columns, rows) of each plane in voxel axes x, y, z
+    for r, (case, p) in enumerate(rows):
+        spacing = [float(v) for v in planes["spacing"][case]]
+        across, up = axis_pairs[p]
+        aspect = spacing[up] / spacing[across]
+        image = radiological_view(planes["image"][case][p].numpy())
+        label = radiological_view(planes["label"][case][p].numpy())
+        for c, name in enumerate(["CT", *methods]):
+            axis = axes[r, c]
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1, aspect=aspect)
+            if name != "CT":
+                axis.imshow(radiological_view(planes["maps"][name][case][p].numpy()), cmap="inferno", alpha=0.6, vmin=0,
+                            vmax=1, aspect=aspect)
+            if label.max() > 0:
+                axis.contour(label, levels=[0.5], colors="lime", linewidths=1 if name == "CT" else 0.5)
+            if r == 0 and name != "CT":
+                axis.set_title(name + (" (null)" if name in NULL_NAMES else ""), fontsize=8)
+            axis.axis("off")
+        axes[r, 0].set_title(f"{planes['cases'][case]} {names[p]}", fontsize=8)
+    figure.suptitle("3D: planes through the pancreas (green) | importance maps (bright = important) | null maps last; "
+                    "patient right / anterior on the left, superior up", fontsize=9)
+    return _save(figure, path)
+
+
+def _volume_sections(result: dict) -> list[str]:
+    """3D evaluations: the utility's dice on each whole test volume and each method's cost per whole volume."""
+    volumes = result.get("volumes")
+    if not volumes:
+        return []
+    dice_rows = [[c["case"], " x ".join(map(str, c["shape"])), str(c["windows"]), f"{c['dice']:.3f}"] for c in volumes["cases"]]
+    reference = result.get("reference")
+    ref_ms = volumes["methods"].get(reference, {}).get("ms_per_volume")
+    cost_rows = []
+    for name, m in volumes["methods"].items():
+        how = f"extrapolated from {m['positions_per_window']} cube positions per window" if m.get("extrapolated") else "timed"
+        ratio = "" if not ref_ms else f"{m['ms_per_volume'] / ref_ms:,.1f}x"
+        peak = "" if m.get("peak_mb") is None else f"{m['peak_mb']:,.0f} (+{m['increase_mb']:,.0f})"
+        cost_rows.append([name, f"{m['ms_per_volume']:,.0f}", ratio, how, peak])
+    return [
+        "<h2>Whole test volumes</h2><p>The utility by sliding windows of its roi_size "
+        f"{html.escape(str(volumes['roi_size']))} (overlap {volumes['overlap']}, Gaussian blending) over each whole "
+        f"volume: dice against the label, mean {volumes['dice_mean']:.3f}.</p>",
+        _table(["case", "voxels", "windows", "utility dice"], dice_rows),
+        f"<h3>Cost per whole volume ({html.escape(volumes['device'])})</h3><p>{html.escape(volumes['how'])}. Memory: "
+        f"{html.escape(volumes['memory_kind'])}, MiB, at the peak (and above the start) on the first case.</p>",
+        _table(["method", "ms per volume", f"over {reference}", "how", "peak memory MiB"], cost_rows),
+    ]
+
+
 def plot_curves(result: dict, path: Path) -> Path:
     """Visibility (left) and deletion (right) curves: dice against the clean prediction vs share of body pixels."""
     plt = _pyplot()
@@ -129,6 +186,8 @@ def write_report(run_dir: str | Path) -> Path:
     methods = result["methods"]
     plot_grid(saved, grid_columns(list(methods)), out / "grid.png")
     plot_curves(result, out / "curves.png")
+    if "orthogonal" in saved:
+        plot_planes(saved, grid_columns(list(methods)), out / "planes.png")
     protocol = result["protocol"]
     metric_rows = [[name, _ci(m, "visibility_auc"), _ci(m, "deletion_auc"), f"{m['dice_at_5']:.3f}", f"{m['dice_at_10']:.3f}",
                     f"{m['dice_at_20']:.3f}", f"{m['dice_at_50']:.3f}", f"{m['visibility_auc_label']:.3f}",
@@ -146,6 +205,7 @@ def write_report(run_dir: str | Path) -> Path:
         "Values: mean over cases [bootstrap 95% interval].</p>",
         *_criteria_section(result),
         "<h2>Maps</h2><img src='grid.png'>",
+        *(["<h3>Orthogonal planes</h3><img src='planes.png'>"] if "orthogonal" in saved else []),
         "<h2>Faithfulness</h2><img src='curves.png'>",
         _table(["method", "visibility AUC", "deletion AUC", "dice at 5%", "10%", "20%", "50% visible",
                 "visibility AUC vs label", "deletion AUC vs label", "pancreas + ring over its body share"], metric_rows),
@@ -166,6 +226,7 @@ def write_report(run_dir: str | Path) -> Path:
                      "that protocol is saturated and says nothing.</p>",
                      _table(["method", *extra], rows)]
     sections += ["<h2>Cost</h2>", _table(["method", "ms per map", "utility forward equivalents"], cost_rows)]
+    sections += _volume_sections(result)
     if "shortcut" in result:
         cut = result["shortcut"]
         rows = [[name, f"{m['cue_share_over_chance']:.2f}x", f"{m['cue_ring_share_over_chance']:.2f}x", f"{m['pointing_rate']:.0%}"]
@@ -197,4 +258,4 @@ def write_report(run_dir: str | Path) -> Path:
     return page
 
 
-__all__ = ["grid_columns", "plot_curves", "plot_grid", "write_report"]
+__all__ = ["grid_columns", "plot_curves", "plot_grid", "plot_planes", "write_report"]

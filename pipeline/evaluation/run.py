@@ -18,13 +18,14 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
-from pipeline.data import check_channels, check_training_split, load_datalist, split_datalist, validate_datalist
+from pipeline.data import check_channels, check_roi_size, check_training_split, load_datalist, split_datalist, validate_datalist
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
 from pipeline.evaluation.slices import load_evaluation_slices
-from pipeline.evaluation.volumes import check_volume_settings, load_evaluation_volumes, middle_slices
+from pipeline.evaluation.volumes import (check_volume_settings, evaluation_transform, load_evaluation_volumes, middle_slices,
+                                         orthogonal_planes)
 from pipeline.explain import build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
@@ -200,6 +201,10 @@ def run_evaluation(
     target_channel: int | str | None = None,
     volume_transform: Callable | None = None,
     utility_loaded: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+    volume_cost: bool = True,
+    sw_overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    cost_occlusion_strides: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -208,8 +213,10 @@ def run_evaluation(
     The split is the one training used (same datalist, fractions and seed). ``sanity_occlusion_stride``
     (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. ``volume_transform`` is
     the bundle's ``preprocessing`` (evaluate.json passes it; None builds the same chain in Python), and
-    ``utility_loaded`` the ``(utility, meta)`` the config loaded for it (None loads it here). Returns the
-    written content.
+    ``utility_loaded`` the ``(utility, meta)`` the config loaded for it (None loads it here). With a 3D utility
+    and ``volume_cost``, ``volumes`` holds the utility's dice on each whole test volume and each method's cost
+    per whole volume (:mod:`pipeline.evaluation.cost`: sliding windows with ``sw_overlap`` / ``sw_batch_size``,
+    occlusion costed at ``cost_occlusion_strides``, default the evaluated stride and 2). Returns the written content.
     """
     limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
     torch.manual_seed(seed)
@@ -229,6 +236,7 @@ def run_evaluation(
 
         check_shortcut_entries(splits[split])
     if volumes:  # one volume of interest per case (the utility's patch, centred on the pancreas)
+        volume_transform = volume_transform or evaluation_transform(utility_meta, pancreas_labels)
         data = load_evaluation_volumes(splits[split], utility_meta, pancreas_labels, device, volume_transform)
     else:
         data = load_evaluation_slices(splits[split], utility_meta, pancreas_labels, limit, device, extra_images, extra_masks,
@@ -282,6 +290,14 @@ def run_evaluation(
                           "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
                           "occlusion_fill": "blur", "smoothgrad_samples": smoothgrad_samples, "seed": seed,
                           "val_fraction": val_fraction, "test_fraction": test_fraction}
+    if volumes and volume_cost:
+        from pipeline.evaluation.cost import volume_costs
+
+        strides = list(dict.fromkeys(cost_occlusion_strides or (occlusion_stride, 2)))
+        logger.info("whole test volumes: the utility's dice and each method's cost per volume")
+        result["volumes"] = volume_costs(
+            utility, noise_models, splits[split], volume_transform, check_roi_size(utility_meta.get("roi_size")), device,
+            sw_overlap, sw_batch_size, layer, in_channels, occlusion_window, strides, gradcam="gradcam" in baselines)
     out = Path(output_dir)
     if shortcut:
         from pipeline.evaluation.shortcut import evaluate_shortcut
@@ -304,7 +320,8 @@ def run_evaluation(
     shown, shown_maps = middle_slices(data, maps) if volumes else (data, maps)  # the report draws axial slices
     save_atomic({"image": shown["image"].cpu(), "label": shown["label"].cpu(), "body": shown["body"].cpu(),
                  "cases": data["cases"], "maps": shown_maps,
-                 **({"shortcut": data["shortcut"].cpu()} if shortcut else {})}, out / "maps.pt")
+                 **({"shortcut": data["shortcut"].cpu()} if shortcut else {}),
+                 **({"orthogonal": orthogonal_planes(data, maps)} if volumes else {})}, out / "maps.pt")
     write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
     return result
 
@@ -322,6 +339,16 @@ def summarise(result: dict) -> str:
         vis, dele = paired["visibility_auc"], paired["deletion_auc"]
         lines.append(f"{reference} - {name:18s} visibility {vis['mean']:+.3f} [{vis['ci95'][0]:+.3f}, {vis['ci95'][1]:+.3f}]  "
                      f"deletion {dele['mean']:+.3f} [{dele['ci95'][0]:+.3f}, {dele['ci95'][1]:+.3f}]  (n={vis['n']} cases)")
+    volumes = result.get("volumes")
+    if volumes:
+        lines.append(f"whole test volumes: utility dice {volumes['dice_mean']:.3f} (" + ", ".join(
+            f"{c['case']} {c['dice']:.3f}" for c in volumes["cases"]) + ")")
+        lines.append("ms per whole volume: " + ", ".join(
+            f"{name} {m['ms_per_volume']:,.0f}" + (" (extrapolated)" if m.get("extrapolated") else "")
+            for name, m in volumes["methods"].items()))
+        ratios = {k: v for k, v in volumes["ratios"].items() if k.endswith(f"_over_{reference}")}
+        lines.append(f"per whole volume, {reference} is faster than: " + ", ".join(
+            f"{k.removesuffix(f'_over_{reference}')} {v:,.1f}x" for k, v in ratios.items()))
     if "sanity" in result:
         lines.append("sanity |Spearman| (all weights random): " + ", ".join(f"{k} {v:.2f}" for k, v in result["sanity"].items()))
     if "shortcut" in result:

@@ -27,6 +27,11 @@ def check_volume_settings(baselines: Sequence[str], sanity: bool, shortcut: bool
                           "--sanity false (and no --shortcut, no road infill).")
 
 
+def evaluation_transform(utility_meta: dict[str, Any], pancreas_labels: Sequence[int]) -> Callable:
+    """The Python form of the bundle's preprocessing for a 3D evaluation (image, label and body; no resizing)."""
+    return build_volume_transforms(utility_meta.get("window", "pancreas"), None, pancreas_labels, with_label=True, with_body=True)
+
+
 def load_evaluation_volumes(entries: Sequence[dict[str, Any]], utility_meta: dict[str, Any], pancreas_labels: Sequence[int],
                             device: torch.device, volume_transform: Callable | None = None) -> dict[str, Any]:
     """Per case, the ``roi_size`` patch centred on the pancreas' centroid (padded at the volume's edge).
@@ -36,8 +41,7 @@ def load_evaluation_volumes(entries: Sequence[dict[str, Any]], utility_meta: dic
         ``cases`` and ``slice_index`` (the patch's middle axial slice in the volume, for the report).
     """
     roi = check_roi_size(utility_meta.get("roi_size") or [64, 64, 32])
-    transform = volume_transform or build_volume_transforms(utility_meta.get("window", "pancreas"), None, pancreas_labels,
-                                                             with_label=True, with_body=True)
+    transform = volume_transform or evaluation_transform(utility_meta, pancreas_labels)
     keys = ["image", "label", "body"]
     chosen: list[dict[str, Any]] = []
     for entry in entries:
@@ -69,4 +73,19 @@ def middle_slices(data: dict[str, Any], maps: dict[str, torch.Tensor]) -> tuple[
     return {**data, **flat}, {name: m[..., z] for name, m in maps.items()}
 
 
-__all__ = ["check_volume_settings", "load_evaluation_volumes", "middle_slices"]
+def orthogonal_planes(data: dict[str, Any], maps: dict[str, torch.Tensor], cases: int = 2) -> dict[str, Any]:
+    """Axial (x, y), coronal (x, z) and sagittal (y, z) planes through the centre of the first ``cases`` volumes of
+    interest (each is centred on its pancreas), of the CT, the label and every map: the report's 3D figure."""
+    centre = [size // 2 for size in data["image"].shape[2:]]
+
+    def planes(volume: torch.Tensor) -> list[torch.Tensor]:  # (X, Y, Z)
+        return [volume[:, :, centre[2]].cpu(), volume[:, centre[1], :].cpu(), volume[centre[0], :, :].cpu()]
+
+    count = min(cases, data["image"].shape[0])
+    return {"cases": data["cases"][:count], "spacing": data["spacing"][:count].cpu(), "planes": ["axial", "coronal", "sagittal"],
+            "image": [planes(data["image"][i, 0]) for i in range(count)],
+            "label": [planes(data["label"][i, 0]) for i in range(count)],
+            "maps": {name: [planes(m[i, 0]) for i in range(count)] for name, m in maps.items()}}
+
+
+__all__ = ["check_volume_settings", "orthogonal_planes", "evaluation_transform", "load_evaluation_volumes", "middle_slices"]
