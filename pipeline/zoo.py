@@ -8,7 +8,8 @@ the network on our device, loads the weights with ``weights_only=True``, picks t
 bundle's ``ScaleIntensityRanged`` so the noise model sees the utility's own input.
 
 Not read yet: spatial transforms of the bundle's preprocessing (``Spacingd``, ``Resized``...): slices
-keep their own grid. 3D bundles are refused until 3D support exists.
+keep their own grid. A 3D bundle (a 3-long ``spatial_shape``) gives ``spatial_dims`` 3 and its patch size
+(the inferer's ``roi_size``): run it with ``--spatial-dims 3``.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def load_bundle_utility(
         ``out_channels`` (1), ``window``, ``bundle`` and ``target_channel``, as a utility checkpoint's.
 
     Raises:
-        ConfigError: a missing file or key, a 3D or unbuildable network, unreadable weights; the message
+        ConfigError: a missing file or key, a 3D network without a patch size, an unbuildable network, unreadable weights; the message
             names the file.
     """
     from monai.bundle import ConfigParser
@@ -142,9 +143,7 @@ def load_bundle_utility(
     if str(root) not in sys.path:
         sys.path.insert(1, str(root))  # the bundle's scripts/ are imported as `scripts.<module>` (as MONAI does)
     image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
-    if len(image_format.get("spatial_shape", [0, 0])) == 3:
-        raise ConfigError(f"{meta_file}: the network takes 3D patches (spatial_shape {image_format['spatial_shape']}); U-Noise "
-                          "explains 2D networks for now (3D is issue 13).")
+    roi_size = _roi_size(image_format.get("spatial_shape"), parser, meta_file, config_file)
     try:
         network = parser.get_parsed_content("network_def", instantiate=True)
     except Exception as err:  # a bundle's own code may raise anything while building
@@ -157,10 +156,25 @@ def load_bundle_utility(
     utility = TargetLogit(network, channel).to(device)
     meta = {"kind": "utility", "preset": f"bundle:{metadata.get('name', root.name)}", "in_channels": in_channels,
             "out_channels": 1, "window": list(window), "spatial_size": None, "bundle": str(root),
-            "target_channel": channel, "version": metadata.get("version")}
+            "target_channel": channel, "version": metadata.get("version"), "spatial_dims": 3 if roi_size else 2,
+            **({"roi_size": roi_size} if roi_size else {})}
     if isinstance(network, torch.jit.ScriptModule):
         meta["torchscript"] = str(root / "models" / "model.ts")
     return utility, meta
+
+
+def _roi_size(spatial_shape: Any, parser: Any, meta_file: Path, config_file: Path) -> list[int] | None:
+    """A 3D bundle's patch size: its inferer's ``roi_size`` (what its own sliding window uses), else the metadata's
+    numeric ``spatial_shape``; None for a 2D bundle."""
+    if not isinstance(spatial_shape, (list, tuple)) or len(spatial_shape) != 3:
+        return None
+    inferer = parser.get("inferer", {})
+    roi = inferer.get("roi_size") if isinstance(inferer, dict) else None
+    for candidate, source in ((roi, config_file), (spatial_shape, meta_file)):
+        if isinstance(candidate, (list, tuple)) and len(candidate) == 3 and all(isinstance(v, int) and v > 0 for v in candidate):
+            return [int(v) for v in candidate]
+    raise ConfigError(f"{meta_file}: a 3D network (spatial_shape {list(spatial_shape)}) with no numeric patch size in its "
+                      f"inferer's roi_size ({config_file.name}) or spatial_shape; write the patch size there, e.g. [96, 96, 96].")
 
 
 def _load_weights(root: Path, network: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:

@@ -21,10 +21,13 @@ pytestmark = pytest.mark.slow
 SPLIT = ["--val_fraction", "0.34", "--test_fraction", "0.2"]
 NETWORK_DEF = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32],
                "strides": [2, 2], "num_res_units": 1}
+NETWORK_DEF_3D = {**NETWORK_DEF, "spatial_dims": 3}
 
 
-def write_bundle(root: Path, data: Path | None, spatial_shape: list[int] = (32, 32), weights: bool = True) -> Path:
-    """configs/metadata.json, configs/inference.json (3-class MONAI UNet, hard-coded cuda), models/model.pt."""
+def write_bundle(root: Path, data: Path | None, spatial_shape: list[int] = (32, 32), weights: bool = True,
+                 network_def: dict = NETWORK_DEF, inferer: dict | None = None) -> Path:
+    """configs/metadata.json, configs/inference.json (3-class MONAI UNet, hard-coded cuda), models/model.pt
+    (trained a few steps on ``data``'s slices; without ``data``, the network's seeded initialisation)."""
     (root / "configs").mkdir(parents=True)
     (root / "configs" / "metadata.json").write_text(json.dumps({
         "name": "tiny_zoo", "version": "0.1.0",
@@ -33,15 +36,22 @@ def write_bundle(root: Path, data: Path | None, spatial_shape: list[int] = (32, 
                                                      "channel_def": {"0": "background", "1": "pancreas", "2": "body"}}}}}))
     (root / "configs" / "inference.json").write_text(json.dumps({
         "imports": ["$import torch"], "bundle_root": ".", "device": "$torch.device('cuda:0')",
-        "network_def": NETWORK_DEF, "network": "$@network_def.to(@device)",
+        "network_def": network_def, "network": "$@network_def.to(@device)", **({"inferer": inferer} if inferer else {}),
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -87, "a_max": 199, "b_min": 0.0, "b_max": 1.0,
              "clip": True}]}}))
     if weights:
         (root / "models").mkdir()
-        torch.save(_trained_unet(data), root / "models" / "model.pt")
+        torch.save(_trained_unet(data) if data else _initial_unet(network_def), root / "models" / "model.pt")
     return root
+
+
+def _initial_unet(network_def: dict) -> dict:
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(**{k: v for k, v in network_def.items() if k != "_target_"}).state_dict()
 
 
 def _trained_unet(data: Path) -> dict:
@@ -91,8 +101,9 @@ def test_the_bundle_builds_on_the_cpu_with_its_weights_class_and_window(zoo: dic
 def test_what_cannot_work_is_refused_naming_the_file(zoo: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"models: no model.pt; the bundle ships no weights"):
         load_bundle_utility(write_bundle(tmp_path / "empty", None, weights=False), "cpu")
-    with pytest.raises(ConfigError, match=r"metadata.json: the network takes 3D patches"):
-        load_bundle_utility(write_bundle(tmp_path / "volumetric", None, spatial_shape=[32, 32, 16], weights=False), "cpu")
+    with pytest.raises(ConfigError, match=r"metadata.json: a 3D network \(spatial_shape \['16\*n', '16\*n', '16\*n'\]\) with no "
+                                          r"numeric patch size"):
+        load_bundle_utility(write_bundle(tmp_path / "volumetric", None, ["16*n"] * 3, False, NETWORK_DEF_3D), "cpu")
     with pytest.raises(ConfigError, match=r"metadata.json: no class 'liver' in channel_def"):
         load_bundle_utility(zoo["bundle"], "cpu", "liver")
     with pytest.raises(ConfigError, match=r"no configs/metadata.json"):
@@ -224,3 +235,25 @@ def test_a_torchscript_utility_trains_explains_and_evaluates(zoo: dict[str, Path
     utility, meta = load_bundle_utility(only_ts, "cpu")
     image = torch.rand(2, 1, 32, 32)
     assert meta["torchscript"].endswith("model.ts") and torch.allclose(utility(image), load_bundle_utility(zoo["bundle"], "cpu")[0](image), atol=1e-5)
+
+
+def test_a_3d_bundle_is_explained_by_sliding_window_at_its_own_patch_size(zoo: dict[str, Path], capsys) -> None:
+    root, data = zoo["root"], zoo["data"]
+    bundle = write_bundle(root / "tiny_zoo_3d", None, [96, 96, 96], network_def=NETWORK_DEF_3D, inferer={
+        "_target_": "SlidingWindowInferer", "roi_size": [32, 32, 8], "sw_batch_size": 1, "overlap": 0.5})
+    utility, meta = load_bundle_utility(bundle, "cpu")
+    assert (meta["spatial_dims"], meta["roi_size"]) == (3, [32, 32, 8])  # its inferer's roi_size before the metadata's shape
+    assert utility(torch.rand(1, 1, 32, 32, 8)).shape == (1, 1, 32, 32, 8)
+    train = ["train-noise", "--dataset", str(zoo["images"]), "--utility-bundle", str(bundle), *SPLIT, "--noise_preset", "small",
+             "--batch_size", "2", "--epochs", "1", "--device", "cpu"]
+    assert main([*train, "--output", str(root / "noise_2d_for_3d")]) == 2  # a 3D network in the 2D configs
+    assert "--spatial-dims 3" in capsys.readouterr().err and not (root / "noise_2d_for_3d").exists()
+    assert main([*train[:1], "--spatial-dims", "3", *train[1:], "--samples_per_volume", "2", "--output", str(root / "noise_3d")]) == 0
+    noise = root / "noise_3d" / "checkpoints" / "best.pt"
+    noise_meta = torch.load(noise, weights_only=True)["meta"]
+    assert (noise_meta["spatial_dims"], noise_meta["roi_size"], noise_meta["utility_preset"]) == (3, [32, 32, 8], "bundle:tiny_zoo")
+    assert main(["explain", "--spatial-dims", "3", "--input", str(data / "imagesTs"), "--output", str(root / "maps_3d"),
+                 "--noise", str(noise), "--utility-bundle", str(bundle), "--device", "cpu"]) == 0
+    source = nib.load(str(data / "imagesTs" / "pancreas_006.nii.gz"))
+    written = nib.load(str(root / "maps_3d" / "pancreas_006_importance.nii.gz"))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
