@@ -200,14 +200,17 @@ def sum_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
 
 
 class NullSummaryWriter:
-    """Stands in for TensorBoard's ``SummaryWriter`` on ranks above 0: every method accepts anything and does nothing."""
+    """Stands in for TensorBoard's ``SummaryWriter`` on ranks above 0: every method accepts anything and does nothing.
+
+    ``_get_file_writer()`` returns the stand-in itself: MONAI's 3D image plots (animated GIFs) write through it.
+    """
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
 
-        def ignore(*args: Any, **kwargs: Any) -> None:
-            return None
+        def ignore(*args: Any, **kwargs: Any) -> Any:
+            return self if name == "_get_file_writer" else None
 
         return ignore
 

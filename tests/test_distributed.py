@@ -90,6 +90,9 @@ def test_other_ranks_get_a_null_summary_writer(rank_one: None, tmp_path: Path) -
     assert isinstance(writer, NullSummaryWriter)
     writer.add_scalar("loss", 1.0, 1)
     writer.add_image("ct", torch.zeros(1, 4, 4), 1)
+    from monai.visualize import plot_2d_or_3d_image
+
+    plot_2d_or_3d_image(torch.rand(1, 1, 8, 8, 4), 1, writer, tag="volume")  # 3D: an animated GIF via _get_file_writer()
     writer.close()
     assert not (tmp_path / "tb").exists()
 
@@ -323,3 +326,28 @@ def test_multi_gpu_config_layers_over_each_train_config(config: str) -> None:
     assert parser["initialize"][0] == "$monai.utils.set_determinism(seed=@seed)"  # the train config's own steps stay
     assert parser["initialize"][-1] == "$pipeline.distributed.barrier(@run_device)"
     assert parser["validate#handlers"][-1]["_target_"] == "pipeline.distributed.BroadcastBuffers"
+
+
+@pytest.mark.slow
+def test_3d_utility_and_noise_train_over_two_processes(runs: dict[str, Path]) -> None:
+    """The 3D overlays (patches, sliding-window validation) under torchrun, as the 2D configs."""
+    root = runs["two"].parent
+    tiny_3d = {**{k: v for k, v in TINY.items() if k not in ("spatial_size", "other_fraction")}, "dataset_dir": runs["data"],
+               "roi_size": "[32, 32, 8]", "samples_per_volume": 2, "batch_size": 1, "epochs": 2}
+    utility = root / "utility_3d_two_processes"
+    _run(_bundle_command(["train_utility", "train_3d", "multi_gpu_train"], {**tiny_3d, "output_dir": utility}, processes=2))
+    noise = root / "noise_3d_two_processes"
+    _run(_bundle_command(["train_noise", "train_noise_3d", "multi_gpu_train"], {
+        **{k: v for k, v in tiny_3d.items() if k not in ("preset", "roi_size")}, "noise_preset": "small",
+        "utility_checkpoint": utility / "checkpoints" / "best.pt", "output_dir": noise}, processes=2))
+    for run, kind in ((utility, "utility"), (noise, "noise")):
+        assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1, run  # rank 0 alone writes
+        meta = load_checkpoint(run / "checkpoints" / "last.pt")["meta"]
+        assert (meta["kind"], meta["spatial_dims"], meta["roi_size"], meta["epoch"]) == (kind, 3, [32, 32, 8], 2)
+        assert json.loads((run / "config.json").read_text())["world_size"] == 2
+        record = json.loads((run / "metrics.json").read_text())["epochs"][-1]
+        validation = [entry["case"] for entry in json.loads((run / "datalist.json").read_text())["validation"]]
+        if kind == "utility":  # whole validation volumes by sliding window, gathered over both ranks
+            assert sorted(record["val_dice_3d_per_case"]) == sorted(validation)
+        else:
+            assert 0.0 <= record["val_agreement"] <= 1.0
