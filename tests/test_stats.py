@@ -59,3 +59,12 @@ def test_spearman_counts_only_the_region() -> None:
     region[..., :4] = 1
     shared = torch.where(region > 0, second, first)  # agrees with `first` only outside the region
     assert abs(float(compute_spearman(first, shared, region)[0]) - float(compute_spearman(first[..., :4], second[..., :4])[0])) < 1e-9
+
+
+def test_blank_maps_are_counted_per_method() -> None:
+    import torch
+
+    from pipeline.evaluation.run import count_blank_maps
+
+    maps = {"flat": torch.zeros(3, 1, 4, 4, 2), "mixed": torch.stack([torch.zeros(1, 4, 4, 2), torch.rand(1, 4, 4, 2) + 0.1])}
+    assert count_blank_maps(maps) == {"flat": 3, "mixed": 1}

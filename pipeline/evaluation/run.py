@@ -162,6 +162,11 @@ def check_inputs(
                 load_volume(entry[key])  # header, size and 3D checks; geometry follows the image's in the transforms
 
 
+def count_blank_maps(maps: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Per method, how many of its maps (B, 1, ...) hold no importance anywhere (every value <= 0)."""
+    return {name: int((m.flatten(1).amax(1) <= 0).sum()) for name, m in maps.items()}
+
+
 def run_evaluation(
     dataset_dir: str,
     utility_checkpoint: str,
@@ -265,6 +270,12 @@ def run_evaluation(
                                  data["spacing"], DEFAULT_FRACTIONS, infill, extra_infills, ring_mm, seed, bootstrap,
                                  blur_sigma)
     maps = result.pop("maps")
+    for name, blank in count_blank_maps(maps).items():  # a map without any importance ranks at random (ties): say so
+        result["methods"][name]["blank_maps"] = blank
+        if blank:
+            logger.warning("%s: %d of %d maps hold no importance anywhere (all zero)%s", name, blank, len(maps[name]),
+                           "; Grad-CAM at another layer may not (--gradcam_layer, e.g. a shallower encoder stage)"
+                           if name == "gradcam" else "")
     if "occlusion" in explainers:
         result["methods"]["occlusion"]["windows_per_map"] = len(explainers["occlusion"].positions(*data["image"].shape[2:]))
     for name, (path, meta) in noise_metas.items():
