@@ -80,10 +80,12 @@ def write_json_atomic(content: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, description: str | None = None,
+               aux_file: str | None = None) -> Path:
     """Write a NIfTI with qform = sform = ``affine`` (code 1, scanner) and units mm, atomically.
 
-    Only the voxels and the affine are written: no other header field is carried over from anywhere.
+    Only the voxels, the affine and our own ``description`` / ``aux_file`` (the header's ``descrip``, 80 bytes,
+    and ``aux_file``, 24 bytes: provenance) are written: no other header field is carried over from anywhere.
     """
     import nibabel as nib
 
@@ -91,6 +93,10 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
+    if description:
+        image.header["descrip"] = description.encode("ascii", "replace")[:79]
+    if aux_file:
+        image.header["aux_file"] = aux_file.encode("ascii", "replace")[:23]
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return Path(path)

@@ -5,7 +5,9 @@ Each handler has MONAI's shape: ``attach(engine)`` registers it, ``__call__(engi
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.display import radiological_view
-from pipeline.fileio import atomic_path, save_nifti
+from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +43,51 @@ class ImportanceExporter:
         overlay_slices: slices in the overlay.
     """
 
-    def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3) -> None:
+    def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3,
+                 provenance: dict[str, Any] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.overlay, self.overlay_slices = overlay, max(1, int(overlay_slices))
+        self.provenance = provenance
+        self.cases: list[dict[str, Any]] = []
+        self._earlier: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+        self._started = time.perf_counter()
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._start_case)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
+    def _start_case(self, engine: Engine) -> None:
+        self._started = time.perf_counter()
+
+    def write_manifest(self) -> Path:
+        """``manifest.json``: the run's provenance and, per case, its input, outputs, status and seconds (atomic).
+
+        Cases an earlier run wrote into the same folder (other names) stay listed, with that run's provenance."""
+        path = self.output_dir / "manifest.json"
+        if self._earlier is None:
+            self._earlier = []
+            try:
+                earlier = json.loads(path.read_text()) if path.is_file() else {}
+            except (OSError, ValueError):
+                earlier = {}
+            runs = earlier.get("runs") or ([earlier["run"]] if earlier.get("run") else [])
+            for case in earlier.get("cases", []):
+                if isinstance(case, dict) and "run" in case and case["run"] < len(runs):
+                    self._earlier.append((case, runs[case["run"]]))
+        current = {c["case"] for c in self.cases}
+        kept = [(case, run) for case, run in self._earlier if case.get("case") not in current]
+        runs = [self.provenance or {}]
+        cases = [{**case, "run": 0} for case in self.cases]
+        for case, run in kept:
+            if run not in runs:
+                runs.append(run)
+            cases.append({**case, "run": runs.index(run)})
+        return write_json_atomic({"run": runs[0], "runs": runs, "cases": cases}, path)
+
     def __call__(self, engine: Engine) -> None:
+        from pipeline.provenance import short_provenance
+
+        description = short_provenance(self.provenance) if self.provenance else None
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         for item, source in zip(engine.state.output, batch):
             case = str(source["case"])
@@ -62,11 +101,18 @@ class ImportanceExporter:
                 "importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32),
                 "seg": (pred[1] > 0.5).astype(np.uint8),
             }
+            written = []
             for name, array in outputs.items():
-                save_nifti(array, affine, self.output_dir / f"{case}_{name}.nii.gz")
+                written.append(save_nifti(array, affine, self.output_dir / f"{case}_{name}.nii.gz", description,
+                                          "manifest.json" if self.provenance else None))
             if self.overlay:
-                self._write_overlay(case, item)
+                written.append(self._write_overlay(case, item))
             logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", case, case, case)
+            self.cases.append({"case": case, "input": str(meta.get("filename_or_obj", "")),
+                               "outputs": [p.name for p in written], "status": "done", "error": None,
+                               "seconds": round(time.perf_counter() - self._started, 3)})
+            if self.provenance is not None:
+                self.write_manifest()  # after every case: an interrupted run's manifest lists what it finished
 
     def _write_overlay(self, case: str, item: dict[str, Any]) -> Path:
         import matplotlib
