@@ -117,15 +117,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         overrides["overlay"] = True
     if args.overwrite:
         overrides["overwrite"] = True
-    import time
-
-    started = time.time()
+    if args.on_error != "auto":
+        overrides["on_error"] = args.on_error
     run_bundle("inference", overrides, args.bundle_root, _overlays("inference", args))
-    written = sorted(p for p in Path(args.output).glob("*_importance.nii.gz") if p.stat().st_mtime >= started - 1)
-    print(f"explained {len(written)} volume(s): importance maps and segmentations in {args.output}")
-    for path in written:
-        print(f"  {path}")
-    return 0
+    manifest = json.loads((Path(args.output) / "manifest.json").read_text())
+    cases = [case for case in manifest["cases"] if case.get("run", 0) == 0]  # this run's (earlier runs' stay listed)
+    counts = {status: sum(1 for c in cases if c["status"] == status) for status in ("done", "skipped", "failed")}
+    print(f"explained {counts['done']} volume(s), {counts['skipped']} skipped (done before), {counts['failed']} failed: "
+          f"{args.output} (manifest.json)")
+    for case in cases:
+        detail = f"{case['seconds']:.1f} s" if case["status"] == "done" else (case["error"] or "")
+        print(f"  {case['case']:24s} {case['status']:8s} {detail}")
+    return 1 if counts["failed"] else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -355,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
     _add_utility_options(explain)
     explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
-    explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
+    explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output (a re-run "
+                         "otherwise skips the cases manifest.json lists as done with the same models and settings)")
+    explain.add_argument("--on-error", "--on_error", dest="on_error", choices=["auto", "skip", "stop"], default="auto",
+                         help="a case that cannot be read or explained: skip it and go on, or stop (default auto: skip "
+                              "in a batch of several cases, stop on a single one)")
     _add_check_options(explain)
     explain.set_defaults(func=_cmd_explain, takes_overrides=True)
 

@@ -96,6 +96,10 @@ def test_explain_does_not_overwrite_outputs(runs: dict[str, Path], tmp_path: Pat
     inputs = [str(runs["data"] / "imagesTs")]
     assert _explain(runs, inputs, tmp_path / "out") == 0
     before = (tmp_path / "out" / "pancreas_005_importance.nii.gz").read_bytes()
+    capsys.readouterr()
+    assert _explain(runs, inputs, tmp_path / "out") == 0  # the same models and settings: done, skipped
+    assert "0 volume(s), 1 skipped (done before)" in capsys.readouterr().out
+    (tmp_path / "out" / "manifest.json").unlink()  # outputs nobody can vouch for are never overwritten
     assert _explain(runs, inputs, tmp_path / "out") == 2
     assert "already exist" in capsys.readouterr().err
     assert (tmp_path / "out" / "pancreas_005_importance.nii.gz").read_bytes() == before

@@ -59,6 +59,14 @@ class ImportanceExporter:
     def _start_case(self, engine: Engine) -> None:
         self._started = time.perf_counter()
 
+    def record(self, case: str, source: Any, status: str, error: str | None, seconds: float) -> None:
+        """A case that was not written this run: ``failed`` (with the reason) or ``skipped`` (done before)."""
+        self.cases = [c for c in self.cases if c["case"] != case]
+        self.cases.append({"case": case, "input": str(source), "outputs": [], "status": status, "error": error,
+                           "seconds": round(seconds, 3)})
+        if self.provenance is not None:
+            self.write_manifest()
+
     def write_manifest(self) -> Path:
         """``manifest.json``: the run's provenance and, per case, its input, outputs, status and seconds (atomic).
 

@@ -1,0 +1,118 @@
+"""Batches of cases that survive a bad one: ``explain`` runs its evaluator once per case, so a case that cannot
+be read or processed is recorded (file and reason) and skipped while the rest finish, and a re-run skips the
+cases already done with the same models and settings.
+
+The per-case record lives in ``OUTPUT_DIR/manifest.json`` (:class:`pipeline.handlers.ImportanceExporter`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.data import DataLoader, Dataset
+
+from pipeline.bundle import user_error
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+ON_ERROR = ("auto", "skip", "stop")
+# Settings that do not change what a case's outputs are (where they go, what else runs, how failures are handled).
+NOT_OUTPUT_SETTINGS = ("inputs", "output_dir", "overwrite", "on_error", "num_workers", "overlay_slices", "datalist_key")
+
+
+def resolve_on_error(on_error: str, datalist: Sequence[dict[str, Any]]) -> str:
+    """``skip`` or ``stop``; ``auto`` skips a failing case in a batch (several cases) and stops on a single one
+    (so one bad input is refused in one line before anything is written, as every command refuses bad input)."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}.")
+    if on_error == "auto":
+        return "skip" if len(datalist) > 1 else "stop"
+    return on_error
+
+
+def _same_outputs(run: dict[str, Any], provenance: dict[str, Any]) -> bool:
+    """True when an earlier run used the same checkpoints (by SHA-256) and the same output-changing settings."""
+    def hashes(record: dict[str, Any]) -> dict[str, str]:
+        return {role: entry.get("sha256") for role, entry in record.get("checkpoints", {}).items()}
+
+    def settings(record: dict[str, Any]) -> dict[str, Any]:
+        config = record.get("config", {})
+        return {k: v for k, v in config.items() if k not in NOT_OUTPUT_SETTINGS and not k.endswith("checkpoint")}
+
+    return hashes(run) == hashes(provenance) and settings(run) == settings(provenance)
+
+
+def finished_cases(output_dir: str | os.PathLike, datalist: Sequence[dict[str, Any]], provenance: dict[str, Any],
+                   suffixes: Sequence[str]) -> list[str]:
+    """Cases of ``datalist`` that ``manifest.json`` lists as done by a run with the same checkpoints and settings,
+    every output still in place (a re-run skips them; ``overwrite`` redoes them)."""
+    path = Path(output_dir) / "manifest.json"
+    if not path.is_file():
+        return []
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        logger.warning("%s: not readable JSON; no case counts as done", path)
+        return []
+    runs = manifest.get("runs") or [manifest.get("run", {})]
+    wanted = {str(entry["case"]) for entry in datalist}
+    done = []
+    for record in manifest.get("cases", []):
+        if not isinstance(record, dict) or record.get("status") != "done" or record.get("case") not in wanted:
+            continue
+        run = runs[record.get("run", 0)] if record.get("run", 0) < len(runs) else {}
+        outputs_there = all((Path(output_dir) / name).is_file() for name in record.get("outputs", []))
+        required = all((Path(output_dir) / f"{record['case']}{suffix}").is_file() for suffix in suffixes[:2])
+        if outputs_there and required and _same_outputs(run, provenance):
+            done.append(str(record["case"]))
+    return done
+
+
+def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any, exporter: Any, on_error: str = "skip",
+              num_workers: int = 0, done: Sequence[str] = (), check: Any = None, suffixes: Sequence[str] = ()) -> dict[str, int]:
+    """Run ``evaluator`` (its handlers attached, the exporter among them) over each entry in turn.
+
+    ``check(entry)`` (the input checks) runs first for each case. With ``on_error`` ``skip``, a case whose check,
+    loading or inference raises is recorded as failed with its reason and the next one runs; with ``stop`` the
+    error stops the batch (earlier cases stay written). ``done`` cases are recorded as skipped. Returns the counts.
+    """
+    if on_error not in ("skip", "stop"):
+        raise ConfigError(f"on_error must be skip or stop here, got {on_error!r}.")
+    done_set = set(done)
+    for entry in entries:
+        case = str(entry["case"])
+        if case in done_set:
+            exporter.record(case, entry.get("image"), "skipped", "done before with the same checkpoints and settings", 0.0)
+            logger.info("%s: done before with the same models and settings; skipped (--overwrite redoes it)", case)
+            continue
+        started, wall = time.perf_counter(), time.time()
+        try:
+            if check is not None:
+                check(entry)
+            evaluator.data_loader = DataLoader(Dataset([entry], transform), batch_size=1, shuffle=False, num_workers=num_workers)
+            state = evaluator.state  # a fresh one-case run each time (also after a failed case)
+            state.iteration, state.epoch, state.epoch_length = 0, 0, 1
+            evaluator.run()
+        except Exception as err:  # a bad case must not stop the others (skip); ours carry the file and the reason
+            ours = user_error(err)
+            reason = str(ours) if ours is not None else f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+            for suffix in suffixes:  # no half-written case: what this attempt wrote goes
+                path = Path(exporter.output_dir) / f"{case}{suffix}"
+                if path.is_file() and path.stat().st_mtime >= wall - 1:
+                    path.unlink()
+            exporter.record(case, entry.get("image"), "failed", reason, time.perf_counter() - started)
+            if on_error == "stop":
+                raise
+            logger.error("%s: failed, skipped: %s", case, reason)
+    counts = {status: sum(1 for c in exporter.cases if c["status"] == status) for status in ("done", "skipped", "failed")}
+    logger.info("batch: %d done, %d skipped (done before), %d failed", counts["done"], counts["skipped"], counts["failed"])
+    return counts
+
+
+__all__ = ["ON_ERROR", "finished_cases", "resolve_on_error", "run_cases"]
