@@ -66,3 +66,33 @@ def test_on_error_stop_refuses_the_batch_before_writing(tiny_pair: dict[str, Pat
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "b_broken.nii.gz" in error[0], error
     assert not out.exists()  # every case is checked first: nothing written, the folder rolled back
+
+
+def test_a_failure_inside_the_run_is_isolated_and_its_half_written_output_removed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.batch import run_cases
+    from pipeline.handlers import ImportanceExporter
+
+    exporter = ImportanceExporter(tmp_path)
+
+    class Evaluator:  # stands in for the SupervisedEvaluator: writes a case's first output, then may fail
+        state = SimpleNamespace(iteration=0, epoch=0, epoch_length=0)
+
+        def run(self) -> None:
+            [batch] = list(self.data_loader)
+            case = batch["case"][0]
+            (tmp_path / f"{case}_importance.nii.gz").write_text("half")
+            if case == "bad":
+                raise RuntimeError("out of memory in the utility\nsecond line")
+            exporter.cases.append({"case": case, "status": "done"})
+
+    entries = [{"case": c, "image": f"{c}.nii.gz"} for c in ("one", "bad", "two")]
+    suffixes = ["_importance.nii.gz", "_seg.nii.gz"]
+    counts = run_cases(Evaluator(), entries, None, exporter, "skip", suffixes=suffixes)
+    assert counts == {"done": 2, "skipped": 0, "failed": 1}
+    failed = next(c for c in exporter.cases if c["case"] == "bad")
+    assert failed["error"] == "RuntimeError: out of memory in the utility" and failed["input"] == "bad.nii.gz"
+    assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == ["one_importance.nii.gz", "two_importance.nii.gz"]
+    with pytest.raises(RuntimeError, match="out of memory"):  # stop: the batch ends there, earlier cases stay
+        run_cases(Evaluator(), entries, None, ImportanceExporter(tmp_path / "stop"), "stop", suffixes=suffixes)
