@@ -11,7 +11,6 @@ import errno
 import gzip
 import logging
 import os
-import re
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -246,11 +245,6 @@ def choose_dicom_series(folder: str | os.PathLike, series: str | None = None, ma
         raise DataError(f"{folder}: series {chosen.uid} holds {chosen.rows} x {chosen.columns} x {len(chosen.files)} = "
                         f"{chosen.voxels:,} voxels, over the limit of {max_voxels:,}; crop or resample it.")
     return chosen
-
-
-def series_regex(files: Sequence[str]) -> str:
-    """A regular expression matching exactly these file paths (for MONAI's ``PydicomReader(fname_regex=...)``)."""
-    return "^(" + "|".join(re.escape(f) for f in files) + ")$"
 
 
 def check_ct_intensity(low: float, high: float, path: str | os.PathLike, strict: bool = False) -> str | None:

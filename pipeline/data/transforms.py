@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from pipeline.data.files import choose_dicom_series, series_regex
+from pipeline.data.dicom import read_dicom_series
+from pipeline.data.files import choose_dicom_series
 from pipeline.errors import ConfigError
 
 # Named HU windows (lower, upper). "pancreas" is the window of MONAI's pancreas CT bundle, "spleen" that
@@ -103,9 +105,9 @@ class BodyMaskd(MapTransform):
 class LoadVolumed(MapTransform):
     """``LoadImaged(image_only=True, ensure_channel_first=True)`` that honours a chosen DICOM series.
 
-    An entry whose ``series_key`` holds a SeriesInstanceUID reads only that series' files from its DICOM
-    folder (MONAI's ``PydicomReader`` with a file-name filter); every other entry is read exactly as
-    ``LoadImaged`` reads it. Files are checked by :func:`pipeline.data.validate_datalist` beforehand.
+    A DICOM folder is read by :func:`pipeline.data.dicom.read_dicom_series`: its only series, or the one the
+    entry's ``series_key`` names, with slices sorted along the slice normal (SimpleITK's grid); every other
+    entry is read exactly as ``LoadImaged`` reads it. Files are checked by :func:`pipeline.data.validate_datalist` beforehand.
 
     Args:
         keys: keys holding file or folder paths.
@@ -121,11 +123,10 @@ class LoadVolumed(MapTransform):
         d = dict(data)
         series = d.get(self.series_key)
         for key in self.key_iterator(d):
-            loader = self.loader
-            if series and isinstance(d[key], str) and Path(d[key]).is_dir():  # (a list: a multi-channel case's files)
-                files = choose_dicom_series(d[key], series).files
-                loader = LoadImage(image_only=True, ensure_channel_first=True, reader="PydicomReader", fname_regex=series_regex(files))
-            d[key] = loader(d[key])
+            if isinstance(d[key], (str, os.PathLike)) and Path(d[key]).is_dir():  # a DICOM series: sorted by position
+                d[key] = read_dicom_series(choose_dicom_series(d[key], series).files, d[key])[None]
+            else:  # (a list: a multi-channel case's files)
+                d[key] = self.loader(d[key])
         return d
 
 

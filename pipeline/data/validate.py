@@ -22,6 +22,7 @@ from monai.transforms import LoadImage
 from tqdm import tqdm
 
 from pipeline.data.datalist import image_paths
+from pipeline.data.dicom import read_dicom_series
 from pipeline.data.files import (
     MAX_VOXELS,
     NIFTI_SUFFIXES,
@@ -29,7 +30,6 @@ from pipeline.data.files import (
     check_nifti_header,
     choose_dicom_series,
     resolve_input,
-    series_regex,
 )
 from pipeline.errors import ConfigError, DataError
 
@@ -62,16 +62,17 @@ def load_volume(path: str | Path, series: str | None = None, max_voxels: int = M
     loader = LoadImage(image_only=True)
     if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
         check_nifti_header(path, max_voxels)
-    elif path.is_dir():
+    elif path.is_dir():  # a DICOM series: sorted along the slice normal, an even spacing checked (pipeline.data.dicom)
         chosen = choose_dicom_series(path, series, max_voxels)
-        if series is not None:
-            loader = LoadImage(image_only=True, reader="PydicomReader", fname_regex=series_regex(chosen.files))
+        loader = lambda _: read_dicom_series(chosen.files, path)  # noqa: E731
     elif path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes); re-export or re-copy it.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's optional-codec notices are noise here
             volume = loader(str(path))
+    except DataError:  # ours already names the file and the problem (e.g. an uneven DICOM series)
+        raise
     except Exception as err:  # MONAI wraps reader errors in several types; all mean "cannot read"
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise DataError(
