@@ -28,7 +28,7 @@ from pipeline.bundle import check_override_keys, config_files, default_bundle_ro
 from pipeline.checkpoints import check_pair, check_spatial_dims, load_checkpoint
 from pipeline.data import LoadVolumed, collect_inputs
 from pipeline.errors import DataError
-from pipeline.fileio import save_nifti
+from pipeline.handlers.export import maps_from_prediction, write_case_maps
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,8 @@ class Explainer:
         data["image"] = image.cpu()
         inverted = self.postprocessing(data)["pred"]
         affine_out = inverted.affine.clone() if isinstance(inverted, MetaTensor) else image.meta["original_affine"]
-        values = torch.as_tensor(inverted).float()
-        importance = MetaTensor(values[0:1].clamp(0.0, 1.0), affine=affine_out)
-        segmentation = MetaTensor((values[1:2] > 0.5).to(torch.uint8), affine=affine_out)
+        maps = maps_from_prediction(torch.as_tensor(inverted).float().numpy())  # what unoise explain writes
+        importance, segmentation = (MetaTensor(torch.from_numpy(maps[name])[None], affine=affine_out) for name in ("importance", "seg"))
         return importance, segmentation
 
     def explain_files(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike, output_dir: str | os.PathLike) -> list[Path]:
@@ -140,11 +139,8 @@ class Explainer:
         written: list[Path] = []
         for entry in collect_inputs(inputs):
             importance, segmentation = self.explain_volume(entry)
-            affine = np.asarray(importance.affine, dtype=np.float64)
-            for name, tensor in (("importance", importance), ("seg", segmentation)):
-                path = out / f"{entry['case']}_{name}.nii.gz"
-                save_nifti(tensor[0].numpy(), affine, path)
-                written.append(path)
+            maps = {"importance": importance[0].numpy(), "seg": segmentation[0].numpy()}
+            written += write_case_maps(out, entry["case"], maps, np.asarray(importance.affine, dtype=np.float64))
             logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", entry["case"], entry["case"], entry["case"])
         return written
 

@@ -7,7 +7,6 @@ The per-case record lives in ``OUTPUT_DIR/manifest.json`` (:class:`pipeline.hand
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,6 +18,7 @@ from monai.data import DataLoader, Dataset
 
 from pipeline.bundle import user_error
 from pipeline.errors import ConfigError
+from pipeline.handlers.export import MANIFEST, read_manifest
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("auto", "skip", "stop")
@@ -52,21 +52,12 @@ def finished_cases(output_dir: str | os.PathLike, datalist: Sequence[dict[str, A
                    suffixes: Sequence[str]) -> list[str]:
     """Cases of ``datalist`` that ``manifest.json`` lists as done by a run with the same checkpoints and settings,
     every output still in place (a re-run skips them; ``overwrite`` redoes them)."""
-    path = Path(output_dir) / "manifest.json"
-    if not path.is_file():
-        return []
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        logger.warning("%s: not readable JSON; no case counts as done", path)
-        return []
-    runs = manifest.get("runs") or [manifest.get("run", {})]
     wanted = {str(entry["case"]) for entry in datalist}
     done = []
-    for record in manifest.get("cases", []):
-        if not isinstance(record, dict) or record.get("status") != "done" or record.get("case") not in wanted:
+    for record, run in read_manifest(Path(output_dir) / MANIFEST):
+        # "skipped": a later run found it done with the same checkpoints and settings, so it still is
+        if record.get("status") not in ("done", "skipped") or record.get("case") not in wanted:
             continue
-        run = runs[record.get("run", 0)] if record.get("run", 0) < len(runs) else {}
         outputs_there = all((Path(output_dir) / name).is_file() for name in record.get("outputs", []))
         required = all((Path(output_dir) / f"{record['case']}{suffix}").is_file() for suffix in suffixes[:2])
         if outputs_there and required and _same_outputs(run, provenance):
@@ -88,7 +79,9 @@ def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any,
     for entry in entries:
         case = str(entry["case"])
         if case in done_set:
-            exporter.record(case, entry.get("image"), "skipped", "done before with the same checkpoints and settings", 0.0)
+            kept = [f"{case}{suffix}" for suffix in suffixes if (Path(exporter.output_dir) / f"{case}{suffix}").is_file()]
+            exporter.record(case, entry.get("image"), "skipped", "done before with the same checkpoints and settings", 0.0,
+                            kept)
             logger.info("%s: done before with the same models and settings; skipped (--overwrite redoes it)", case)
             continue
         started, wall = time.perf_counter(), time.time()

@@ -49,6 +49,10 @@ def test_a_corrupt_case_is_skipped_and_reported_and_the_others_finish(tiny_pair:
     assert _explain(tiny_pair, batch, out) == 1  # again: the finished cases are skipped, the broken one fails again
     assert "explained 0 volume(s), 2 skipped (done before), 1 failed" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*_case_*.nii.gz")} == written
+    assert _explain(tiny_pair, batch, out) == 1  # and again: still done (a skip keeps the case done)
+    assert "explained 0 volume(s), 2 skipped (done before), 1 failed" in capsys.readouterr().out
+    skipped = {c["case"]: c for c in json.loads((out / "manifest.json").read_text())["cases"]}["a_case"]
+    assert skipped["status"] == "skipped" and skipped["outputs"] == ["a_case_importance.nii.gz", "a_case_seg.nii.gz"]
 
     assert _explain(tiny_pair, batch, out, "--overwrite") == 1  # --overwrite redoes them
     assert "explained 2 volume(s), 0 skipped" in capsys.readouterr().out

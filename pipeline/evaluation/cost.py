@@ -136,9 +136,9 @@ def volume_costs(
         for name, run in methods.items():
             with torch.inference_mode(name != "gradcam"):  # Grad-CAM needs autograd; the rest run as explain runs them
                 if index == 0:  # warm-up, and the peak memory of one volume
-                    with peak_memory(device) as record:
+                    with peak_memory(device) as peak:
                         run()
-                    memory[name] = {"peak_mb": record.get("peak_mb"), "increase_mb": record.get("increase_mb")}
+                    memory[name] = {"peak_mb": peak.get("peak_mb"), "increase_mb": peak.get("increase_mb")}
                 out, ms = _timed(run, device)
             times[name].append(ms)
             if name == "utility_pass":

@@ -19,6 +19,34 @@ from pipeline.display import radiological_view
 from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
 
 logger = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def maps_from_prediction(pred: np.ndarray) -> dict[str, np.ndarray]:
+    """The written maps of a (2, ...) prediction (importance, the utility's probability): ``importance`` float32
+    clipped to [0, 1] and ``seg`` uint8, 1 where the probability > 0.5."""
+    return {"importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32), "seg": (pred[1] > 0.5).astype(np.uint8)}
+
+
+def write_case_maps(output_dir: str | Path, case: str, maps: dict[str, np.ndarray], affine: np.ndarray,
+                    description: str | None = None, aux_file: str | None = None) -> list[Path]:
+    """``<case>_<name>.nii.gz`` for each map, atomically, on ``affine``; the written paths."""
+    return [save_nifti(array, affine, Path(output_dir) / f"{case}_{name}.nii.gz", description, aux_file)
+            for name, array in maps.items()]
+
+
+def read_manifest(path: str | Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each case record of a ``manifest.json`` with the provenance of the run that wrote it ([] when the file is
+    missing or not readable JSON)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        logger.warning("%s: not readable JSON; its cases are not counted", path)
+        return []
+    runs = manifest.get("runs") or ([manifest["run"]] if manifest.get("run") else [])
+    return [(case, runs[case["run"]]) for case in manifest.get("cases", [])
+            if isinstance(case, dict) and isinstance(case.get("run"), int) and 0 <= case["run"] < len(runs)]
 
 
 class ImportanceExporter:
@@ -59,11 +87,13 @@ class ImportanceExporter:
     def _start_case(self, engine: Engine) -> None:
         self._started = time.perf_counter()
 
-    def record(self, case: str, source: Any, status: str, error: str | None, seconds: float) -> None:
-        """A case that was not written this run: ``failed`` (with the reason) or ``skipped`` (done before)."""
+    def record(self, case: str, source: Any, status: str, error: str | None, seconds: float,
+               outputs: list[str] | None = None) -> None:
+        """A case that was not written this run: ``failed`` (with the reason) or ``skipped`` (done before; its
+        ``outputs`` are the earlier run's files)."""
         self.cases = [c for c in self.cases if c["case"] != case]
-        self.cases.append({"case": case, "input": str(source), "outputs": [], "status": status, "error": error,
-                           "seconds": round(seconds, 3)})
+        self.cases.append({"case": case, "input": str(source), "outputs": list(outputs or []), "status": status,
+                           "error": error, "seconds": round(seconds, 3)})
         if self.provenance is not None:
             self.write_manifest()
 
@@ -71,17 +101,9 @@ class ImportanceExporter:
         """``manifest.json``: the run's provenance and, per case, its input, outputs, status and seconds (atomic).
 
         Cases an earlier run wrote into the same folder (other names) stay listed, with that run's provenance."""
-        path = self.output_dir / "manifest.json"
+        path = self.output_dir / MANIFEST
         if self._earlier is None:
-            self._earlier = []
-            try:
-                earlier = json.loads(path.read_text()) if path.is_file() else {}
-            except (OSError, ValueError):
-                earlier = {}
-            runs = earlier.get("runs") or ([earlier["run"]] if earlier.get("run") else [])
-            for case in earlier.get("cases", []):
-                if isinstance(case, dict) and "run" in case and case["run"] < len(runs):
-                    self._earlier.append((case, runs[case["run"]]))
+            self._earlier = read_manifest(path)
         current = {c["case"] for c in self.cases}
         kept = [(case, run) for case, run in self._earlier if case.get("case") not in current]
         runs = [self.provenance or {}]
@@ -105,14 +127,8 @@ class ImportanceExporter:
             pred = torch.as_tensor(item["pred"]).detach().float().cpu().numpy()  # (2, X, Y, Z)
             if pred.shape[1:] != shape:
                 raise RuntimeError(f"{case}: inverted prediction {pred.shape[1:]} does not match the input grid {shape}.")
-            outputs = {
-                "importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32),
-                "seg": (pred[1] > 0.5).astype(np.uint8),
-            }
-            written = []
-            for name, array in outputs.items():
-                written.append(save_nifti(array, affine, self.output_dir / f"{case}_{name}.nii.gz", description,
-                                          "manifest.json" if self.provenance else None))
+            written = write_case_maps(self.output_dir, case, maps_from_prediction(pred), affine, description,
+                                      MANIFEST if self.provenance else None)
             if self.overlay:
                 written.append(self._write_overlay(case, item))
             logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", case, case, case)
@@ -154,4 +170,4 @@ class ImportanceExporter:
         return path
 
 
-__all__ = ["ImportanceExporter"]
+__all__ = ["MANIFEST", "ImportanceExporter", "maps_from_prediction", "read_manifest", "write_case_maps"]
