@@ -48,7 +48,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	@echo "== 1/6 synthetic pancreas CT phantoms -> $(DEMO_DATA)"
-	$(UNOISE) phantom --out $(DEMO_DATA) --cases $(DEMO_CASES) --size 128 --slices 48 --seed 0 --test-cases 4
+	$(UNOISE) phantom --out $(DEMO_DATA) --cases $(DEMO_CASES) --size 128 --slices 48 --seed 0 --test-cases 4 --dicom
 	@echo "== 2/6 validate and summarise the dataset"
 	$(UNOISE) inspect --dataset $(DEMO_DATA)
 	@echo "== 3/6 train the utility (pancreas segmentation) -> $(DEMO_RUN)/utility"
@@ -56,14 +56,15 @@ demo: $(STAMP)
 	@echo "== 4/6 train the U-Noise model against the frozen utility -> $(DEMO_RUN)/noise"
 	$(UNOISE) train-noise --dataset $(DEMO_DATA) --utility $(DEMO_UTILITY_CKPT) \
 		--output $(DEMO_RUN)/noise $(DEMO_SPLIT) $(DEMO_NOISE)
-	@echo "== 5/6 explain the held-out test volumes -> $(DEMO_RUN)/explain"
-	$(UNOISE) explain --input $(DEMO_DATA)/imagesTs --output $(DEMO_RUN)/explain --overlay \
+	@echo "== 5/6 explain the held-out test volumes, as DICOM series, into NIfTI + DICOM SEG / Parametric Map -> $(DEMO_RUN)/explain"
+	$(UNOISE) explain --input $(DEMO_DATA)/dicomTs --output $(DEMO_RUN)/explain --overlay --output-format both \
 		--noise $(DEMO_RUN)/noise/checkpoints/best.pt --utility $(DEMO_UTILITY_CKPT)
 	@echo "== 6/6 evaluate U-Noise against occlusion, gradient methods and the null maps -> $(DEMO_RUN)/evaluation"
 	$(UNOISE) evaluate --dataset $(DEMO_DATA) --utility $(DEMO_UTILITY_CKPT) \
 		--noise $(DEMO_RUN)/noise/checkpoints/best.pt --output $(DEMO_RUN)/evaluation $(DEMO_SPLIT) $(DEMO_EVALUATE)
 	@echo "demo finished:"
-	@echo "  maps: $(DEMO_RUN)/explain (open *_importance.nii.gz over the CT in 3D Slicer or ITK-SNAP; *_overlay.png)"
+	@echo "  maps: $(DEMO_RUN)/explain (open *_importance.nii.gz over the CT in 3D Slicer or ITK-SNAP; *_overlay.png;"
+	@echo "        *_seg.dcm and *_importance.dcm with the series in $(DEMO_DATA)/dicomTs, manifest.json)"
 	@echo "  report: $(DEMO_RUN)/evaluation/report/report.html"
 	@echo "  training curves: tensorboard --logdir $(DEMO_RUN)"
 

@@ -117,6 +117,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         overrides["overlay"] = True
     if args.overwrite:
         overrides["overwrite"] = True
+    if args.output_format != "nifti":
+        overrides["output_format"] = args.output_format
     if args.on_error != "auto":
         overrides["on_error"] = args.on_error
     run_bundle("inference", overrides, args.bundle_root, _overlays("inference", args))
@@ -256,6 +258,11 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
                                  test_cases=args.test_cases, shortcut=args.shortcut)
     kind = f" with the '{args.shortcut}' shortcut (cue masks in shortcutsTr/, twins without it in imagesTr_nocue/)" if args.shortcut else ""
     print(f"wrote {args.cases} training + {args.test_cases} test phantom cases{kind}: {path}")
+    if args.dicom:
+        from pipeline.phantom_dicom import write_dicom_copies
+
+        folders = write_dicom_copies(Path(args.out) / "imagesTs", Path(args.out) / "dicomTs")
+        print(f"wrote {len(folders)} test case(s) as DICOM series: {Path(args.out) / 'dicomTs'}")
     return 0
 
 
@@ -304,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--shortcut", choices=["marker"], default=None,
                          help="the shortcut benchmark: copy the gland onto other slices (a coin toss labels one), plant "
                               "a bright cue in front of the labelled one, and write the cue masks and twins without the cue")
+    phantom.add_argument("--dicom", action="store_true",
+                         help="also write each test case as a DICOM CT series folder, dicomTs/<case>/ (for explain's DICOM path)")
     phantom.set_defaults(func=_cmd_phantom)
 
     inspect = sub.add_parser("inspect", help="validate a dataset and print its summary")
@@ -354,10 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--input", required=True, nargs="+",
                          help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
     _add_dims_option(explain)
-    explain.add_argument("--output", required=True, help="folder for <case>_importance.nii.gz, <case>_seg.nii.gz")
+    explain.add_argument("--output", required=True, help="folder for <case>_importance.nii.gz, <case>_seg.nii.gz "
+                         "(and .dcm with --output-format), manifest.json")
     explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
     _add_utility_options(explain)
     explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
+    explain.add_argument("--output-format", "--output_format", dest="output_format", choices=["nifti", "dicom", "both"],
+                         default="nifti", help="nifti (default); dicom: <case>_seg.dcm (DICOM SEG) and "
+                         "<case>_importance.dcm (Parametric Map) of DICOM series inputs, which carry the source's "
+                         "patient and study; both: NIfTI for every case and DICOM where the input is a DICOM series")
     explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output (a re-run "
                          "otherwise skips the cases manifest.json lists as done with the same models and settings)")
     explain.add_argument("--on-error", "--on_error", dest="on_error", choices=["auto", "skip", "stop"], default="auto",

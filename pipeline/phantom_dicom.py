@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_SERIES_UID = "1.2.826.0.1.3680043.2.1125.1"
+DEFAULT_STUDY_UID = "1.2.826.0.1.3680043.2.1125.2"
 
 
 def write_dicom_series(
@@ -19,6 +20,7 @@ def write_dicom_series(
     array_xyz: np.ndarray,
     affine: np.ndarray,
     series_uid: str = DEFAULT_SERIES_UID,
+    study_uid: str = DEFAULT_STUDY_UID,
     prefix: str = "slice",
     patient_name: str = "Phantom^Synthetic",
     patient_id: str = "PHANTOM-0001",
@@ -31,6 +33,8 @@ def write_dicom_series(
         array_xyz: HU values, shape (X, Y, Z), stored as int16 with slope 1 and intercept 0.
         affine: (4, 4) voxel -> RAS world in mm (the NIfTI convention); DICOM's LPS is derived from it.
         series_uid: SeriesInstanceUID (0020,000E) of every slice.
+        study_uid: StudyInstanceUID (0020,000D) of every slice; the FrameOfReferenceUID (0020,0052) is derived
+            from it (one patient frame per study, as a scanner writes it).
         prefix: file names are ``<prefix>_<z>.dcm``.
         patient_name, patient_id: written to (0010,0010) and (0010,0020).
         description: SeriesDescription (0008,103E).
@@ -55,7 +59,8 @@ def write_dicom_series(
         plane = image[:, :, z]
         position = image.TransformIndexToPhysicalPoint((0, 0, z))
         tags = {
-            "0008|0060": "CT", "0020|000e": series_uid, "0020|0013": str(z + 1),
+            "0008|0060": "CT", "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": f"{study_uid}.1",
+            "0020|0011": "1", "0020|0010": "1", "0020|0013": str(z + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in position),
             "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[0:7:3], *direction[1:8:3])),
             "0018|0050": f"{spacing[2]:.3f}", "0028|1052": "0", "0028|1053": "1",
@@ -66,3 +71,30 @@ def write_dicom_series(
         writer.SetFileName(str(folder / f"{prefix}_{z:03d}.dcm"))
         writer.Execute(plane)
     return folder
+
+
+def write_dicom_copies(images_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Each ``*.nii.gz`` of ``images_dir`` as a DICOM series folder ``out_dir/<case>/`` (HU rounded to int16), one
+    study and patient per case (``PHANTOM-<case>``): the DICOM path of ``explain`` on phantoms (``unoise phantom --dicom``).
+
+    Returns:
+        The series folders, in case order.
+    """
+    import hashlib
+
+    import nibabel as nib
+
+    written = []
+    for path in sorted(Path(images_dir).glob("*.nii.gz")):
+        case = path.name[: -len(".nii.gz")]
+        image = nib.load(str(path))
+        folder = Path(out_dir) / case
+        if folder.exists():  # a re-run replaces the series (its UIDs are derived from the case name, so unchanged)
+            for old in folder.glob("*.dcm"):
+                old.unlink()
+        uid = "1.2.826.0.1.3680043.2.1125." + str(int(hashlib.sha256(case.encode()).hexdigest()[:12], 16))
+        array = np.rint(np.asarray(image.dataobj, dtype=np.float32)).clip(-32768, 32767)
+        written.append(write_dicom_series(folder, array, image.affine, series_uid=f"{uid}.1", study_uid=f"{uid}.2",
+                                          patient_name=f"Phantom^{case}", patient_id=f"PHANTOM-{case}",
+                                          description=f"synthetic phantom {case}"))
+    return written

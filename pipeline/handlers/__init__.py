@@ -3,7 +3,8 @@
 - :mod:`~pipeline.handlers.metrics`: per-patient 3D dice, running means, the importance's region share;
 - :mod:`~pipeline.handlers.checkpoint`: ``last.pt`` / ``best.pt`` and ``metrics.json``;
 - :mod:`~pipeline.handlers.training_log`: the loss's terms and TensorBoard images;
-- :mod:`~pipeline.handlers.export`: maps and segmentations as NIfTI (and PNG overlays).
+- :mod:`~pipeline.handlers.export`: maps and segmentations as NIfTI (and PNG overlays), ``manifest.json``;
+- :mod:`~pipeline.handlers.dicom`: the same as DICOM SEG and Parametric Map of a DICOM series input (highdicom).
 
 The bundle configs name them as ``pipeline.handlers.<Name>``.
 """
@@ -11,6 +12,7 @@ The bundle configs name them as ``pipeline.handlers.<Name>``.
 from __future__ import annotations
 
 from pipeline.handlers.checkpoint import CheckpointHandler, MetricsRecorder
+from pipeline.handlers import dicom
 from pipeline.handlers.export import ImportanceExporter
 from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
 from pipeline.handlers.training_log import LossTermsHandler, SliceImagesHandler

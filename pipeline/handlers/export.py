@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.display import radiological_view
+from pipeline.errors import DataError
 from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -62,17 +63,26 @@ class ImportanceExporter:
     - ``<case>_overlay.png`` with ``overlay``: CT, importance heat map and pancreas contour on the axial
       slices with the most predicted pancreas (reads ``pred_ras``, the prediction before inversion).
 
-    Only the affine and the voxels are written: no header field of the input (DICOM patient data
-    included) is copied. Files are written atomically.
+    NIfTI outputs hold only the affine and the voxels: no header field of the input (DICOM patient data
+    included) is copied. With ``output_format`` ``dicom`` or ``both``, a case read from a DICOM series also gets
+    ``<case>_seg.dcm`` (DICOM SEG) and ``<case>_importance.dcm`` (Parametric Map) on the series' own frames
+    (:mod:`pipeline.handlers.dicom`); those carry the source's patient and study modules, as a derived object must.
+    Files are written atomically.
 
     Args:
         output_dir: folder of the outputs (created).
         overlay: also write the PNG overlay.
         overlay_slices: slices in the overlay.
+        provenance: the run's record (:func:`pipeline.provenance.run_provenance`); with it ``manifest.json`` is kept.
+        output_format: ``nifti``, ``dicom`` (DICOM series inputs only) or ``both`` (DICOM where the input is DICOM).
     """
 
     def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3,
-                 provenance: dict[str, Any] | None = None) -> None:
+                 provenance: dict[str, Any] | None = None, output_format: str = "nifti") -> None:
+        from pipeline.handlers.dicom import output_suffixes
+
+        output_suffixes(output_format)  # refuses an unknown format before any case runs
+        self.output_format = output_format
         self.output_dir = Path(output_dir)
         self.overlay, self.overlay_slices = overlay, max(1, int(overlay_slices))
         self.provenance = provenance
@@ -127,12 +137,24 @@ class ImportanceExporter:
             pred = torch.as_tensor(item["pred"]).detach().float().cpu().numpy()  # (2, X, Y, Z)
             if pred.shape[1:] != shape:
                 raise RuntimeError(f"{case}: inverted prediction {pred.shape[1:]} does not match the input grid {shape}.")
-            written = write_case_maps(self.output_dir, case, maps_from_prediction(pred), affine, description,
-                                      MANIFEST if self.provenance else None)
+            maps = maps_from_prediction(pred)
+            source_path = str(meta.get("filename_or_obj", ""))
+            written = []
+            if self.output_format in ("dicom", "both") and Path(source_path).is_dir():
+                from pipeline.handlers.dicom import write_case_dicom  # first: its geometry check refuses before any file
+
+                written += write_case_dicom(self.output_dir, case, maps, affine, source_path, source.get("series"),
+                                            self.provenance)
+            elif self.output_format == "dicom":
+                raise DataError(f"{source_path}: not a DICOM series; DICOM SEG and Parametric Map outputs are derived "
+                                "from a source series: pass --output_format nifti (or both) for NIfTI inputs.")
+            if self.output_format in ("nifti", "both"):
+                written = write_case_maps(self.output_dir, case, maps, affine, description,
+                                          MANIFEST if self.provenance else None) + written
             if self.overlay:
                 written.append(self._write_overlay(case, item))
-            logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", case, case, case)
-            self.cases.append({"case": case, "input": str(meta.get("filename_or_obj", "")),
+            logger.info("%s: wrote %s", case, ", ".join(p.name for p in written))
+            self.cases.append({"case": case, "input": source_path,
                                "outputs": [p.name for p in written], "status": "done", "error": None,
                                "seconds": round(time.perf_counter() - self._started, 3)})
             if self.provenance is not None:
