@@ -132,16 +132,32 @@ class Explainer:
         importance, segmentation = (MetaTensor(torch.from_numpy(maps[name])[None], affine=affine_out) for name in ("importance", "seg"))
         return importance, segmentation
 
-    def explain_files(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike, output_dir: str | os.PathLike) -> list[Path]:
+    def explain_files(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike, output_dir: str | os.PathLike,
+                      output_format: str = "nifti") -> list[Path]:
         """Explain NIfTI files, DICOM series folders, folders or datalists; write ``<case>_importance.nii.gz`` and
-        ``<case>_seg.nii.gz`` per case into ``output_dir`` (atomically) and return the written paths."""
+        ``<case>_seg.nii.gz`` per case into ``output_dir`` (atomically) and return the written paths.
+
+        ``output_format`` ``dicom`` writes ``<case>_seg.dcm`` (DICOM SEG) and ``<case>_importance.dcm`` (Parametric
+        Map) instead, DICOM series inputs only; ``both`` writes NIfTI, and DICOM where the input is a DICOM series.
+        """
+        from pipeline.handlers.dicom import check_dicom_inputs, output_suffixes, write_case_dicom
+
+        output_suffixes(output_format)
+        entries = collect_inputs(inputs)
+        check_dicom_inputs(entries, output_format)
         out = Path(output_dir)
         written: list[Path] = []
-        for entry in collect_inputs(inputs):
+        for entry in entries:
             importance, segmentation = self.explain_volume(entry)
             maps = {"importance": importance[0].numpy(), "seg": segmentation[0].numpy()}
-            written += write_case_maps(out, entry["case"], maps, np.asarray(importance.affine, dtype=np.float64))
-            logger.info("%s: wrote %s_importance.nii.gz and %s_seg.nii.gz", entry["case"], entry["case"], entry["case"])
+            affine = np.asarray(importance.affine, dtype=np.float64)
+            case_files = []
+            if output_format != "nifti" and isinstance(entry["image"], (str, os.PathLike)) and Path(entry["image"]).is_dir():
+                case_files += write_case_dicom(out, entry["case"], maps, affine, entry["image"], entry.get("series"))
+            if output_format != "dicom":
+                case_files += write_case_maps(out, entry["case"], maps, affine)
+            logger.info("%s: wrote %s", entry["case"], ", ".join(p.name for p in case_files))
+            written += case_files
         return written
 
 

@@ -75,3 +75,20 @@ def test_the_api_refuses_what_explain_refuses(explainer: Explainer, tiny_pair: d
         Explainer.from_checkpoints(tiny_pair["utility"], tiny_pair["noise"], device="cpu", sw_batch=4)
     with pytest.raises(Exception, match="--utility takes a utility checkpoint .* but this is a noise checkpoint"):  # swapped
         Explainer.from_checkpoints(tiny_pair["noise"], tiny_pair["utility"], device="cpu")
+
+
+def test_explain_files_writes_dicom_for_a_series_and_refuses_it_for_nifti(explainer: Explainer, tiny_pair: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    import pydicom
+
+    from pipeline.phantom_dicom import write_dicom_copies
+
+    [series] = write_dicom_copies(tiny_pair["data"] / "imagesTs", tmp_path / "dicom")
+    written = explainer.explain_files([series], tmp_path / "out", output_format="dicom")
+    assert sorted(p.name for p in written) == [f"{series.name}_importance.dcm", f"{series.name}_seg.dcm"]
+    importance, _ = explainer.explain_volume(series)
+    pmap = pydicom.dcmread(written[0])
+    assert int(pmap.NumberOfFrames) == importance.shape[-1]
+    assert np.isclose(float(pmap.pixel_array.max()), float(importance.max()), atol=1e-6)
+    with pytest.raises(DataError, match="not a DICOM series folder"):
+        explainer.explain_files([tiny_pair["data"] / "imagesTs"], tmp_path / "nifti", output_format="dicom")
