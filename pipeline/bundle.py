@@ -70,9 +70,25 @@ def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any
                 )
 
 
+_LOG_MODE = {"mode": "full"}
+
+
+def set_log_mode(mode: str) -> None:
+    """``full``: runs apply the bundle's ``configs/logging.conf``, as ``python -m monai.bundle run`` does; ``quiet``: they
+    keep the logging the caller set up (``unoise``'s console, :mod:`pipeline.console`)."""
+    if mode not in ("full", "quiet"):
+        raise ValueError(f"log mode is full or quiet, got {mode!r}.")
+    _LOG_MODE["mode"] = mode
+
+
+def bundle_logging_file(root: str | Path) -> str | bool:
+    """What a run of the bundle in ``root`` passes as MONAI's ``logging_file`` under the current log mode."""
+    return str(Path(root) / "configs" / "logging.conf") if _LOG_MODE["mode"] == "full" else False
+
+
 def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = ()) -> None:
     """Run ``configs/<config>.json`` (on ``common.json``, under ``overlays``) with overrides, exactly as
-    ``python -m monai.bundle run``."""
+    ``python -m monai.bundle run`` (its logging config applied unless :func:`set_log_mode` said ``quiet``)."""
     from monai.bundle import run
 
     root = Path(bundle_root or default_bundle_root())
@@ -84,7 +100,7 @@ def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None 
         run(
             config_file=[str(path) for path in files],
             meta_file=str(root / "configs" / "metadata.json"),
-            logging_file=str(root / "configs" / "logging.conf"),
+            logging_file=bundle_logging_file(root),
             bundle_root=str(root),
             **overrides,
         )
@@ -111,4 +127,5 @@ def user_error(err: BaseException) -> UNoiseError | None:
     return None
 
 
-__all__ = ["COMMON_CONFIG", "check_override_keys", "config_files", "default_bundle_root", "run_bundle", "user_error"]
+__all__ = ["COMMON_CONFIG", "bundle_logging_file", "check_override_keys", "config_files", "default_bundle_root", "run_bundle", "set_log_mode",
+           "user_error"]

@@ -488,7 +488,7 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
             if shortcut:
                 entry.update(shortcut=f"./shortcutsTr/{name}", image_nocue=f"./imagesTr_nocue/{name}")
             training.append(entry)
-        logger.info("phantom %d/%d %s (%s): %d pancreas voxels, %d tumour voxels", index + 1, len(children),
+        logger.debug("phantom %d/%d %s (%s): %d pancreas voxels, %d tumour voxels", index + 1, len(children),
                     name, split, int((case.label > 0).sum()), int((case.label == TUMOUR_LABEL).sum()))
     dataset = {"name": "Pancreas (synthetic phantom)" + (", shortcut benchmark" if shortcut else ""),
                "description": "Synthetic contrast-enhanced abdominal CT phantoms in the MSD Task07 layout",

@@ -416,7 +416,7 @@ def test_kill_at_a_checkpoint_write_then_resume(drill_data: Path, tmp_path: Path
     assert (run / "checkpoints" / "best.pt").exists() == (fault != "best.pt:1")
     resumed = _unoise("train-utility", "--dataset", str(drill_data), "--output", str(run), *TINY, "--epochs", "3", "--resume")
     out, err = resumed.communicate(timeout=300)
-    assert ("best.pt rebuilt from last.pt" in out) == (fault == "best.pt:1")
+    assert ("best.pt rebuilt from last.pt" in out + err) == (fault == "best.pt:1")  # logs: stderr
     assert resumed.returncode == 0, err[-2000:]
     assert _epochs(run) == [1, 2, 3]
     assert not list(run.rglob(".tmp-*")) and not (run / ".lock").exists()

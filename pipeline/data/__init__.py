@@ -103,7 +103,7 @@ def build_slice_dataset(
     seed: int = 0,
     transform: Callable | None = None,
     num_workers: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
     extra_images: Sequence[str] = (),
     extra_masks: Sequence[str] = (),
     use_labels: bool | None = None,

@@ -85,7 +85,7 @@ def read_dicom_series(files: Sequence[str], folder: str | os.PathLike) -> MetaTe
     lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
     lps[:3, 3] = image.GetOrigin()
     affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, dtype=torch.float64)
-    meta = {"affine": affine, "original_affine": affine.clone(), "spatial_shape": np.asarray(array.shape),
+    meta = {"original_affine": affine.clone(), "spatial_shape": np.asarray(array.shape),
             "filename_or_obj": str(folder), "original_channel_dim": "no_channel", "space": "RAS"}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
 

@@ -53,7 +53,7 @@ def build_patch_dataset(
     cache: str = "memory",
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Dataset:
     """Volumes -> ``volume_transform`` (cached) -> random patches, in one call (the 3D configs use this).
 

@@ -34,7 +34,7 @@ def build_volume_dataset(
     cache: str = "memory",
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Dataset:
     """Dataset of preprocessed volumes, cached so files are decoded once.
 
@@ -45,8 +45,12 @@ def build_volume_dataset(
             covers the entry and the transform, so changing the window or size makes a new entry) or ``none``.
         cache_dir: folder of the disk cache.
         num_workers: threads that fill the memory cache.
-        progress: progress bar while caching.
+        progress: progress bar while caching; None (default): only on a terminal (a log file gets no bar).
     """
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
     if cache not in CACHE_MODES:
         raise ConfigError(f"cache must be one of {CACHE_MODES}, got {cache!r}.")
     # MONAI caches up to the first Randomizable transform, and a nested Compose counts as one: flatten.

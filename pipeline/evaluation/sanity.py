@@ -76,7 +76,7 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     """
     from monai.bundle import run
 
-    from pipeline.bundle import config_files
+    from pipeline.bundle import bundle_logging_file, config_files
 
     root = Path(bundle_root)
     overrides = retrain_overrides(meta, epochs)
@@ -85,7 +85,7 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
                      output_dir=str(output_dir), init_from=None, **(extra_overrides or {}))
     logger.info("sanity check: retraining the noise model for %d epochs against %s", overrides["epochs"], utility_path)
     run(config_file=[str(path) for path in config_files(root, "train_noise")], meta_file=str(root / "configs" / "metadata.json"),
-        bundle_root=str(root), **overrides)
+        bundle_root=str(root), logging_file=bundle_logging_file(root), **overrides)
     network, _ = load_network_from_checkpoint(output_dir / "checkpoints" / "last.pt", device)
     return network.eval()
 

@@ -15,6 +15,6 @@ from pipeline.handlers.checkpoint import CheckpointHandler, MetricsRecorder
 from pipeline.handlers import dicom
 from pipeline.handlers.export import ImportanceExporter
 from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
-from pipeline.handlers.training_log import LossTermsHandler, SliceImagesHandler
+from pipeline.handlers.training_log import EpochSummary, LossTermsHandler, SliceImagesHandler
 
-__all__ = ["CheckpointHandler", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean", "RegionShare", "SliceImagesHandler", "VolumeDice"]
+__all__ = ["CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean", "RegionShare", "SliceImagesHandler", "VolumeDice"]

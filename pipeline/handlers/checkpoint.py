@@ -117,7 +117,7 @@ class CheckpointHandler:
         save_atomic(state, self.last_path)
         if improved:
             save_atomic({"model": state["model"], "meta": state["meta"]}, self.best_path)
-            logger.info("epoch %d: new best %s %.4f -> %s", epoch, self.metric_name, self.best_metric, self.best_path)
+            logger.debug("epoch %d: new best %s %.4f -> %s", epoch, self.metric_name, self.best_metric, self.best_path)
 
 class MetricsRecorder:
     """Write ``RUN_DIR/metrics.json``: one record per epoch (train loss, lr, validation metrics, seconds).

@@ -1,16 +1,19 @@
-"""What a training run logs besides the metrics: the loss's terms and TensorBoard images.
+"""What a training run logs besides the metrics: the loss's terms, one line per epoch, and TensorBoard images.
 
 Each handler has MONAI's shape: ``attach(engine)`` registers it, ``__call__(engine)`` does the work.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
-from pipeline.distributed import sum_over_ranks
+from pipeline.distributed import is_main_process, sum_over_ranks
 from pipeline.errors import ConfigError
 
 
@@ -47,6 +50,56 @@ class LossTermsHandler:
         for key, total in totals.items():
             engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, count)
 
+logger = logging.getLogger(__name__)
+
+
+class EpochSummary:
+    """One log line per epoch: the epoch's mean loss, the validation metrics of that epoch, the best so far, seconds.
+
+    ``epoch 3/20  loss 0.4123  val_dice_3d 0.5746  val_iou 0.4674  best val_dice_3d 0.5746 @ 3  9.6 s``
+
+    The line a run prints by default (``unoise``'s quiet logging); the engines' own logs come back with ``-v``.
+    Attach it after the ``ValidationHandler``, so the evaluator's metrics are this epoch's. Main process only.
+
+    Args:
+        evaluator: the validation engine (its ``state.metrics``, ``best_metric``, ``best_metric_epoch``), or None.
+        output_transform: the loss from ``engine.state.output`` (e.g. ``from_engine(['loss'], first=True)``).
+    """
+
+    def __init__(self, evaluator: Engine | None = None, output_transform: Callable[[Any], Any] | None = None,
+                 key_metric: str | None = None) -> None:
+        self.evaluator, self.key_metric = evaluator, key_metric
+        self.output_transform = output_transform or (lambda output: output[0]["loss"] if isinstance(output, list) else output["loss"])
+        self._loss, self._count, self._started = 0.0, 0, time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._loss, self._count, self._started = 0.0, 0, time.perf_counter()
+
+    def _accumulate(self, engine: Engine) -> None:
+        loss = self.output_transform(engine.state.output)
+        self._loss += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self._count += 1
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}", f"loss {self._loss / max(1, self._count):.4f}"]
+        validated = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
+        if validated:
+            parts += [f"{name} {value:.4f}" for name, value in self.evaluator.state.metrics.items()
+                      if isinstance(value, (int, float)) and not isinstance(value, bool)]
+            best, best_epoch = getattr(self.evaluator.state, "best_metric", None), getattr(self.evaluator.state, "best_metric_epoch", -1)
+            if best is not None and best_epoch is not None and best_epoch > 0:
+                parts.append(f"best {self.key_metric + ' ' if self.key_metric else ''}{float(best):.4f} @ {best_epoch}")
+        parts.append(f"{time.perf_counter() - self._started:.1f} s")
+        logger.info("  ".join(parts))
+
+
 class SliceImagesHandler:
     """Log named 2D images of the first item of the last validation batch to TensorBoard, each epoch.
 
@@ -82,4 +135,4 @@ class SliceImagesHandler:
             self.writer.add_image(tag, image[None], engine.state.epoch, dataformats="CHW")
 
 
-__all__ = ["LossTermsHandler", "SliceImagesHandler"]
+__all__ = ["EpochSummary", "LossTermsHandler", "SliceImagesHandler"]
