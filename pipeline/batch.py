@@ -3,6 +3,11 @@ be read or processed is recorded (file and reason) and skipped while the rest fi
 cases already done with the same models and settings.
 
 The per-case record lives in ``OUTPUT_DIR/manifest.json`` (:class:`pipeline.handlers.ImportanceExporter`).
+
+Under ``torchrun`` (``configs/multi_gpu_inference.json``) the cases are shared out over the ranks (:func:`shard`):
+rank 0 checks and locks the output folder for all (:func:`prepare_shared_output`), each rank explains its own
+cases and records them in ``manifest.rank<r>.json`` as it goes, and at the end rank 0 merges every rank's records
+into the one ``manifest.json`` (:func:`merge_shards`). In a single process each of these is the plain step.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any
 
 from monai.data import DataLoader, Dataset
 
+from pipeline import distributed
 from pipeline.bundle import user_error
 from pipeline.errors import ConfigError
-from pipeline.handlers.export import MANIFEST, read_manifest
+from pipeline.handlers.export import MANIFEST, manifest_parts, read_manifest
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("auto", "skip", "stop")
@@ -54,7 +60,10 @@ def finished_cases(output_dir: str | os.PathLike, datalist: Sequence[dict[str, A
     every output still in place (a re-run skips them; ``overwrite`` redoes them)."""
     wanted = {str(entry["case"]) for entry in datalist}
     done = []
-    for record, run in read_manifest(Path(output_dir) / MANIFEST):
+    records = read_manifest(Path(output_dir) / MANIFEST)
+    for part in manifest_parts(output_dir):  # an interrupted run under torchrun: its other ranks' records
+        records += read_manifest(part)
+    for record, run in records:
         # "skipped": a later run found it done with the same checkpoints and settings, so it still is
         if record.get("status") not in ("done", "skipped") or record.get("case") not in wanted:
             continue
@@ -108,4 +117,50 @@ def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any,
     return counts
 
 
-__all__ = ["ON_ERROR", "finished_cases", "resolve_on_error", "run_cases"]
+def shard(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This rank's cases: every ``world_size``-th entry from its rank on (all of them in a single process)."""
+    return list(entries)[distributed.get_rank()::distributed.get_world_size()]
+
+
+def prepare_shared_output(output_dir: str | os.PathLike, entries: Sequence[dict[str, Any]], suffixes: Sequence[str],
+                          overwrite: bool, device: Any = None) -> None:
+    """:func:`pipeline.rundir.prepare_output_dir` on rank 0 for every rank; a refusal there is raised on every rank
+    (so no rank waits for a run that will not happen)."""
+    from pipeline.rundir import prepare_output_dir
+
+    if not distributed.is_distributed():
+        prepare_output_dir(output_dir, list(entries), list(suffixes), overwrite)
+        return
+    refusal, error = None, None
+    if distributed.is_main_process():
+        try:
+            prepare_output_dir(output_dir, list(entries), list(suffixes), overwrite)
+        except Exception as err:  # every rank must hear of it: the others would wait for rank 0 forever
+            refusal, error = str(err), err
+    refusal = distributed.gather_objects(refusal)[0]
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise ConfigError(refusal)
+
+
+def merge_shards(exporter: Any, device: Any = None) -> None:
+    """Every rank's case records into rank 0's ``manifest.json`` (a collective); the ranks' part files go."""
+    if not distributed.is_distributed():
+        return
+    records = distributed.gather_objects(list(exporter.cases))
+    if distributed.is_main_process():
+        merged: dict[str, dict[str, Any]] = {}
+        for rank_cases in records:
+            for case in rank_cases:
+                merged[case["case"]] = case
+        exporter.cases = list(merged.values())
+        if exporter.provenance is not None:
+            exporter.provenance["processes"] = distributed.get_world_size()
+            exporter.write_manifest()
+        for part in manifest_parts(exporter.output_dir):
+            part.unlink(missing_ok=True)
+    distributed.barrier(device)
+
+
+__all__ = ["ON_ERROR", "finished_cases", "merge_shards", "prepare_shared_output", "resolve_on_error", "run_cases", "shard"]

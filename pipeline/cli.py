@@ -14,7 +14,6 @@ import ast
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,7 +120,24 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         overrides["output_format"] = args.output_format
     if args.on_error != "auto":
         overrides["on_error"] = args.on_error
-    run_bundle("inference", overrides, args.bundle_root, _overlays("inference", args))
+    from pipeline import distributed
+
+    overlays = _overlays("inference", args)
+    sharded = distributed.launched_by_torchrun()  # `torchrun ... -m pipeline.cli explain`: the cases over the ranks
+    if sharded:
+        overlays.append("multi_gpu_inference")
+        overrides["leave_process_group"] = False  # left below, after the summary, with the exit status
+    run_bundle("inference", overrides, args.bundle_root, overlays)
+    if sharded and not distributed.is_main_process():
+        distributed.cleanup(0)  # rank 0 reports for all
+    status = _explain_summary(args)
+    if sharded:
+        distributed.cleanup(status)
+    return status
+
+
+def _explain_summary(args: argparse.Namespace) -> int:
+    """Print this run's cases from manifest.json; 1 when any failed."""
     manifest = json.loads((Path(args.output) / "manifest.json").read_text())
     cases = [case for case in manifest["cases"] if case.get("run", 0) == 0]  # this run's (earlier runs' stay listed)
     counts = {status: sum(1 for c in cases if c["status"] == status) for status in ("done", "skipped", "failed")}
@@ -138,11 +154,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     overrides = {"dataset_dir": args.dataset, **_utility_overrides(args), "output_dir": args.output,
                  "noise_checkpoints": list(args.noise), **_check_overrides(args), **args.overrides}
+    if args.on_error != "auto":
+        overrides["on_error"] = args.on_error
     run_bundle("evaluate", overrides, args.bundle_root)
     result = json.loads((Path(args.output) / "evaluation.json").read_text())
     print(summarise(result))
     print(f"report: {Path(args.output) / 'report' / 'report.html'}")
-    return 0
+    return 1 if result.get("failed_cases") else 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -271,13 +289,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     datalist = with_series(load_datalist(args.dataset, key=args.key, allow_outside_paths=args.allow_outside_paths), args.series)
     summary = validate_datalist(datalist, pancreas_labels=args.pancreas_labels, label_values=args.label_values,
-                                strict=args.strict)
+                                strict=args.strict, on_error=args.on_error)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
-        print(f"dataset: {args.dataset} ({args.key}) - valid")
+        verdict = f"{len(summary.failed)} of {len(datalist)} case(s) failed" if summary.failed else "valid"
+        print(f"dataset: {args.dataset} ({args.key}) - {verdict}")
         print(summary.format())
-    return 0
+    return 1 if summary.failed else 0
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
@@ -293,10 +312,15 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_on_error_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--on-error", "--on_error", dest="on_error", choices=["auto", "skip", "stop"], default="auto",
+                         help=f"{what} (default auto: skip in a batch of several cases, stop on a single one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unoise", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the full engine log (Ignite, MONAI's StatsHandler, the bundle's logging.conf) and every library warning")
     parser.add_argument("--bundle-root", type=Path, default=None, help="bundle folder (default: the one in this checkout)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -319,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder of images")
     _add_data_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_on_error_option(inspect, "a case that cannot be read or fails a check: report it and summarise the others "
+                                  "(exit status 1), or stop at it")
     inspect.set_defaults(func=_cmd_inspect)
 
     split = sub.add_parser("split", help="split a dataset by patient into training/validation/test datalist JSON")
@@ -374,9 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "patient and study; both: NIfTI for every case and DICOM where the input is a DICOM series")
     explain.add_argument("--overwrite", action="store_true", help="replace outputs already in --output (a re-run "
                          "otherwise skips the cases manifest.json lists as done with the same models and settings)")
-    explain.add_argument("--on-error", "--on_error", dest="on_error", choices=["auto", "skip", "stop"], default="auto",
-                         help="a case that cannot be read or explained: skip it and go on, or stop (default auto: skip "
-                              "in a batch of several cases, stop on a single one)")
+    _add_on_error_option(explain, "a case that cannot be read or explained: skip it and go on, or stop")
     _add_check_options(explain)
     explain.set_defaults(func=_cmd_explain, takes_overrides=True)
 
@@ -390,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")
     evaluate.add_argument("--output", required=True, help="run folder for evaluation.json and report/")
     _add_check_options(evaluate, series=False)
+    _add_on_error_option(evaluate, "a test case that cannot be read or fails a check: leave it out of the figures "
+                                   "(listed, exit status 1), or stop; the cases the sanity check retrains on must pass")
     evaluate.set_defaults(func=_cmd_evaluate, takes_overrides=True)
 
     bench = sub.add_parser("benchmark", help="time training steps, explainers and the data path; writes benchmark.json",
@@ -424,14 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``unoise``; returns the exit status."""
-    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    from pipeline.console import configure_console
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_console(args.verbose)
     try:
         args.overrides = parse_overrides(extra)
         return int(args.func(args) or 0)
@@ -439,7 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         refusal = user_error(err)
         if refusal is None or args.traceback:
             raise
-        print(f"error: {refusal}", file=sys.stderr)
+        from pipeline.distributed import get_rank, get_world_size
+
+        rank = f"rank {get_rank()}: " if get_world_size() > 1 and get_rank() > 0 else ""  # under torchrun
+        print(f"error: {rank}{refusal}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

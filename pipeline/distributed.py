@@ -141,12 +141,17 @@ def barrier(device: torch.device | None = None) -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several that ``torchrun`` started (its variables set, ``WORLD_SIZE`` > 1)."""
+    return _launched_by_torchrun()
+
+
+def cleanup(exit_code: int = 0) -> None:
     """Leave the process group (the bundle's ``finalize``); nothing to do when there is none.
 
     Every rank first waits for the others: a rank that destroys the group while rank 0 is still writing
     its last checkpoint can make gloo abort the process ("terminate called without an active exception").
-    A ``torchrun`` worker then exits at once (``os._exit(0)``, after flushing its logs): this is the last
+    A ``torchrun`` worker then exits at once (``os._exit(exit_code)``, after flushing its logs): this is the last
     step of the run, and the interpreter's own teardown of the gloo objects can abort too.
     """
     if dist.is_available() and dist.is_initialized():
@@ -160,7 +165,7 @@ def cleanup() -> None:
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(0)
+            os._exit(exit_code)
 
 
 def quiet_other_ranks() -> None:

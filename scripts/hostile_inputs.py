@@ -7,6 +7,9 @@ in ``--work`` and runs ``python -m pipeline ...`` in a fresh process. The outcom
   file (or the setting) that is wrong; no traceback;
 - ``warned``: exit 0 with a warning naming the case (non-CT intensities without ``--strict``);
 - ``accepted``: exit 0 (right for the positive controls: a chosen DICOM series, a stale lock...);
+- ``isolated``: exit 1, the bad case reported naming its file and the others finished (``inspect`` and
+  ``evaluate`` over a dataset, whose default ``--on_error auto`` skips a bad case of a batch; the refusal
+  rows run them with ``--on_error stop``);
 - ``traceback``: anything else.
 
 It also checks that a refused run left its ``--output`` exactly as it found it (absent, or the same
@@ -60,7 +63,7 @@ class Case:
     command: str
     argv: Callable[[Path], list[str]]  # work folder -> arguments after `python -m pipeline`
     names: str  # what the error line must name (a file name or a setting)
-    expect: str = "refused"  # refused | warned | accepted
+    expect: str = "refused"  # refused | warned | accepted | isolated
     output: Callable[[Path], Path] | None = None  # the --output to check for half-writes
     after: Callable[[Path], str | None] | None = None  # extra check; returns a problem or None
     setup: Callable[[Path], None] | None = None
@@ -273,12 +276,13 @@ def build_cases(work: Path) -> list[Case]:
         key = f"{fault} [{command}{' ' + ' '.join(extra) if extra else ''}]"
         data = lambda w, k=key: w / "cases" / k.replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "").replace(".", "")
         out = lambda w, k=key: _out(w, k)
+        stop = ("--on_error", "stop") if expect == "refused" else ()  # refused: the batch stops at the bad case
         argv = {
-            "inspect": lambda w: ["inspect", "--dataset", str(data(w)), *extra],
+            "inspect": lambda w: ["inspect", "--dataset", str(data(w)), *stop, *extra],
             "train-utility": lambda w: ["train-utility", "--dataset", str(data(w)), "--output", str(out(w)), *TRAIN, *extra],
             "train-noise": lambda w: ["train-noise", "--dataset", str(data(w)), "--utility", utility, "--output", str(out(w)), *NOISE, *extra],
             "evaluate": lambda w: ["evaluate", "--dataset", str(data(w)), "--utility", utility, "--noise", noise,
-                                   "--output", str(out(w)), *EVALUATE, *extra],
+                                   "--output", str(out(w)), *EVALUATE, *stop, *extra],
         }[command]
 
         def setup(w: Path, k: str = key) -> None:
@@ -301,6 +305,10 @@ def build_cases(work: Path) -> list[Case]:
         cases.append(dataset_case(fault, damage, names, "evaluate", extra=("--strict",)))
     cases.append(dataset_case("image path outside the dataset (..)", _outside_dataset, "", "inspect", expect="accepted",
                               extra=("--allow-outside-paths",)))
+    for fault in ("image truncated", "label of another affine", "image header claims 6.3 G voxels", "image NaN voxels"):
+        damage, names = DATA_FAULTS[fault]  # the default for a batch: the bad case reported, the others summarised
+        for command in ("inspect", "evaluate"):
+            cases.append(dataset_case(f"{fault} (batch goes on)", damage, names, command, expect="isolated"))
 
     # inputs given to explain directly
     def explain_case(fault: str, make_input: Callable[[Path], Path], names: str, expect: str = "refused",
@@ -572,10 +580,15 @@ def classify(case: Case, status: int, stderr: str, stdout: str = "") -> dict:
     lines = [line for line in stderr.splitlines() if line.strip()]
     logged = lines + [line for line in stdout.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
-    if "Traceback (most recent call last)" in stderr or status not in (0, 2):
+    if "Traceback (most recent call last)" in stderr or status not in (0, 1, 2):
         kind = "traceback"
     elif status == 2:
         kind = "refused" if len(errors) == 1 and lines[-1] == errors[0] else "traceback"
+    elif status == 1:
+        kind = "isolated" if not errors else "traceback"
+        named = [line for line in logged if case.names and case.names in line and "fail" in line.lower()]
+        return {"outcome": kind, "error": named[0][:300] if named else "", "names": bool(named),
+                "last_stderr": lines[-1][:300] if lines else ""}
     else:
         kind = "warned" if any("does not look like CT" in line for line in logged) else "accepted"
     message = errors[0][len("error: "):] if errors else ""
@@ -619,7 +632,7 @@ def main() -> int:
                "peak_mb": round(peak, 1), **classify(case, status, stderr, stdout)}
         row["output_untouched"] = None if output is None or row["outcome"] != "refused" else _snapshot(output) == before
         row["problem"] = case.after(work) if case.after else None
-        row["ok"] = (row["outcome"] == case.expect and (case.expect != "refused" or row["names"])
+        row["ok"] = (row["outcome"] == case.expect and (case.expect not in ("refused", "isolated") or row["names"])
                      and row["output_untouched"] is not False and row["problem"] is None)
         return row
 
@@ -648,11 +661,14 @@ def main() -> int:
         "cases": len(rows),
         "expected_refusals": len(refuse),
         "refused_with_one_line_naming_it": sum(r["outcome"] == "refused" and r["names"] for r in refuse),
+        "isolated_naming_the_file": f"{sum(r['ok'] for r in rows if r['expect'] == 'isolated')}/"
+                                    f"{sum(r['expect'] == 'isolated' for r in rows)}",
         "tracebacks": sum(r["outcome"] == "traceback" for r in rows),
         "silent_acceptances": sum(r["outcome"] in ("accepted", "warned") and r["expect"] == "refused" for r in rows)
                               + sum(r["outcome"] == "accepted" and r["expect"] == "warned" for r in rows),
         "half_written_or_mixed_outputs": sum(r["output_untouched"] is False or r["outcome"] == "mixed" for r in rows),
-        "positive_controls_ok": f"{sum(r['ok'] for r in rows if r['expect'] != 'refused')}/{sum(r['expect'] != 'refused' for r in rows)}",
+        "positive_controls_ok": f"{sum(r['ok'] for r in rows if r['expect'] in ('accepted', 'warned'))}/"
+                                f"{sum(r['expect'] in ('accepted', 'warned') for r in rows)}",
         "failed": [r["case"] for r in rows if not r["ok"]],
         "peak_mb_header_only_file": max(huge) if huge else None,
         "peak_mb_any_refusal": max((r["peak_mb"] for r in refuse), default=None),

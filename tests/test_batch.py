@@ -100,3 +100,79 @@ def test_a_failure_inside_the_run_is_isolated_and_its_half_written_output_remove
     assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == ["one_importance.nii.gz", "two_importance.nii.gz"]
     with pytest.raises(RuntimeError, match="out of memory"):  # stop: the batch ends there, earlier cases stay
         run_cases(Evaluator(), entries, None, ImportanceExporter(tmp_path / "stop"), "stop", suffixes=suffixes)
+
+
+def test_torchrun_shards_the_cases_over_two_processes_into_one_manifest(tiny_pair: dict[str, Path], batch: Path,
+                                                                        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+
+    for name in ("d_case", "e_case"):  # 4 good cases and the broken one: both ranks get good and the broken one a rank
+        shutil.copy(batch / "a_case.nii.gz", batch / f"{name}.nii.gz")
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE",
+                                                                          "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+
+    def torchrun(inputs: Path) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                   "pipeline.cli", "explain", "--input", str(inputs), "--output", str(tmp_path / "sharded"),
+                   "--noise", str(tiny_pair["noise"]), "--utility", str(tiny_pair["utility"]), "--device", "cpu",
+                   "--spatial_size", "32"]
+        return subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600,
+                              env=env)
+
+    result = torchrun(batch)
+    assert result.returncode == 1, (result.stdout[-2000:], result.stderr[-2000:])  # one case failed
+    assert result.stdout.count("explained 4 volume(s), 0 skipped (done before), 1 failed") == 1  # rank 0 reports
+    manifest = json.loads((tmp_path / "sharded" / "manifest.json").read_text())
+    status = {case["case"]: case["status"] for case in manifest["cases"]}
+    assert status == {"a_case": "done", "b_broken": "failed", "c_case": "done", "d_case": "done", "e_case": "done"}
+    assert {case["run"] for case in manifest["cases"]} == {0} and manifest["run"]["processes"] == 2
+    assert not list((tmp_path / "sharded").glob("manifest.rank*.json"))  # merged, the parts gone
+    assert not list((tmp_path / "sharded").glob("b_broken*"))
+
+    assert _explain(tiny_pair, batch / "a_case.nii.gz", tmp_path / "single") == 0  # the same maps as one process
+    single = np.asarray(nib.load(str(tmp_path / "single" / "a_case_importance.nii.gz")).dataobj)
+    for case in ("a_case", "c_case", "d_case", "e_case"):
+        sharded = np.asarray(nib.load(str(tmp_path / "sharded" / f"{case}_importance.nii.gz")).dataobj)
+        assert np.allclose(sharded, single, atol=1e-6), case
+
+    (batch / "b_broken.nii.gz").unlink()
+    again = torchrun(batch)  # the same command: every case done before, whichever rank did it
+    assert again.returncode == 0, (again.stdout[-2000:], again.stderr[-2000:])
+    assert "explained 0 volume(s), 4 skipped (done before), 0 failed" in again.stdout
+
+
+def test_inspect_reports_a_corrupt_case_summarises_the_others_and_exits_1(batch: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", "--dataset", str(batch)]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 3 case(s) failed" in out and "cases: 2 (0 with label)" in out
+    assert "b_broken: " in out and "b_broken.nii.gz" in out and "truncated" in out  # the file and the reason
+    assert main(["inspect", "--dataset", str(batch), "--on_error", "stop"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0  # stop: the one-line refusal, as before
+
+
+def test_evaluate_leaves_a_corrupt_case_out_says_so_and_exits_1(tiny_pair: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.evaluation.run import load_split
+
+    data = tmp_path / "phantom"
+    shutil.copytree(tiny_pair["data"], data)
+    split = {"--val_fraction": "0.34", "--test_fraction": "0.0"}
+    cases = load_split(str(data), "training", 0.34, 0.0, 0, "validation", False)["validation"]
+    assert len(cases) == 2
+    broken = Path(cases[0]["image"])
+    broken.write_bytes(broken.read_bytes()[:300])
+    args = ["evaluate", "--dataset", str(data), "--utility", str(tiny_pair["utility"]), "--noise", str(tiny_pair["noise"]),
+            "--output", str(tmp_path / "evaluation"), *[a for pair in split.items() for a in pair], "--split", "validation",
+            "--sanity", "false", "--baselines", "['random', 'segmentation']", "--slices_per_case", "1", "--bootstrap", "20",
+            "--device", "cpu"]
+    assert main(args) == 1
+    result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    [failed] = result["failed_cases"]
+    assert failed["case"] == cases[0]["case"] and str(broken) in failed["error"]
+    assert set(result["cases"]) == {cases[1]["case"]}  # the figures are the other case's alone
+    assert "failed their checks" in (tmp_path / "evaluation" / "report" / "report.html").read_text()

@@ -46,7 +46,9 @@ def test_bad_dataset_exits_nonzero_with_one_line_naming_the_file(msd_dir: Path, 
         bad.write_bytes(bad.read_bytes()[:300])
     else:
         bad = write_nifti(msd_dir / "labelsTr" / "pancreas_002.nii.gz", label[:-2], affine)
-    result = run_cli("inspect", "--dataset", str(msd_dir))
+    batch = run_cli("inspect", "--dataset", str(msd_dir))  # default for several cases: report it, go on, exit 1
+    assert batch.returncode == 1 and "1 of 5 case(s) failed" in batch.stdout and str(bad) in batch.stdout, batch.stdout
+    result = run_cli("inspect", "--dataset", str(msd_dir), "--on_error", "stop")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
     errors = [line for line in lines if line.startswith("error: ")]

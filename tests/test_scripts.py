@@ -57,6 +57,10 @@ def test_hostile_inputs_refuses_the_header_only_file_everywhere_in_little_memory
     record = json.loads(out.read_text())
     commands = {row["command"] for row in record["rows"]}
     assert commands == {"inspect", "train-utility", "train-noise", "evaluate", "explain"}
-    assert all(row["outcome"] == "refused" and row["names"] for row in record["rows"])
+    refusals = [row for row in record["rows"] if row["expect"] == "refused"]
+    assert len(refusals) == 5 and all(row["outcome"] == "refused" and row["names"] for row in refusals)
+    isolated = [row for row in record["rows"] if row["expect"] == "isolated"]  # inspect / evaluate: the batch goes on
+    assert {row["command"] for row in isolated} == {"inspect", "evaluate"}
+    assert all(row["outcome"] == "isolated" and row["names"] for row in isolated), isolated
     assert record["summary"]["tracebacks"] == 0 and record["summary"]["failed"] == []
     assert record["summary"]["peak_mb_header_only_file"] < 500

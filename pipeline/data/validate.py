@@ -113,6 +113,7 @@ class DatasetSummary:
     cases: list[CaseSummary]
     pancreas_labels: tuple[int, ...]
     warnings: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # with on_error="skip": {"case", "input", "error"}
 
     def as_dict(self) -> dict[str, Any]:
         labelled = [c for c in self.cases if c.label_counts]
@@ -136,6 +137,7 @@ class DatasetSummary:
             "label_voxels": {str(k): v for k, v in sorted(counts.items())},
             "pancreas_labels": list(self.pancreas_labels),
             "warnings": list(self.warnings),
+            "failed": list(self.failed),
         }
 
     def format(self) -> str:
@@ -154,6 +156,9 @@ class DatasetSummary:
             f"pancreas = label values {list(self.pancreas_labels)}",
         ]
         lines += [f"warning: {text}" for text in self.warnings]
+        if self.failed:
+            lines.append(f"{len(self.failed)} case(s) failed, left out of the figures above:")
+            lines += [f"  {item['case']}: {item['error']}" for item in self.failed]
         return "\n".join(lines)
 
 
@@ -222,8 +227,9 @@ def validate_datalist(
     require_labels: bool = False,
     progress: bool = True,
     strict: bool = False,
+    on_error: str = "stop",
 ) -> DatasetSummary:
-    """Open every case and stop at the first problem, naming the file.
+    """Open every case and stop at the first problem, naming the file (or, with ``on_error="skip"``, record it and go on).
 
     Checks, in this order: file present (no symlink loop), header fits the file (no truncated file, no
     header claiming more voxels than stored, at most :data:`~pipeline.data.files.MAX_VOXELS`), one DICOM
@@ -239,12 +245,14 @@ def validate_datalist(
         require_labels: fail on a case without label (training needs them).
         progress: show a progress bar on stderr (only when it is a terminal).
         strict: refuse, rather than warn about, an image whose intensities do not look like CT in HU.
+        on_error: ``stop`` raises the first problem; ``skip`` records each failing case in ``failed`` (case, file,
+            reason) and summarises the others; ``auto`` skips when there are several cases, stops on one.
 
     Returns:
         A :class:`DatasetSummary`.
 
     Raises:
-        DataError: the first problem found.
+        DataError: the first problem found (``stop``), or every case failed (``skip``).
     """
     if not datalist:
         raise DataError("the datalist is empty: the dataset holds no cases; check the path and datalist key.")
@@ -256,40 +264,60 @@ def validate_datalist(
     notes: list[str] = []
     show = progress and sys.stderr.isatty()  # no bar in logs and CI output
     entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not show, leave=False)
+    if on_error not in ("auto", "skip", "stop"):
+        raise ConfigError(f"on_error must be auto, skip or stop, got {on_error!r}.")
+    skip = on_error == "skip" or (on_error == "auto" and len(datalist) > 1)
+    failed: list[dict[str, str]] = []
     for entry in entries:
-        paths = image_paths(entry)
-        image_path = paths[0]
-        image = load_volume(image_path, entry.get("series"))
-        _check_finite(image, image_path)
-        for channel, other_path in enumerate(paths[1:], start=2):  # a multi-channel case: every volume on the first's grid
-            other = load_volume(other_path)
-            _check_finite(other, other_path)
-            _check_geometry(image, other, image_path, other_path, what=f"channel {channel} image")
-        hu_range = (float(image.min()), float(image.max()))  # one pass each over the volume, used twice
-        note = check_ct_intensity(*hu_range, image_path, strict)
+        try:
+            summary, note = _validate_case(entry, allowed, pancreas, require_labels, strict)
+        except DataError as err:
+            if not skip:
+                raise
+            failed.append({"case": str(entry.get("case", "")), "input": str(image_paths(entry)[0]), "error": str(err)})
+            logger.error("%s: failed, left out: %s", entry.get("case", image_paths(entry)[0]), err)
+            continue
         if note:
             notes.append(note)
-        spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
-        summary = CaseSummary(
-            case=str(entry.get("case", Path(image_path).name)),
-            shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]
-            spacing=spacing,  # type: ignore[arg-type]
-            orientation="".join(nib.aff2axcodes(np.asarray(image.affine))),
-            hu_range=hu_range,
-        )
-        label_path = entry.get("label")
-        if label_path:
-            label = load_volume(label_path)
-            _check_finite(label, str(label_path))
-            _check_geometry(image, label, image_path, str(label_path))
-            summary.label_counts = _check_label_values(label, str(label_path), allowed)
-            foreground = torch.isin(label, pancreas)
-            summary.pancreas_slices = int(foreground.flatten(0, 1).any(dim=0).sum())
-        elif require_labels:
-            raise DataError(f"{image_path}: no label for this case; this run needs a 'label' for every image "
-                            "(a noise model also trains without labels: --target prediction).")
         cases.append(summary)
-    return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels), warnings=notes)
+    if not cases:
+        raise DataError(f"every case failed its checks ({len(failed)}); the first: {failed[0]['error']}")
+    return DatasetSummary(cases=cases, pancreas_labels=tuple(int(v) for v in pancreas_labels), warnings=notes, failed=failed)
+
+
+def _validate_case(entry: dict[str, Any], allowed: Any, pancreas: torch.Tensor, require_labels: bool,
+                   strict: bool) -> tuple[CaseSummary, str | None]:
+    """The checks of one case (see :func:`validate_datalist`): its summary and the CT-range note, if any."""
+    paths = image_paths(entry)
+    image_path = paths[0]
+    image = load_volume(image_path, entry.get("series"))
+    _check_finite(image, image_path)
+    for channel, other_path in enumerate(paths[1:], start=2):  # a multi-channel case: every volume on the first's grid
+        other = load_volume(other_path)
+        _check_finite(other, other_path)
+        _check_geometry(image, other, image_path, other_path, what=f"channel {channel} image")
+    hu_range = (float(image.min()), float(image.max()))  # one pass each over the volume, used twice
+    note = check_ct_intensity(*hu_range, image_path, strict)
+    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0))
+    summary = CaseSummary(
+        case=str(entry.get("case", Path(image_path).name)),
+        shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]
+        spacing=spacing,  # type: ignore[arg-type]
+        orientation="".join(nib.aff2axcodes(np.asarray(image.affine))),
+        hu_range=hu_range,
+    )
+    label_path = entry.get("label")
+    if label_path:
+        label = load_volume(label_path)
+        _check_finite(label, str(label_path))
+        _check_geometry(image, label, image_path, str(label_path))
+        summary.label_counts = _check_label_values(label, str(label_path), allowed)
+        foreground = torch.isin(label, pancreas)
+        summary.pancreas_slices = int(foreground.flatten(0, 1).any(dim=0).sum())
+    elif require_labels:
+        raise DataError(f"{image_path}: no label for this case; this run needs a 'label' for every image "
+                        "(a noise model also trains without labels: --target prediction).")
+    return summary, note
 
 
 def check_channels(datalist: Sequence[dict[str, Any]], in_channels: int, source: str | Path) -> None:

@@ -203,6 +203,9 @@ def write_report(run_dir: str | Path) -> Path:
         f"inside the body only; hidden pixels take the {html.escape(protocol['infill'])} infill; curves are the dice of "
         "the utility against its own clean prediction (what an explanation of the model must keep). "
         "Values: mean over cases [bootstrap 95% interval].</p>",
+        *([f"<p><b>{len(result['failed_cases'])} case(s) of the split failed their checks and are not in these "
+           "figures:</b> " + "; ".join(html.escape(f"{item['case']}: {item['error']}") for item in result["failed_cases"])
+           + "</p>"] if result.get("failed_cases") else []),
         *_criteria_section(result),
         "<h2>Maps</h2><img src='grid.png'>",
         *(["<h3>Orthogonal planes</h3><img src='planes.png'>"] if "orthogonal" in saved else []),

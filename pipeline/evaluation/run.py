@@ -19,6 +19,7 @@ import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
 from pipeline.data import check_channels, check_roi_size, check_training_split, load_datalist, split_datalist, validate_datalist
+from pipeline.data.validate import DatasetSummary
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError
 from pipeline.evaluation.compare import evaluate_explainers
@@ -116,8 +117,9 @@ def check_inputs(
     utility_bundle: str | None = None,
     target_channel: int | str | None = None,
     baselines: Sequence[str] = (),
-) -> None:
-    """Every check of an evaluation, before its run folder is created.
+    on_error: str = "auto",
+) -> list[dict[str, str]]:
+    """Every check of an evaluation, before its run folder is created; returns the evaluated split's failing cases.
 
     Checkpoints are of the right kind (``--utility`` a utility, ``--noise`` noise models trained
     against that utility's network), the split exists and is not empty, and its cases pass
@@ -125,8 +127,12 @@ def check_inputs(
     and validation parts, which the sanity check retrains on, pass the training checks too; with
     ``shortcut`` every case has its cue mask and twin, whose headers are checked.
 
+    With ``on_error`` ``skip`` (``auto``: when the split holds several cases) a case of the evaluated split that
+    fails its checks is reported (``{"case", "input", "error"}``) and left out of the evaluation; the cases the
+    sanity check retrains on must all pass (a retraining cannot leave one out).
+
     Raises:
-        ConfigError, CheckpointError, DataError: the first problem found.
+        ConfigError, CheckpointError, DataError: the first problem found (or every evaluated case failed).
     """
     if not noise_checkpoints:
         raise ConfigError("evaluate needs at least one noise-model checkpoint (--noise RUN_DIR/checkpoints/best.pt).")
@@ -150,16 +156,23 @@ def check_inputs(
     parts = tuple(dict.fromkeys([split, *(("training", "validation") if sanity else ())]))
     entries = [entry for part in parts for entry in splits[part]]
     check_channels(entries, int(utility_meta.get("in_channels", 1)), dataset_dir)
-    summary = validate_datalist(entries, pancreas_labels, label_values, require_labels=True, progress=False, strict=strict)
-    check_training_split(summary, splits, dataset_dir, parts=parts)
+    evaluated = validate_datalist(splits[split], pancreas_labels, label_values, require_labels=True, progress=False,
+                                  strict=strict, on_error=on_error)
+    others = [entry for part in parts if part != split for entry in splits[part]]
+    summary = validate_datalist(others, pancreas_labels, label_values, require_labels=True, progress=False,
+                                strict=strict) if others else None
+    cases = evaluated.cases + (summary.cases if summary else [])
+    check_training_split(DatasetSummary(cases, evaluated.pancreas_labels), splits, dataset_dir, parts=parts)
     if shortcut:
         from pipeline.data import load_volume
         from pipeline.evaluation.shortcut import SHORTCUT_KEYS, check_shortcut_entries
 
         check_shortcut_entries(splits[split])
-        for entry in splits[split]:
+        failed = {item["case"] for item in evaluated.failed}
+        for entry in [entry for entry in splits[split] if str(entry["case"]) not in failed]:
             for key in SHORTCUT_KEYS:
                 load_volume(entry[key])  # header, size and 3D checks; geometry follows the image's in the transforms
+    return evaluated.failed
 
 
 def count_blank_maps(maps: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -210,6 +223,7 @@ def run_evaluation(
     sw_overlap: float = 0.25,
     sw_batch_size: int = 4,
     cost_occlusion_strides: Sequence[int] | None = None,
+    failed_cases: Sequence[dict[str, str]] = (),
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -221,7 +235,9 @@ def run_evaluation(
     ``utility_loaded`` the ``(utility, meta)`` the config loaded for it (None loads it here). With a 3D utility
     and ``volume_cost``, ``volumes`` holds the utility's dice on each whole test volume and each method's cost
     per whole volume (:mod:`pipeline.evaluation.cost`: sliding windows with ``sw_overlap`` / ``sw_batch_size``,
-    occlusion costed at ``cost_occlusion_strides``, default the evaluated stride and 2). Returns the written content.
+    occlusion costed at ``cost_occlusion_strides``, default the evaluated stride and 2). ``failed_cases`` (what
+    :func:`check_inputs` reported with ``on_error`` skip) are left out of the split and listed in ``failed_cases``.
+    Returns the written content.
     """
     limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
     torch.manual_seed(seed)
@@ -235,6 +251,8 @@ def run_evaluation(
         check_volume_settings(baselines, sanity, shortcut, (infill, *extra_infills), str(utility_bundle or utility_checkpoint))
     utility.eval()
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
+    left_out = {str(item["case"]) for item in failed_cases}
+    splits[split] = [entry for entry in splits[split] if str(entry["case"]) not in left_out]  # same split, less them
     extra_images, extra_masks = (("image_nocue",), ("shortcut",)) if shortcut else ((), ())
     if shortcut:
         from pipeline.evaluation.shortcut import check_shortcut_entries
@@ -333,6 +351,7 @@ def run_evaluation(
                  "cases": data["cases"], "maps": shown_maps,
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {}),
                  **({"orthogonal": orthogonal_planes(data, maps)} if volumes else {})}, out / "maps.pt")
+    result["failed_cases"] = [dict(item) for item in failed_cases]
     write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
     return result
 
@@ -366,6 +385,8 @@ def summarise(result: dict) -> str:
         cut = result["shortcut"]
         lines.append(f"shortcut: dice with cue {cut['dice_with_cue']:.3f}, without {cut['dice_without_cue']:.3f}; " + ", ".join(
             f"{k} cue {v['cue_share_over_chance']:.1f}x / pointing {v['pointing_rate']:.0%}" for k, v in cut["methods"].items()))
+    for item in result.get("failed_cases", []):
+        lines.append(f"left out (failed its checks): {item['case']}: {item['error']}")
     return "\n".join(lines)
 
 

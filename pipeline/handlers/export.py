@@ -36,6 +36,11 @@ def write_case_maps(output_dir: str | Path, case: str, maps: dict[str, np.ndarra
             for name, array in maps.items()]
 
 
+def manifest_parts(output_dir: str | Path) -> list[Path]:
+    """The per-rank records ``manifest.rank<r>.json`` of a run under ``torchrun`` (merged into the manifest at its end)."""
+    return sorted(Path(output_dir).glob("manifest.rank*.json"))
+
+
 def read_manifest(path: str | Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Each case record of a ``manifest.json`` with the provenance of the run that wrote it ([] when the file is
     missing or not readable JSON)."""
@@ -111,7 +116,13 @@ class ImportanceExporter:
         """``manifest.json``: the run's provenance and, per case, its input, outputs, status and seconds (atomic).
 
         Cases an earlier run wrote into the same folder (other names) stay listed, with that run's provenance."""
+        from pipeline.distributed import get_rank, get_world_size
+
         path = self.output_dir / MANIFEST
+        if get_world_size() > 1 and get_rank() > 0:  # under torchrun: this rank's cases, merged by rank 0 at the end
+            return write_json_atomic({"run": self.provenance or {}, "runs": [self.provenance or {}],
+                                      "cases": [{**case, "run": 0} for case in self.cases]},
+                                     self.output_dir / f"manifest.rank{get_rank()}.json")
         if self._earlier is None:
             self._earlier = read_manifest(path)
         current = {c["case"] for c in self.cases}
@@ -192,4 +203,4 @@ class ImportanceExporter:
         return path
 
 
-__all__ = ["MANIFEST", "ImportanceExporter", "maps_from_prediction", "read_manifest", "write_case_maps"]
+__all__ = ["MANIFEST", "ImportanceExporter", "manifest_parts", "maps_from_prediction", "read_manifest", "write_case_maps"]
