@@ -141,10 +141,12 @@ class Explainer:
         Map) instead, DICOM series inputs only; ``both`` writes NIfTI, and DICOM where the input is a DICOM series.
         """
         from pipeline.handlers.dicom import check_dicom_inputs, output_suffixes, write_case_dicom
+        from pipeline.provenance import short_provenance
 
         output_suffixes(output_format)
         entries = collect_inputs(inputs)
         check_dicom_inputs(entries, output_format)
+        provenance = self.parser.get_parsed_content("provenance")  # the checkpoints' SHA-256, as explain records them
         out = Path(output_dir)
         written: list[Path] = []
         for entry in entries:
@@ -153,9 +155,10 @@ class Explainer:
             affine = np.asarray(importance.affine, dtype=np.float64)
             case_files = []
             if output_format != "nifti" and isinstance(entry["image"], (str, os.PathLike)) and Path(entry["image"]).is_dir():
-                case_files += write_case_dicom(out, entry["case"], maps, affine, entry["image"], entry.get("series"))
+                case_files += write_case_dicom(out, entry["case"], maps, affine, entry["image"], entry.get("series"),
+                                               provenance)
             if output_format != "dicom":
-                case_files += write_case_maps(out, entry["case"], maps, affine)
+                case_files += write_case_maps(out, entry["case"], maps, affine, short_provenance(provenance))
             logger.info("%s: wrote %s", entry["case"], ", ".join(p.name for p in case_files))
             written += case_files
         return written

@@ -24,12 +24,14 @@ from monai.data import DataLoader, Dataset
 from pipeline import distributed
 from pipeline.bundle import user_error
 from pipeline.errors import ConfigError
-from pipeline.handlers.export import MANIFEST, manifest_parts, read_manifest
+from pipeline.handlers.export import latest_records, manifest_parts
 
 logger = logging.getLogger(__name__)
 ON_ERROR = ("auto", "skip", "stop")
 # Settings that do not change what a case's outputs are (where they go, what else runs, how failures are handled).
 NOT_OUTPUT_SETTINGS = ("inputs", "output_dir", "overwrite", "on_error", "num_workers", "overlay_slices", "datalist_key")
+# Output settings added later: a manifest written before them meant these values.
+SETTING_DEFAULTS = {"output_format": "nifti", "resample_uneven": False}
 
 
 def resolve_on_error(on_error: str, datalist: Sequence[dict[str, Any]]) -> str:
@@ -48,7 +50,7 @@ def _same_outputs(run: dict[str, Any], provenance: dict[str, Any]) -> bool:
         return {role: entry.get("sha256") for role, entry in record.get("checkpoints", {}).items()}
 
     def settings(record: dict[str, Any]) -> dict[str, Any]:
-        config = record.get("config", {})
+        config = {**SETTING_DEFAULTS, **record.get("config", {})}
         return {k: v for k, v in config.items() if k not in NOT_OUTPUT_SETTINGS and not k.endswith("checkpoint")}
 
     return hashes(run) == hashes(provenance) and settings(run) == settings(provenance)
@@ -60,10 +62,7 @@ def finished_cases(output_dir: str | os.PathLike, datalist: Sequence[dict[str, A
     every output still in place (a re-run skips them; ``overwrite`` redoes them)."""
     wanted = {str(entry["case"]) for entry in datalist}
     done = []
-    records = read_manifest(Path(output_dir) / MANIFEST)
-    for part in manifest_parts(output_dir):  # an interrupted run under torchrun: its other ranks' records
-        records += read_manifest(part)
-    for record, run in records:
+    for record, run in latest_records(output_dir):  # with an interrupted torchrun run's part files, newest first
         # "skipped": a later run found it done with the same checkpoints and settings, so it still is
         if record.get("status") not in ("done", "skipped") or record.get("case") not in wanted:
             continue
@@ -117,13 +116,18 @@ def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any,
     return counts
 
 
-def shard(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """This rank's cases: every ``world_size``-th entry from its rank on (all of them in a single process)."""
-    return list(entries)[distributed.get_rank()::distributed.get_world_size()]
+def shard(entries: Sequence[dict[str, Any]], done: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """This rank's cases: every ``world_size``-th case still to do, from its rank on; rank 0 also takes the ``done``
+    ones (recorded as skipped in no time), so the work is shared evenly. All of them in a single process."""
+    entries, done_set = list(entries), set(done)
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    todo = [entry for entry in entries if str(entry["case"]) not in done_set][rank::world]
+    skipped = [entry for entry in entries if str(entry["case"]) in done_set] if rank == 0 else []
+    return skipped + todo
 
 
 def prepare_shared_output(output_dir: str | os.PathLike, entries: Sequence[dict[str, Any]], suffixes: Sequence[str],
-                          overwrite: bool, device: Any = None) -> None:
+                          overwrite: bool) -> None:
     """:func:`pipeline.rundir.prepare_output_dir` on rank 0 for every rank; a refusal there is raised on every rank
     (so no rank waits for a run that will not happen)."""
     from pipeline.rundir import prepare_output_dir
@@ -144,9 +148,14 @@ def prepare_shared_output(output_dir: str | os.PathLike, entries: Sequence[dict[
         raise ConfigError(refusal)
 
 
-def merge_shards(exporter: Any, device: Any = None) -> None:
-    """Every rank's case records into rank 0's ``manifest.json`` (a collective); the ranks' part files go."""
+def merge_shards(exporter: Any, datalist: Sequence[dict[str, Any]] = (), device: Any = None) -> None:
+    """Every rank's case records into rank 0's ``manifest.json``, in ``datalist`` order (a collective); the part files
+    go. In a single process only the part files an interrupted ``torchrun`` run left go (the exporter's manifest has
+    taken their records)."""
     if not distributed.is_distributed():
+        if exporter.provenance is not None and (exporter.output_dir / "manifest.json").is_file():
+            for part in manifest_parts(exporter.output_dir):
+                part.unlink(missing_ok=True)
         return
     records = distributed.gather_objects(list(exporter.cases))
     if distributed.is_main_process():
@@ -154,7 +163,8 @@ def merge_shards(exporter: Any, device: Any = None) -> None:
         for rank_cases in records:
             for case in rank_cases:
                 merged[case["case"]] = case
-        exporter.cases = list(merged.values())
+        order = {str(entry["case"]): index for index, entry in enumerate(datalist)}
+        exporter.cases = sorted(merged.values(), key=lambda case: order.get(case["case"], len(order)))
         if exporter.provenance is not None:
             exporter.provenance["processes"] = distributed.get_world_size()
             exporter.write_manifest()

@@ -127,6 +127,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if sharded:
         overlays.append("multi_gpu_inference")
         overrides["leave_process_group"] = False  # left below, after the summary, with the exit status
+        distributed.quiet_other_ranks()  # from the start: only rank 0 reports progress
     run_bundle("inference", overrides, args.bundle_root, overlays)
     if sharded and not distributed.is_main_process():
         distributed.cleanup(0)  # rank 0 reports for all
@@ -202,6 +203,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     _add_check_options(parser)
 
 
+def _parse_bool(text: str) -> bool:
+    """``true`` / ``false`` (also yes/no, 1/0), as a bundle's JSON booleans read on the command line."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(str(text).strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> None:
     """The input checks' switches (``strict``, ``allow_outside_paths``, ``series``) of every command that reads data."""
     parser.add_argument("--strict", action="store_true",
@@ -211,6 +220,10 @@ def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> 
     if series:
         parser.add_argument("--series", default=None, metavar="UID",
                             help="SeriesInstanceUID to read from a DICOM folder holding several series")
+        parser.add_argument("--resample-uneven", "--resample_uneven", dest="resample_uneven", type=_parse_bool,
+                            default=False, metavar="BOOL",
+                            help="true: a DICOM series with a missing slice or uneven steps is resampled linearly onto "
+                                 "an even grid at its median step (maps then lie on that grid: NIfTI only), not refused")
 
 
 def _add_utility_options(parser: argparse.ArgumentParser) -> None:
@@ -266,6 +279,8 @@ def _check_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["allow_outside_paths"] = True
     if getattr(args, "series", None):
         overrides["series"] = args.series
+    if getattr(args, "resample_uneven", False):
+        overrides["resample_uneven"] = True
     return overrides
 
 
@@ -287,7 +302,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.data import load_datalist, validate_datalist, with_series
 
-    datalist = with_series(load_datalist(args.dataset, key=args.key, allow_outside_paths=args.allow_outside_paths), args.series)
+    datalist = with_series(load_datalist(args.dataset, key=args.key, allow_outside_paths=args.allow_outside_paths), args.series,
+                           args.resample_uneven)
     summary = validate_datalist(datalist, pancreas_labels=args.pancreas_labels, label_values=args.label_values,
                                 strict=args.strict, on_error=args.on_error)
     if args.json:
@@ -472,6 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from pipeline.bundle import set_log_mode
+
+        set_log_mode("full")  # a later run in this process (the Python API, a notebook) logs as monai.bundle does
 
 
 if __name__ == "__main__":  # pragma: no cover

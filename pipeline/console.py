@@ -5,7 +5,8 @@ engines' per-event logs (Ignite's "Engine run resuming", MONAI's StatsHandler an
 dropped, and library warnings that tell a user nothing (deprecation notices, MONAI's notice that a bundle
 config runs code) are filtered here, in the command line, not in the library: a ``python -m monai.bundle run``
 or a notebook still sees them all. Verbose: the bundle's own ``logging.conf`` (MONAI's format) and every
-warning, as ``python -m monai.bundle run`` prints them, plus our debug lines.
+warning, as ``python -m monai.bundle run`` prints them. Progress lines and warnings go to stderr, the commands'
+results (summaries, tables) to stdout.
 """
 
 from __future__ import annotations
@@ -42,23 +43,45 @@ class _ConsoleFormatter(logging.Formatter):
         return text
 
 
+def _drop_console_handlers(logger: logging.Logger) -> None:
+    """Our console handlers, and the plain stdout/stderr one a bundle's ``logging.conf`` installs on the root logger,
+    from an earlier command in this process (others, e.g. pytest's capture, stay)."""
+    for handler in list(logger.handlers):
+        plain = type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in (sys.stdout, sys.stderr)
+        if getattr(handler, "_unoise_console", False) or (logger is logging.getLogger() and plain):
+            logger.removeHandler(handler)
+
+
 def configure_console(verbose: bool = False) -> str:
-    """Set up logging and warnings for one ``unoise`` command; returns the bundle logging mode (``quiet`` or ``full``)."""
+    """Set up logging and warnings for one ``unoise`` command; returns the bundle logging mode (``quiet`` or ``full``).
+
+    Safe to call again in the same process (each command of a notebook or a test calls it): what an earlier call set
+    is replaced, in either direction.
+    """
     from pipeline.bundle import set_log_mode
 
     root = logging.getLogger()
-    for handler in list(root.handlers):  # ours from an earlier command in this process; others' (pytest's) stay
-        if getattr(handler, "_unoise_console", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr if not verbose else sys.stdout)
+    _drop_console_handlers(root)
+    existing = [logging.getLogger(name) for name in ENGINE_LOGGERS if name in logging.root.manager.loggerDict]
+    for engine_logger in existing:
+        _drop_console_handlers(engine_logger)
+    handler = logging.StreamHandler(sys.stdout if verbose else sys.stderr)
     handler._unoise_console = True  # type: ignore[attr-defined]
+    root.setLevel(logging.INFO)
+    logging.getLogger("pipeline").setLevel(logging.NOTSET)
     if verbose:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        root.setLevel(logging.INFO)
-        logging.getLogger("pipeline").setLevel(logging.DEBUG)
+        for engine_logger in existing:  # loggers not made yet are left to MONAI's get_logger, which gives them a handler
+            engine_logger.setLevel(logging.NOTSET)
+            if not engine_logger.handlers and not engine_logger.propagate:  # made bare by an earlier quiet command
+                echo = logging.StreamHandler(sys.stdout)
+                echo._unoise_console = True  # type: ignore[attr-defined]
+                echo.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+                engine_logger.addHandler(echo)
+        for category, message in FILTERED_WARNINGS:  # in front of the quiet filters of an earlier command
+            warnings.filterwarnings("default", message=message, category=category)
     else:
         handler.setFormatter(_ConsoleFormatter())
-        root.setLevel(logging.INFO)
         for name in ENGINE_LOGGERS:
             # MONAI's get_logger gives its loggers their own handler unless the logger exists already; created here,
             # they keep none and stop propagating, so their INFO lines go nowhere and warnings reach stderr

@@ -95,9 +95,9 @@ def init_distributed(device: str | torch.device = "auto", timeout_minutes: float
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing and not dist.is_initialized():
         raise ConfigError(
-            f"multi_gpu_train.json needs the process environment torchrun sets ({', '.join(missing)} missing); "
-            "start it with `torchrun --nproc_per_node N -m monai.bundle run ...`, or drop multi_gpu_train.json "
-            "from --config_file for a single process."
+            f"multi_gpu_train.json / multi_gpu_inference.json need the process environment torchrun sets "
+            f"({', '.join(missing)} missing); start it with `torchrun --nproc_per_node N -m monai.bundle run ...`, or "
+            "drop that config from --config_file for a single process."
         )
     name = str(device)
     if name == "auto":

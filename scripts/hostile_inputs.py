@@ -378,6 +378,25 @@ def build_cases(work: Path) -> list[Case]:
     cases.append(explain_case("DICOM folder, unknown --series", two_series, "holds no series 9.9", extra=("--series", "9.9")))
     cases.append(explain_case("DICOM folder, --series chooses one", two_series, "", expect="accepted",
                               extra=("--series", "1.2.3.4.2"), after=chosen_grid))
+    def gap_series(folder: Path) -> Path:  # a series with its 5th slice missing
+        path = folder / "gap_series"
+        if not path.exists():
+            write_dicom_series(path, source[:, :, :10], np.diag([1.0, 1.0, 2.5, 1.0]), series_uid="1.2.3.4.3")
+            sorted(path.glob("*.dcm"))[4].unlink()
+        return path
+
+    def even_grid(w: Path) -> str | None:
+        maps = list(_out(w, "DICOM series with a missing slice, resampled [explain --resample_uneven true]").glob("*_importance.nii.gz"))
+        if not maps:
+            return "no importance map written"
+        image = nib.load(str(maps[0]))
+        return None if image.shape[2] == 10 and abs(image.header.get_zooms()[2] - 2.5) < 1e-3 else f"map on {image.shape}"
+
+    cases.append(explain_case("DICOM series with a missing slice", gap_series, "uneven slice spacing"))
+    cases.append(explain_case("DICOM series with a missing slice, resampled", gap_series, "", expect="accepted",
+                              extra=("--resample_uneven", "true"), after=even_grid))
+    cases.append(explain_case("DICOM series with a missing slice, resampled, DICOM out", gap_series,
+                              "resampled onto an even grid", extra=("--resample_uneven", "true", "--output_format", "dicom")))
     cases.append(Case("one NIfTI file as --dataset [inspect]", "inspect", lambda w: ["inspect", "--dataset", str(test_image)], "",
                       expect="accepted"))
 

@@ -79,6 +79,8 @@ def test_the_api_refuses_what_explain_refuses(explainer: Explainer, tiny_pair: d
 
 def test_explain_files_writes_dicom_for_a_series_and_refuses_it_for_nifti(explainer: Explainer, tiny_pair: dict[str, Path],
                                                                           tmp_path: Path) -> None:
+    import hashlib
+
     import pydicom
 
     from pipeline.phantom_dicom import write_dicom_copies
@@ -89,6 +91,8 @@ def test_explain_files_writes_dicom_for_a_series_and_refuses_it_for_nifti(explai
     importance, _ = explainer.explain_volume(series)
     pmap = pydicom.dcmread(written[0])
     assert int(pmap.NumberOfFrames) == importance.shape[-1]
-    assert np.isclose(float(pmap.pixel_array.max()), float(importance.max()), atol=1e-6)
+    assert np.allclose(np.sort(pmap.pixel_array.ravel()), np.sort(importance.numpy().ravel()), atol=1e-6)  # same values
+    noise_sha = hashlib.sha256(Path(tiny_pair["noise"]).read_bytes()).hexdigest()
+    assert f"n:{noise_sha[:8]}" in pmap.ContentDescription  # the models that made it
     with pytest.raises(DataError, match="not a DICOM series folder"):
         explainer.explain_files([tiny_pair["data"] / "imagesTs"], tmp_path / "nifti", output_format="dicom")

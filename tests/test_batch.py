@@ -176,3 +176,50 @@ def test_evaluate_leaves_a_corrupt_case_out_says_so_and_exits_1(tiny_pair: dict[
     assert failed["case"] == cases[0]["case"] and str(broken) in failed["error"]
     assert set(result["cases"]) == {cases[1]["case"]}  # the figures are the other case's alone
     assert "failed their checks" in (tmp_path / "evaluation" / "report" / "report.html").read_text()
+
+
+def test_records_an_interrupted_torchrun_run_left_are_counted_and_folded_into_the_manifest(tmp_path: Path) -> None:
+    from pipeline.batch import finished_cases, merge_shards
+    from pipeline.handlers import ImportanceExporter
+
+    run = {"started": "2026-12-01T10:00:00+00:00", "checkpoints": {"noise": {"sha256": "ab"}}, "config": {"window": "pancreas"}}
+    older = {**run, "started": "2026-12-01T09:00:00+00:00", "config": {"window": "liver"}}
+    out = tmp_path / "maps"
+    out.mkdir()
+    for name in ("a_case", "b_case"):
+        for suffix in ("_importance.nii.gz", "_seg.nii.gz"):
+            (out / f"{name}{suffix}").write_bytes(b"x")
+    outputs = lambda name: [f"{name}_importance.nii.gz", f"{name}_seg.nii.gz"]  # noqa: E731
+    record = lambda name, index: {"case": name, "input": name, "outputs": outputs(name), "status": "done",  # noqa: E731
+                                  "error": None, "seconds": 1.0, "run": index}
+    # manifest.json: both cases from an older run with other settings; rank 1's part: b_case redone by the newer run
+    (out / "manifest.json").write_text(json.dumps({"run": older, "runs": [older], "cases": [record("a_case", 0), record("b_case", 0)]}))
+    (out / "manifest.rank1.json").write_text(json.dumps({"run": run, "runs": [run], "cases": [record("b_case", 0)]}))
+    datalist = [{"case": "a_case", "image": "a"}, {"case": "b_case", "image": "b"}]
+    assert finished_cases(out, datalist, run, ["_importance.nii.gz", "_seg.nii.gz"]) == ["b_case"]  # the newest record wins
+
+    exporter = ImportanceExporter(out, provenance={**run, "started": "2026-12-01T11:00:00+00:00"})
+    exporter.record("a_case", "a", "failed", "unreadable", 0.5)
+    merge_shards(exporter, datalist)  # a single process: the part's records are in the manifest now, the part goes
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not list(out.glob("manifest.rank*.json"))
+    kept = {case["case"]: (case["status"], manifest["runs"][case["run"]]["started"]) for case in manifest["cases"]}
+    assert kept == {"a_case": ("failed", "2026-12-01T11:00:00+00:00"), "b_case": ("done", "2026-12-01T10:00:00+00:00")}
+
+
+def test_a_later_refused_case_does_not_roll_back_dicom_outputs_written_before(tiny_pair: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipeline.phantom_dicom import write_dicom_series
+
+    inbox = tmp_path / "inbox"
+    source = np.random.default_rng(3).integers(-1000, 400, size=(32, 32, 10)).astype(np.int16)
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    write_dicom_series(inbox / "a_good", source, affine, series_uid="1.2.3.9.1")
+    gap = write_dicom_series(inbox / "b_gap", source, affine, series_uid="1.2.3.9.2")
+    sorted(gap.glob("*.dcm"))[4].unlink()  # resampled on request: no DICOM output can be made of it
+    code = _explain(tiny_pair, inbox, tmp_path / "maps", "--output-format", "dicom", "--resample_uneven", "true",
+                    "--on_error", "stop")
+    assert code == 2
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir() if not p.name.startswith(".")) == [
+        "a_good_importance.dcm", "a_good_seg.dcm", "manifest.json"]  # the first case stays written

@@ -43,3 +43,40 @@ def test_explain_prints_a_line_per_case_and_the_summary(tiny_pair: dict[str, Pat
     assert sum("explained 1 volume(s), 0 skipped (done before), 0 failed" in line for line in lines) == 1
     assert sum(line.split()[1:2] == ["done"] for line in lines) == 1  # the summary table's row
     assert sum(": wrote " in line for line in lines) == 1 and len(lines) <= 4, lines  # + the batch count
+
+
+def test_the_console_can_be_set_up_again_in_either_direction_in_one_process() -> None:
+    import logging
+    import warnings
+
+    from pipeline import bundle
+    from pipeline.console import ENGINE_LOGGERS, configure_console
+
+    root = logging.getLogger()
+    kept = list(root.handlers)  # pytest's capture handlers stay
+    try:
+        root.addHandler(logging.StreamHandler(sys.stdout))  # what a bundle's logging.conf leaves after a -v command
+        with warnings.catch_warnings():
+            assert configure_console(False) == "quiet" and bundle.bundle_logging_file(".") is False
+            ours = [h for h in root.handlers if h not in kept]
+            assert len(ours) == 1 and ours[0].stream is sys.stderr  # the plain stdout handler went, one console stays
+            assert all(logging.getLogger(name).level == logging.WARNING for name in ENGINE_LOGGERS)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.warn("old", DeprecationWarning)
+            assert not caught  # filtered when quiet
+            assert configure_console(True) == "full" and bundle.bundle_logging_file(".").endswith("logging.conf")
+            assert all(logging.getLogger(name).level == logging.NOTSET for name in ENGINE_LOGGERS)
+            stats = logging.getLogger("monai.handlers.StatsHandler")
+            assert stats.handlers or stats.propagate  # its lines show again
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.warn("old", DeprecationWarning)
+            assert [str(w.message) for w in caught] == ["old"]  # -v: every warning again
+            assert len([h for h in root.handlers if h not in kept]) == 1
+    finally:
+        for handler in [h for h in root.handlers if h not in kept]:
+            root.removeHandler(handler)
+        for handler in list(logging.getLogger("monai.handlers.StatsHandler").handlers):
+            logging.getLogger("monai.handlers.StatsHandler").removeHandler(handler)
+        for name in ENGINE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        bundle.set_log_mode("full")

@@ -72,3 +72,41 @@ def test_explain_writes_on_the_simpleitk_grid_of_a_reversed_series(tiny_pair: di
                  "--utility", str(tiny_pair["utility"]), "--device", "cpu", "--spatial_size", "32"]) == 0
     written = nib.load(str(tmp_path / "maps" / "reversed_ct_importance.nii.gz"))
     assert written.shape == (32, 32, 12) and np.allclose(written.affine, affine, atol=1e-4)
+
+
+def test_an_uneven_series_is_resampled_onto_an_even_grid_on_request(tmp_path: Path) -> None:
+    folder = _series(tmp_path / "gap")
+    source = load_volume(folder)  # the complete series, before the slice goes
+    sorted(folder.glob("*.dcm"))[2].unlink()  # the slice at 35 mm is missing
+    volume = load_volume(folder, resample_uneven=True)
+    assert tuple(volume.shape) == tuple(source.shape)  # 30 .. 40 mm every 2.5 mm again
+    assert np.allclose(np.asarray(volume.affine), np.asarray(source.affine), atol=1e-4)
+    kept, array = np.asarray(source), np.asarray(volume)
+    for k in (0, 1, 3, 4):  # on a source slice: that slice exactly
+        assert np.array_equal(array[:, :, k], kept[:, :, k])
+    assert np.allclose(array[:, :, 2], (kept[:, :, 1] + kept[:, :, 3]) / 2)  # the gap: its neighbours' mean
+    assert volume.meta["resampled_from"] == [30.0, 32.5, 37.5, 40.0]
+    even = load_volume(_series(tmp_path / "even"), resample_uneven=True)  # an even series is read as it is
+    assert "resampled_from" not in even.meta and np.array_equal(np.asarray(even), kept)
+
+
+@pytest.mark.slow
+def test_explain_resamples_on_request_and_refuses_dicom_outputs_for_it(tiny_pair: dict[str, Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from pipeline.cli import main
+
+    folder = _series(tmp_path / "gap_ct", shape=(32, 32, 12))
+    sorted(folder.glob("*.dcm"))[5].unlink()
+    common = ["--input", str(folder), "--noise", str(tiny_pair["noise"]), "--utility", str(tiny_pair["utility"]),
+              "--device", "cpu", "--spatial_size", "32"]
+    assert main(["explain", *common, "--output", str(tmp_path / "refused")]) == 2  # refused by default, naming positions
+    assert "uneven slice spacing" in capsys.readouterr().err
+    assert main(["explain", *common, "--output", str(tmp_path / "maps"), "--resample_uneven", "true"]) == 0
+    written = nib.load(str(tmp_path / "maps" / "gap_ct_importance.nii.gz"))
+    assert written.shape == (32, 32, 12) and np.allclose(written.affine[:3, 2], [0.0, 0.0, 2.5], atol=1e-4)
+    capsys.readouterr()
+    assert main(["explain", *common, "--output", str(tmp_path / "dicom"), "--resample_uneven", "true",
+                 "--output-format", "dicom"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in error if line.startswith("error: ")]) == 1 and "resampled onto an even grid" in error[-1]
+    assert not list((tmp_path / "dicom").glob("*.dcm")) if (tmp_path / "dicom").exists() else True

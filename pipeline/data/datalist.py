@@ -292,6 +292,7 @@ def collect_inputs(
     key: str = "test",
     series: str | None = None,
     allow_outside_paths: bool = False,
+    resample_uneven: bool = False,
 ) -> list[dict[str, Any]]:
     """Cases to explain from any mix of inputs, labels dropped.
 
@@ -300,9 +301,11 @@ def collect_inputs(
         key: list read from MSD folders and split datalists (``test``: MSD's ``imagesTs``).
         series: SeriesInstanceUID to read from DICOM folders that hold several series.
         allow_outside_paths: accept datalist entries outside their datalist's folder.
+        resample_uneven: DICOM series with a gap or uneven steps are resampled onto an even grid, not refused.
 
     Returns:
-        ``{"image", "case"}`` entries (and ``series`` for DICOM folders when given) with unique case names.
+        ``{"image", "case"}`` entries (and ``series`` / ``resample_uneven`` for DICOM folders when given) with unique
+        case names.
 
     Raises:
         DataError: a source is missing, a symlink loop, or holds no image.
@@ -319,12 +322,13 @@ def collect_inputs(
             entries.append({"image": str(path)})
         else:  # folders (a DICOM series is one case), MSD folders and datalists
             entries.extend({"image": e["image"]} for e in load_datalist(path, key=key, allow_outside_paths=allow_outside_paths))
-    return _with_case_names(with_series(entries, series))
+    return _with_case_names(with_series(entries, series, resample_uneven))
 
 
-def with_series(entries: Sequence[dict[str, Any]], series: str | None) -> list[dict[str, Any]]:
-    """Set ``series`` (a SeriesInstanceUID) on the entries whose image is a DICOM folder; None changes nothing."""
-    if series is None:
-        return [dict(entry) for entry in entries]
-    return [{**entry, "series": str(series)} if isinstance(entry["image"], str) and Path(entry["image"]).is_dir() else dict(entry)
+def with_series(entries: Sequence[dict[str, Any]], series: str | None,
+                resample_uneven: bool = False) -> list[dict[str, Any]]:
+    """Set ``series`` (a SeriesInstanceUID) and ``resample_uneven`` on the entries whose image is a DICOM folder;
+    None and False change nothing."""
+    extra = {**({"series": str(series)} if series is not None else {}), **({"resample_uneven": True} if resample_uneven else {})}
+    return [{**entry, **extra} if extra and isinstance(entry["image"], str) and Path(entry["image"]).is_dir() else dict(entry)
             for entry in entries]

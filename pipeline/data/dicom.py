@@ -21,12 +21,12 @@ from pipeline.errors import DataError
 SPACING_TOLERANCE = 0.01  # relative: slices more than 1% off the median step are a gap or an uneven series
 
 
-def sort_by_position(files: Sequence[str], folder: str | os.PathLike) -> tuple[list[str], float]:
-    """The files sorted along the slice normal, and the slice step in mm.
+def sort_by_position(files: Sequence[str], folder: str | os.PathLike, allow_uneven: bool = False) -> tuple[list[str], float]:
+    """The files sorted along the slice normal, and the slice step in mm (the median step).
 
     Raises:
         DataError: a slice without position or orientation, slices of different orientations, two slices at
-            one position, or uneven steps (a gap or a mixed series), naming the positions.
+            one position, or (unless ``allow_uneven``) uneven steps (a gap or a mixed series), naming the positions.
     """
     import pydicom
 
@@ -61,33 +61,90 @@ def sort_by_position(files: Sequence[str], folder: str | os.PathLike) -> tuple[l
         raise DataError(f"{folder}: two slices at one position ({same:.2f} mm along the slice normal); the folder holds "
                         "duplicates or two series: keep one copy of each slice.")
     uneven = np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)
-    if len(uneven):
+    if len(uneven) and not allow_uneven:
         shown = ", ".join(f"{along[i]:.2f} -> {along[i + 1]:.2f} mm" for i in uneven[:3]) + (" ..." if len(uneven) > 3 else "")
         raise DataError(f"{folder}: uneven slice spacing (median {step:.2f} mm; {shown}): a missing slice or a mixed "
-                        "series; re-export the complete series, or resample it to an even spacing first.")
+                        "series; re-export the complete series, or pass --resample_uneven true to resample it onto an "
+                        "even grid.")
     return [path for _, path in ordered], step
 
 
-def read_dicom_series(files: Sequence[str], folder: str | os.PathLike) -> MetaTensor:
-    """One series as a MetaTensor (X, Y, Z), float32 HU, with its RAS+ affine (``affine``, ``original_affine``)."""
+def _read(files: Sequence[str], folder: str | os.PathLike) -> "sitk.Image":  # noqa: F821
     import SimpleITK as sitk
 
-    ordered, _ = sort_by_position(files, folder)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(ordered)
+    reader.SetFileNames(list(files))
     try:
-        image = reader.Execute()
+        return reader.Execute()
     except RuntimeError as err:
         raise DataError(f"{folder}: the DICOM series cannot be read ({str(err).strip().splitlines()[-1][:200]}); "
                         "a file may be truncated or corrupt: re-export it.") from err
-    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
+
+
+def _lps_affine(image: "sitk.Image") -> np.ndarray:  # noqa: F821
     lps = np.eye(4)
     lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
     lps[:3, 3] = image.GetOrigin()
-    affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, dtype=torch.float64)
+    return lps
+
+
+def resample_even(slices: np.ndarray, along: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Slices (Z, Y, X) at positions ``along`` (mm, increasing) linearly interpolated onto an even grid of ``step``
+    mm from the first position to (at most) the last: the grid's volume and its positions.
+
+    Each voxel of the new grid mixes the two source slices around it, weighted by distance (a missing slice is
+    the mean of its neighbours); positions on a source slice take that slice exactly.
+    """
+    count = int(np.floor((along[-1] - along[0]) / step + 1e-6)) + 1
+    target = along[0] + step * np.arange(count)  # (Z',)
+    upper = np.clip(np.searchsorted(along, target, side="right"), 1, len(along) - 1)  # the source slice above each
+    lower = upper - 1
+    weight = ((target - along[lower]) / (along[upper] - along[lower])).astype(np.float32)[:, None, None]
+    volume = (1.0 - weight) * slices[lower] + weight * slices[upper]  # (Z', Y, X)
+    return volume.astype(np.float32), target
+
+
+def read_dicom_series(files: Sequence[str], folder: str | os.PathLike, resample_uneven: bool = False) -> MetaTensor:
+    """One series as a MetaTensor (X, Y, Z), float32 HU, with its RAS+ affine (``affine``, ``original_affine``).
+
+    An uneven series (a missing slice, mixed steps) is refused, or with ``resample_uneven`` read slice by slice
+    and resampled linearly onto an even grid at the median step (:func:`resample_even`); its meta then says
+    ``resampled_from`` (the source slice positions) and the maps are written on the even grid, not the source's
+    slices (so no DICOM SEG / Parametric Map of it: those must lie frame for frame on the series).
+    """
+    import SimpleITK as sitk
+
+    ordered, step = sort_by_position(files, folder, allow_uneven=resample_uneven)
+    resampled_from = None
+    if resample_uneven and len(ordered) > 2:
+        planes = [_read([path], folder) for path in ordered]  # each slice alone: its own position, no averaged step
+        lps = _lps_affine(planes[0])
+        normal = np.asarray(planes[0].GetDirection()).reshape(3, 3)[:, 2]  # ITK's slice normal from the orientation
+        along = np.asarray([float(np.asarray(plane.GetOrigin()) @ normal) for plane in planes])
+        if np.any(np.abs(np.diff(along) - step) > SPACING_TOLERANCE * step):
+            from pipeline.data.files import MAX_VOXELS
+
+            count = int(np.floor((along[-1] - along[0]) / step + 1e-6)) + 1
+            size = planes[0].GetSize()  # (X, Y, 1)
+            if count * size[0] * size[1] > MAX_VOXELS:
+                raise DataError(f"{folder}: resampled at its median step of {step:.2f} mm the series would be {size[0]} x "
+                                f"{size[1]} x {count} voxels, over the limit of {MAX_VOXELS:,}; its slices are too far "
+                                "apart to resample: re-export the complete series.")
+            stack = np.stack([sitk.GetArrayFromImage(plane)[0] for plane in planes]).astype(np.float32)  # (Z, Y, X)
+            array_zyx, _ = resample_even(stack, along, step)
+            lps[:3, 2] = normal * step
+            resampled_from = along.round(4).tolist()
+            array = array_zyx.transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
+            affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, dtype=torch.float64)
+    if resampled_from is None:
+        image = _read(ordered, folder)
+        array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
+        affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ _lps_affine(image), dtype=torch.float64)
     meta = {"original_affine": affine.clone(), "spatial_shape": np.asarray(array.shape),
             "filename_or_obj": str(folder), "original_channel_dim": "no_channel", "space": "RAS"}
+    if resampled_from is not None:
+        meta["resampled_from"] = resampled_from
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
 
 
-__all__ = ["SPACING_TOLERANCE", "read_dicom_series", "sort_by_position"]
+__all__ = ["SPACING_TOLERANCE", "read_dicom_series", "resample_even", "sort_by_position"]

@@ -106,7 +106,8 @@ class LoadVolumed(MapTransform):
     """``LoadImaged(image_only=True, ensure_channel_first=True)`` that honours a chosen DICOM series.
 
     A DICOM folder is read by :func:`pipeline.data.dicom.read_dicom_series`: its only series, or the one the
-    entry's ``series_key`` names, with slices sorted along the slice normal (SimpleITK's grid); every other
+    entry's ``series_key`` names, with slices sorted along the slice normal (SimpleITK's grid; an uneven series is
+    resampled onto an even grid when the entry says ``resample_uneven``); every other
     entry is read exactly as ``LoadImaged`` reads it. Files are checked by :func:`pipeline.data.validate_datalist` beforehand.
 
     Args:
@@ -124,7 +125,8 @@ class LoadVolumed(MapTransform):
         series = d.get(self.series_key)
         for key in self.key_iterator(d):
             if isinstance(d[key], (str, os.PathLike)) and Path(d[key]).is_dir():  # a DICOM series: sorted by position
-                d[key] = read_dicom_series(choose_dicom_series(d[key], series).files, d[key])[None]
+                d[key] = read_dicom_series(choose_dicom_series(d[key], series).files, d[key],
+                                           resample_uneven=bool(d.get("resample_uneven", False)))[None]
             else:  # (a list: a multi-channel case's files)
                 d[key] = self.loader(d[key])
         return d

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 GEOMETRY_ATOL_MM = 1e-3  # image and label affines may differ by float noise, not by a voxel
 
 
-def load_volume(path: str | Path, series: str | None = None, max_voxels: int = MAX_VOXELS) -> torch.Tensor:
+def load_volume(path: str | Path, series: str | None = None, max_voxels: int = MAX_VOXELS,
+                resample_uneven: bool = False) -> torch.Tensor:
     """Load one 3D volume (NIfTI file or DICOM series folder) as a MONAI MetaTensor with a RAS affine.
 
     The file is checked before its voxels are read (:mod:`pipeline.data.files`): a NIfTI header that
@@ -48,6 +49,7 @@ def load_volume(path: str | Path, series: str | None = None, max_voxels: int = M
         path: the file or DICOM folder.
         series: SeriesInstanceUID to read from a DICOM folder holding several series.
         max_voxels: refuse larger volumes before reading them.
+        resample_uneven: a DICOM series with a gap or uneven steps is resampled onto an even grid, not refused.
 
     Returns:
         MetaTensor of shape (X, Y, Z) in the file's own voxel order, float32, with ``.affine`` (4, 4)
@@ -64,7 +66,7 @@ def load_volume(path: str | Path, series: str | None = None, max_voxels: int = M
         check_nifti_header(path, max_voxels)
     elif path.is_dir():  # a DICOM series: sorted along the slice normal, an even spacing checked (pipeline.data.dicom)
         chosen = choose_dicom_series(path, series, max_voxels)
-        loader = lambda _: read_dicom_series(chosen.files, path)  # noqa: E731
+        loader = lambda _: read_dicom_series(chosen.files, path, resample_uneven)  # noqa: E731
     elif path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes); re-export or re-copy it.")
     try:
@@ -290,7 +292,7 @@ def _validate_case(entry: dict[str, Any], allowed: Any, pancreas: torch.Tensor, 
     """The checks of one case (see :func:`validate_datalist`): its summary and the CT-range note, if any."""
     paths = image_paths(entry)
     image_path = paths[0]
-    image = load_volume(image_path, entry.get("series"))
+    image = load_volume(image_path, entry.get("series"), resample_uneven=bool(entry.get("resample_uneven", False)))
     _check_finite(image, image_path)
     for channel, other_path in enumerate(paths[1:], start=2):  # a multi-channel case: every volume on the first's grid
         other = load_volume(other_path)

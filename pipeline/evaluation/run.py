@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
-from pipeline.data import check_channels, check_roi_size, check_training_split, load_datalist, split_datalist, validate_datalist
+from pipeline.data import (check_channels, check_roi_size, check_training_split, image_paths, load_datalist, split_datalist,
+                           validate_datalist)
 from pipeline.data.validate import DatasetSummary
 from pipeline.device import resolve_device
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
 from pipeline.evaluation.slices import load_evaluation_slices
@@ -154,24 +155,35 @@ def check_inputs(
         check_pair(utility_meta, noise_meta, utility_bundle or utility_checkpoint, path)
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     parts = tuple(dict.fromkeys([split, *(("training", "validation") if sanity else ())]))
-    entries = [entry for part in parts for entry in splits[part]]
-    check_channels(entries, int(utility_meta.get("in_channels", 1)), dataset_dir)
-    evaluated = validate_datalist(splits[split], pancreas_labels, label_values, require_labels=True, progress=False,
-                                  strict=strict, on_error=on_error)
     others = [entry for part in parts if part != split for entry in splits[part]]
+    check_channels(others, int(utility_meta.get("in_channels", 1)), dataset_dir)
+    skip = on_error == "skip" or (on_error == "auto" and len(splits[split]) > 1)
+    failed, passed = [], []
+    for entry in splits[split]:  # per case, so that skip leaves out a case of the wrong channel count too
+        try:
+            check_channels([entry], int(utility_meta.get("in_channels", 1)), dataset_dir)
+            if shortcut:
+                from pipeline.data import load_volume
+                from pipeline.evaluation.shortcut import SHORTCUT_KEYS, check_shortcut_entries
+
+                check_shortcut_entries([entry])
+                for key in SHORTCUT_KEYS:
+                    load_volume(entry[key])  # header, size and 3D checks; geometry follows the image's in the transforms
+            passed.append(entry)
+        except DataError as err:
+            if not skip:
+                raise
+            failed.append({"case": str(entry["case"]), "input": str(image_paths(entry)[0]), "error": str(err)})
+            logger.error("%s: failed, left out: %s", entry["case"], err)
+    if not passed:
+        raise DataError(f"every case of the {split} split failed its checks ({len(failed)}); the first: {failed[0]['error']}")
+    evaluated = validate_datalist(passed, pancreas_labels, label_values, require_labels=True, progress=False,
+                                  strict=strict, on_error="skip" if skip else "stop")
+    evaluated.failed[:0] = failed
     summary = validate_datalist(others, pancreas_labels, label_values, require_labels=True, progress=False,
                                 strict=strict) if others else None
     cases = evaluated.cases + (summary.cases if summary else [])
     check_training_split(DatasetSummary(cases, evaluated.pancreas_labels), splits, dataset_dir, parts=parts)
-    if shortcut:
-        from pipeline.data import load_volume
-        from pipeline.evaluation.shortcut import SHORTCUT_KEYS, check_shortcut_entries
-
-        check_shortcut_entries(splits[split])
-        failed = {item["case"] for item in evaluated.failed}
-        for entry in [entry for entry in splits[split] if str(entry["case"]) not in failed]:
-            for key in SHORTCUT_KEYS:
-                load_volume(entry[key])  # header, size and 3D checks; geometry follows the image's in the transforms
     return evaluated.failed
 
 

@@ -84,8 +84,18 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
                      test_fraction=test_fraction, seed=seed, device=str(device), utility_checkpoint=str(utility_path),
                      output_dir=str(output_dir), init_from=None, **(extra_overrides or {}))
     logger.info("sanity check: retraining the noise model for %d epochs against %s", overrides["epochs"], utility_path)
-    run(config_file=[str(path) for path in config_files(root, "train_noise")], meta_file=str(root / "configs" / "metadata.json"),
-        bundle_root=str(root), logging_file=bundle_logging_file(root), **overrides)
+    quiet = bundle_logging_file(root) is False  # unoise's console: the retraining's epoch lines are not the evaluation's
+    chatty = [logging.getLogger(name) for name in ("pipeline.handlers.training_log", "pipeline.data.slices")]
+    levels = [item.level for item in chatty]
+    try:
+        for item in chatty:
+            item.setLevel(logging.WARNING if quiet else item.level)
+        run(config_file=[str(path) for path in config_files(root, "train_noise")],
+            meta_file=str(root / "configs" / "metadata.json"), bundle_root=str(root), logging_file=bundle_logging_file(root),
+            **overrides)
+    finally:
+        for item, level in zip(chatty, levels):
+            item.setLevel(level)
     network, _ = load_network_from_checkpoint(output_dir / "checkpoints" / "last.pt", device)
     return network.eval()
 

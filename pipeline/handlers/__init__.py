@@ -11,10 +11,10 @@ The bundle configs name them as ``pipeline.handlers.<Name>``.
 
 from __future__ import annotations
 
+from pipeline.handlers import dicom  # the bundle configs call pipeline.handlers.dicom.* after `import pipeline.handlers`
 from pipeline.handlers.checkpoint import CheckpointHandler, MetricsRecorder
-from pipeline.handlers import dicom
 from pipeline.handlers.export import ImportanceExporter
 from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
 from pipeline.handlers.training_log import EpochSummary, LossTermsHandler, SliceImagesHandler
 
-__all__ = ["CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean", "RegionShare", "SliceImagesHandler", "VolumeDice"]
+__all__ = ["dicom", "CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean", "RegionShare", "SliceImagesHandler", "VolumeDice"]

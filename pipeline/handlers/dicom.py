@@ -82,13 +82,18 @@ def check_frames_geometry(headers: Sequence[Any], affine: np.ndarray, shape: Seq
     if (len(headers), int(first.Rows), int(first.Columns)) != (slices, rows, columns):
         raise DataError(f"{folder}: the map is {columns} x {rows} x {slices} voxels but the series has {len(headers)} "
                         f"slices of {first.Columns} x {first.Rows}; DICOM outputs need the map on the series' own grid.")
+    from pipeline.data.dicom import SPACING_TOLERANCE
+
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]  # (3, 4) voxel -> LPS mm
+    # the reader accepts steps within 1% of the median and lays the map on the even grid of that median step, while
+    # each frame keeps its own slice's position (highdicom copies it): they may differ by that much, no more
+    tolerance = max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * float(np.linalg.norm(lps[:, 2])))
     for k, header in enumerate(headers):
         position = lps @ np.array([0.0, 0.0, float(k), 1.0])
         cosines = np.asarray([float(v) for v in header.ImageOrientationPatient])
         spacing = [float(v) for v in header.PixelSpacing]  # (row spacing = along Y, column spacing = along X)
         axes = np.stack([cosines[:3] * spacing[1], cosines[3:] * spacing[0]], axis=1)  # voxel X and Y steps in LPS
-        if (not np.allclose(position, [float(v) for v in header.ImagePositionPatient], atol=POSITION_TOLERANCE_MM)
+        if (not np.allclose(position, [float(v) for v in header.ImagePositionPatient], atol=tolerance)
                 or not np.allclose(lps[:, :2], axes, atol=1e-4)):
             raise DataError(f"{folder}: slice {k} of the map lies at {np.round(position, 3).tolist()} (LPS mm) but the "
                             f"series' slice {k} at {[float(v) for v in header.ImagePositionPatient]}; the map is not on "
@@ -109,7 +114,7 @@ def _algorithm(provenance: dict[str, Any] | None) -> Any:
                                               version=version, source=MANUFACTURER, parameters=hashes or None)
 
 
-def _common(headers: Sequence[Any], provenance: dict[str, Any] | None) -> dict[str, Any]:
+def _common(provenance: dict[str, Any] | None) -> dict[str, Any]:
     import highdicom as hd
 
     from pipeline.provenance import short_provenance, tool_version
@@ -135,7 +140,7 @@ def write_dicom_seg(headers: Sequence[Any], seg: np.ndarray, path: str | os.Path
         warnings.simplefilter("ignore")
         dataset = hd.seg.Segmentation(
             headers, frames, hd.seg.SegmentationTypeValues.BINARY, [segment], series_instance_uid=hd.UID(),
-            series_number=SEG_SERIES_NUMBER, omit_empty_frames=False, **_common(headers, provenance))
+            series_number=SEG_SERIES_NUMBER, omit_empty_frames=False, **_common(provenance))
     dataset.SeriesDescription = f"unoise segmentation ({label})"
     return _save(dataset, path)
 
@@ -161,7 +166,7 @@ def write_parametric_map(headers: Sequence[Any], importance: np.ndarray, path: s
             contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
             voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0,
                                                              window_explanation="importance 0 to 1")],
-            **_common(headers, provenance))
+            **_common(provenance))
     dataset.SeriesDescription = "unoise importance map"
     return _save(dataset, path)
 
@@ -181,8 +186,15 @@ def write_case_dicom(output_dir: str | os.PathLike, case: str, maps: dict[str, n
     headers = source_headers(folder, series)
     check_frames_geometry(headers, affine, maps["seg"].shape, folder)
     output_dir = Path(output_dir)
-    return [write_parametric_map(headers, maps["importance"], output_dir / f"{case}{DICOM_SUFFIXES[0]}", provenance),
-            write_dicom_seg(headers, maps["seg"], output_dir / f"{case}{DICOM_SUFFIXES[1]}", provenance)]
+    written: list[Path] = []
+    try:
+        written.append(write_parametric_map(headers, maps["importance"], output_dir / f"{case}{DICOM_SUFFIXES[0]}", provenance))
+        written.append(write_dicom_seg(headers, maps["seg"], output_dir / f"{case}{DICOM_SUFFIXES[1]}", provenance))
+    except Exception:  # both or neither: a Parametric Map without its SEG is not left behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
 
 
 __all__ = ["DICOM_SUFFIXES", "OUTPUT_FORMATS", "check_dicom_inputs", "check_frames_geometry", "output_suffixes", "source_headers",

@@ -55,6 +55,20 @@ def read_manifest(path: str | Path) -> list[tuple[dict[str, Any], dict[str, Any]
             if isinstance(case, dict) and isinstance(case.get("run"), int) and 0 <= case["run"] < len(runs)]
 
 
+def latest_records(output_dir: str | Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each case's newest record (by its run's ``started`` time) in ``manifest.json`` and the part files a run under
+    ``torchrun`` leaves when it is interrupted (a finished run merges and removes them)."""
+    records = read_manifest(Path(output_dir) / MANIFEST)
+    for part in manifest_parts(output_dir):
+        records += read_manifest(part)
+    newest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for case, run in records:
+        name = str(case.get("case"))
+        if name not in newest or str(run.get("started", "")) >= str(newest[name][1].get("started", "")):
+            newest[name] = (case, run)
+    return list(newest.values())
+
+
 class ImportanceExporter:
     """Write each explained volume as NIfTI in the input's own geometry, beside the utility's segmentation.
 
@@ -124,7 +138,7 @@ class ImportanceExporter:
                                       "cases": [{**case, "run": 0} for case in self.cases]},
                                      self.output_dir / f"manifest.rank{get_rank()}.json")
         if self._earlier is None:
-            self._earlier = read_manifest(path)
+            self._earlier = latest_records(self.output_dir)
         current = {c["case"] for c in self.cases}
         kept = [(case, run) for case, run in self._earlier if case.get("case") not in current]
         runs = [self.provenance or {}]
@@ -151,11 +165,23 @@ class ImportanceExporter:
             maps = maps_from_prediction(pred)
             source_path = str(meta.get("filename_or_obj", ""))
             written = []
-            if self.output_format in ("dicom", "both") and Path(source_path).is_dir():
+            resampled = meta.get("resampled_from") is not None
+            if resampled and self.output_format == "dicom":
+                raise DataError(f"{source_path}: the series was resampled onto an even grid (--resample_uneven true), so "
+                                "its maps do not lie on the series' own slices, as DICOM SEG and Parametric Map frames must: "
+                                "pass --output_format nifti (or both: NIfTI for it, DICOM for the others).")
+            if resampled and self.output_format == "both":
+                logger.warning("%s: resampled onto an even grid: NIfTI maps only (no DICOM SEG / Parametric Map)", case)
+            elif self.output_format in ("dicom", "both") and Path(source_path).is_dir():
                 from pipeline.handlers.dicom import write_case_dicom  # first: its geometry check refuses before any file
 
-                written += write_case_dicom(self.output_dir, case, maps, affine, source_path, source.get("series"),
-                                            self.provenance)
+                try:
+                    written += write_case_dicom(self.output_dir, case, maps, affine, source_path, source.get("series"),
+                                                self.provenance)
+                except DataError as err:
+                    if self.output_format == "dicom":
+                        raise
+                    logger.warning("%s: NIfTI maps only, no DICOM outputs: %s", case, err)
             elif self.output_format == "dicom":
                 raise DataError(f"{source_path}: not a DICOM series; DICOM SEG and Parametric Map outputs are derived "
                                 "from a source series: pass --output_format nifti (or both) for NIfTI inputs.")
@@ -203,4 +229,4 @@ class ImportanceExporter:
         return path
 
 
-__all__ = ["MANIFEST", "ImportanceExporter", "manifest_parts", "maps_from_prediction", "read_manifest", "write_case_maps"]
+__all__ = ["MANIFEST", "ImportanceExporter", "latest_records", "manifest_parts", "maps_from_prediction", "read_manifest", "write_case_maps"]

@@ -16,6 +16,8 @@ from ignite.engine import Engine, Events
 from pipeline.distributed import is_main_process, sum_over_ranks
 from pipeline.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 
 class LossTermsHandler:
     """Per-epoch means of a loss's ``last_terms`` (e.g. :class:`pipeline.noise.UNoiseLoss`) into ``engine.state.metrics``.
@@ -50,13 +52,13 @@ class LossTermsHandler:
         for key, total in totals.items():
             engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, count)
 
-logger = logging.getLogger(__name__)
-
-
 class EpochSummary:
     """One log line per epoch: the epoch's mean loss, the validation metrics of that epoch, the best so far, seconds.
 
     ``epoch 3/20  loss 0.4123  val_dice_3d 0.5746  val_iou 0.4674  best val_dice_3d 0.5746 @ 3  9.6 s``
+
+    The loss is this process's mean (under ``torchrun``, rank 0's share of the batches); the validation metrics are
+    reduced over every rank.
 
     The line a run prints by default (``unoise``'s quiet logging); the engines' own logs come back with ``-v``.
     Attach it after the ``ValidationHandler``, so the evaluator's metrics are this epoch's. Main process only.
@@ -82,13 +84,13 @@ class EpochSummary:
 
     def _accumulate(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output)
-        self._loss += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self._loss = self._loss + (loss.detach() if isinstance(loss, torch.Tensor) else float(loss))  # no sync per step
         self._count += 1
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}", f"loss {self._loss / max(1, self._count):.4f}"]
+        parts = [f"epoch {engine.state.epoch}/{engine.state.max_epochs}", f"loss {float(self._loss) / max(1, self._count):.4f}"]
         validated = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
         if validated:
             parts += [f"{name} {value:.4f}" for name, value in self.evaluator.state.metrics.items()
