@@ -128,8 +128,9 @@ def record_created(folder: str | os.PathLike, folder_is_new: bool, files: list[P
 def roll_back() -> list[Path]:
     """Undo what refused runs of this process created (called on a user error).
 
-    A run that wrote no checkpoint, no map (NIfTI or DICOM) and no manifest yet is undone: a folder it made goes
-    entirely, otherwise the files it wrote first (``config.json``) go. A run that had written results is left as it is.
+    A run that wrote no checkpoint and no map (NIfTI or DICOM) yet is undone: a folder it made goes entirely (a
+    ``manifest.json`` recording only the refused case with it), otherwise the files it wrote first (``config.json``)
+    go. A run that had written results is left as it is.
 
     Returns:
         The removed paths.
@@ -141,8 +142,8 @@ def roll_back() -> list[Path]:
         _created.pop(folder, None)
         results = [p for p in folder.rglob("*.pt") if "cache" not in p.relative_to(folder).parts]
         nested = [p for p in folder.rglob(LOCK_NAME) if p.parent != folder]
-        written = any(folder.rglob("*_importance.nii.gz")) or any(folder.rglob("*.dcm")) or any(folder.glob("manifest*.json"))
-        if not folder.is_dir() or results or nested or written:  # maps (NIfTI or DICOM) or a manifest: results
+        written = any(folder.rglob("*_importance.nii.gz")) or any(folder.rglob("*.dcm"))
+        if not folder.is_dir() or results or nested or written:  # maps, NIfTI or DICOM (a manifest alone is not one)
             continue
         if folder_is_new:
             shutil.rmtree(folder, ignore_errors=True)
