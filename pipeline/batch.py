@@ -23,25 +23,15 @@ from monai.data import DataLoader, Dataset
 
 from pipeline import distributed
 from pipeline.bundle import user_error
+from pipeline.data.validate import ON_ERROR, resolve_on_error  # one rule for explain, inspect and evaluate
 from pipeline.errors import ConfigError
-from pipeline.handlers.export import latest_records, manifest_parts
+from pipeline.handlers.export import MANIFEST, latest_records, manifest_parts
 
 logger = logging.getLogger(__name__)
-ON_ERROR = ("auto", "skip", "stop")
 # Settings that do not change what a case's outputs are (where they go, what else runs, how failures are handled).
 NOT_OUTPUT_SETTINGS = ("inputs", "output_dir", "overwrite", "on_error", "num_workers", "overlay_slices", "datalist_key")
 # Output settings added later: a manifest written before them meant these values.
 SETTING_DEFAULTS = {"output_format": "nifti", "resample_uneven": False}
-
-
-def resolve_on_error(on_error: str, datalist: Sequence[dict[str, Any]]) -> str:
-    """``skip`` or ``stop``; ``auto`` skips a failing case in a batch (several cases) and stops on a single one
-    (so one bad input is refused in one line before anything is written, as every command refuses bad input)."""
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}.")
-    if on_error == "auto":
-        return "skip" if len(datalist) > 1 else "stop"
-    return on_error
 
 
 def _same_outputs(run: dict[str, Any], provenance: dict[str, Any]) -> bool:
@@ -153,7 +143,7 @@ def merge_shards(exporter: Any, datalist: Sequence[dict[str, Any]] = (), device:
     go. In a single process only the part files an interrupted ``torchrun`` run left go (the exporter's manifest has
     taken their records)."""
     if not distributed.is_distributed():
-        if exporter.provenance is not None and (exporter.output_dir / "manifest.json").is_file():
+        if exporter.provenance is not None and (exporter.output_dir / MANIFEST).is_file():
             for part in manifest_parts(exporter.output_dir):
                 part.unlink(missing_ok=True)
         return

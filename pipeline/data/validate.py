@@ -222,6 +222,25 @@ def allowed_label_values(pancreas_labels: Sequence[int], label_values: Sequence[
     return {int(v) for v in label_values}
 
 
+ON_ERROR = ("auto", "skip", "stop")
+
+
+def resolve_on_error(on_error: str, entries: Sequence[Any]) -> str:
+    """``skip`` or ``stop``; ``auto`` skips a failing case in a batch (several cases) and stops on a single one
+    (so one bad input is refused in one line before anything is written, as every command refuses bad input)."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}.")
+    if on_error == "auto":
+        return "skip" if len(entries) > 1 else "stop"
+    return on_error
+
+
+def record_failure(failed: list[dict[str, str]], entry: dict[str, Any], err: Exception) -> None:
+    """Append a case left out of a batch (``case``, ``input``, ``error``) to ``failed`` and log it, naming the case."""
+    failed.append({"case": str(entry.get("case", "")), "input": str(image_paths(entry)[0]), "error": str(err)})
+    logger.error("%s: failed, left out: %s", entry.get("case", image_paths(entry)[0]), err)
+
+
 def validate_datalist(
     datalist: Sequence[dict[str, Any]],
     pancreas_labels: Sequence[int] = (1, 2),
@@ -266,9 +285,7 @@ def validate_datalist(
     notes: list[str] = []
     show = progress and sys.stderr.isatty()  # no bar in logs and CI output
     entries: Iterable[dict[str, Any]] = tqdm(datalist, desc="validate", unit="case", disable=not show, leave=False)
-    if on_error not in ("auto", "skip", "stop"):
-        raise ConfigError(f"on_error must be auto, skip or stop, got {on_error!r}.")
-    skip = on_error == "skip" or (on_error == "auto" and len(datalist) > 1)
+    skip = resolve_on_error(on_error, datalist) == "skip"
     failed: list[dict[str, str]] = []
     for entry in entries:
         try:
@@ -276,8 +293,7 @@ def validate_datalist(
         except DataError as err:
             if not skip:
                 raise
-            failed.append({"case": str(entry.get("case", "")), "input": str(image_paths(entry)[0]), "error": str(err)})
-            logger.error("%s: failed, left out: %s", entry.get("case", image_paths(entry)[0]), err)
+            record_failure(failed, entry, err)
             continue
         if note:
             notes.append(note)

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import check_kind, check_pair, load_checkpoint, load_network_from_checkpoint, save_atomic
-from pipeline.data import (check_channels, check_roi_size, check_training_split, image_paths, load_datalist, split_datalist,
-                           validate_datalist)
-from pipeline.data.validate import DatasetSummary
+from pipeline.data import check_channels, check_roi_size, check_training_split, load_datalist, split_datalist, validate_datalist
+from pipeline.data.validate import DatasetSummary, record_failure, resolve_on_error
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.compare import evaluate_explainers
@@ -157,7 +156,7 @@ def check_inputs(
     parts = tuple(dict.fromkeys([split, *(("training", "validation") if sanity else ())]))
     others = [entry for part in parts if part != split for entry in splits[part]]
     check_channels(others, int(utility_meta.get("in_channels", 1)), dataset_dir)
-    skip = on_error == "skip" or (on_error == "auto" and len(splits[split]) > 1)
+    skip = resolve_on_error(on_error, splits[split]) == "skip"
     failed, passed = [], []
     for entry in splits[split]:  # per case, so that skip leaves out a case of the wrong channel count too
         try:
@@ -173,8 +172,7 @@ def check_inputs(
         except DataError as err:
             if not skip:
                 raise
-            failed.append({"case": str(entry["case"]), "input": str(image_paths(entry)[0]), "error": str(err)})
-            logger.error("%s: failed, left out: %s", entry["case"], err)
+            record_failure(failed, entry, err)
     if not passed:
         raise DataError(f"every case of the {split} split failed its checks ({len(failed)}); the first: {failed[0]['error']}")
     evaluated = validate_datalist(passed, pancreas_labels, label_values, require_labels=True, progress=False,
