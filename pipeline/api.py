@@ -28,7 +28,7 @@ from pipeline.bundle import check_override_keys, config_files, default_bundle_ro
 from pipeline.checkpoints import check_pair, check_spatial_dims, load_checkpoint
 from pipeline.data import LoadVolumed, collect_inputs
 from pipeline.errors import DataError
-from pipeline.handlers.export import maps_from_prediction, write_case_maps
+from pipeline.handlers.export import maps_from_prediction, write_case_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,9 @@ class Explainer:
         inverted = self.postprocessing(data)["pred"]
         affine_out = inverted.affine.clone() if isinstance(inverted, MetaTensor) else image.meta["original_affine"]
         maps = maps_from_prediction(torch.as_tensor(inverted).float().numpy())  # what unoise explain writes
-        importance, segmentation = (MetaTensor(torch.from_numpy(maps[name])[None], affine=affine_out) for name in ("importance", "seg"))
+        resampled = {"resampled_from": image.meta["resampled_from"]} if "resampled_from" in image.meta else {}
+        importance, segmentation = (MetaTensor(torch.from_numpy(maps[name])[None], affine=affine_out, meta=dict(resampled))
+                                    for name in ("importance", "seg"))
         return importance, segmentation
 
     def explain_files(self, inputs: Sequence[str | os.PathLike] | str | os.PathLike, output_dir: str | os.PathLike,
@@ -140,25 +142,19 @@ class Explainer:
         ``output_format`` ``dicom`` writes ``<case>_seg.dcm`` (DICOM SEG) and ``<case>_importance.dcm`` (Parametric
         Map) instead, DICOM series inputs only; ``both`` writes NIfTI, and DICOM where the input is a DICOM series.
         """
-        from pipeline.handlers.dicom import check_dicom_inputs, output_suffixes, write_case_dicom
-        from pipeline.provenance import short_provenance
+        from pipeline.handlers.dicom import check_dicom_inputs, output_suffixes
 
         output_suffixes(output_format)
         entries = collect_inputs(inputs)
         check_dicom_inputs(entries, output_format)
         provenance = self.parser.get_parsed_content("provenance")  # the checkpoints' SHA-256, as explain records them
-        out = Path(output_dir)
         written: list[Path] = []
         for entry in entries:
             importance, segmentation = self.explain_volume(entry)
             maps = {"importance": importance[0].numpy(), "seg": segmentation[0].numpy()}
-            affine = np.asarray(importance.affine, dtype=np.float64)
-            case_files = []
-            if output_format != "nifti" and isinstance(entry["image"], (str, os.PathLike)) and Path(entry["image"]).is_dir():
-                case_files += write_case_dicom(out, entry["case"], maps, affine, entry["image"], entry.get("series"),
-                                               provenance)
-            if output_format != "dicom":
-                case_files += write_case_maps(out, entry["case"], maps, affine, short_provenance(provenance))
+            case_files = write_case_outputs(output_dir, entry["case"], maps, np.asarray(importance.affine, dtype=np.float64),
+                                            entry["image"], output_format, entry.get("series"), provenance,
+                                            resampled="resampled_from" in importance.meta)
             logger.info("%s: wrote %s", entry["case"], ", ".join(p.name for p in case_files))
             written += case_files
         return written

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,38 @@ def write_case_maps(output_dir: str | Path, case: str, maps: dict[str, np.ndarra
     """``<case>_<name>.nii.gz`` for each map, atomically, on ``affine``; the written paths."""
     return [save_nifti(array, affine, Path(output_dir) / f"{case}_{name}.nii.gz", description, aux_file)
             for name, array in maps.items()]
+
+
+def write_case_outputs(output_dir: str | Path, case: str, maps: dict[str, np.ndarray], affine: np.ndarray, source: Any,
+                       output_format: str = "nifti", series: str | None = None, provenance: dict[str, Any] | None = None,
+                       resampled: bool = False, aux_file: str | None = None) -> list[Path]:
+    """One case's maps in ``output_format``: NIfTI (``nifti``), DICOM SEG + Parametric Map of a DICOM series ``source``
+    (``dicom``), or both (DICOM where ``source`` is a series). The DICOM objects come first: their checks refuse before
+    any file. A series ``resampled`` onto an even grid gets no DICOM objects (refused with ``dicom``; with ``both``
+    NIfTI and a warning, as for any DICOM failure). NIfTI headers carry the short ``provenance``; the written paths.
+    """
+    from pipeline.handlers.dicom import check_dicom_inputs, write_case_dicom
+    from pipeline.provenance import short_provenance
+
+    check_dicom_inputs([{"image": source}], output_format)
+    written: list[Path] = []
+    if resampled and output_format == "dicom":
+        raise DataError(f"{source}: the series was resampled onto an even grid (--resample_uneven true), so its maps do "
+                        "not lie on the series' own slices, as DICOM SEG and Parametric Map frames must: pass "
+                        "--output_format nifti (or both: NIfTI for it, DICOM for the others).")
+    if resampled and output_format == "both":
+        logger.warning("%s: resampled onto an even grid: NIfTI maps only (no DICOM SEG / Parametric Map)", case)
+    elif output_format != "nifti" and isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        try:
+            written += write_case_dicom(output_dir, case, maps, affine, source, series, provenance)
+        except DataError as err:
+            if output_format == "dicom":
+                raise
+            logger.warning("%s: NIfTI maps only, no DICOM outputs: %s", case, err)
+    if output_format != "dicom":
+        description = short_provenance(provenance) if provenance else None
+        written = write_case_maps(output_dir, case, maps, affine, description, aux_file) + written
+    return written
 
 
 def manifest_parts(output_dir: str | Path) -> list[Path]:
@@ -150,9 +183,6 @@ class ImportanceExporter:
         return write_json_atomic({"run": runs[0], "runs": runs, "cases": cases}, path)
 
     def __call__(self, engine: Engine) -> None:
-        from pipeline.provenance import short_provenance
-
-        description = short_provenance(self.provenance) if self.provenance else None
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         for item, source in zip(engine.state.output, batch):
             case = str(source["case"])
@@ -162,32 +192,11 @@ class ImportanceExporter:
             pred = torch.as_tensor(item["pred"]).detach().float().cpu().numpy()  # (2, X, Y, Z)
             if pred.shape[1:] != shape:
                 raise RuntimeError(f"{case}: inverted prediction {pred.shape[1:]} does not match the input grid {shape}.")
-            maps = maps_from_prediction(pred)
             source_path = str(meta.get("filename_or_obj", ""))
-            written = []
-            resampled = meta.get("resampled_from") is not None
-            if resampled and self.output_format == "dicom":
-                raise DataError(f"{source_path}: the series was resampled onto an even grid (--resample_uneven true), so "
-                                "its maps do not lie on the series' own slices, as DICOM SEG and Parametric Map frames must: "
-                                "pass --output_format nifti (or both: NIfTI for it, DICOM for the others).")
-            if resampled and self.output_format == "both":
-                logger.warning("%s: resampled onto an even grid: NIfTI maps only (no DICOM SEG / Parametric Map)", case)
-            elif self.output_format in ("dicom", "both") and Path(source_path).is_dir():
-                from pipeline.handlers.dicom import write_case_dicom  # first: its geometry check refuses before any file
-
-                try:
-                    written += write_case_dicom(self.output_dir, case, maps, affine, source_path, source.get("series"),
-                                                self.provenance)
-                except DataError as err:
-                    if self.output_format == "dicom":
-                        raise
-                    logger.warning("%s: NIfTI maps only, no DICOM outputs: %s", case, err)
-            elif self.output_format == "dicom":
-                raise DataError(f"{source_path}: not a DICOM series; DICOM SEG and Parametric Map outputs are derived "
-                                "from a source series: pass --output_format nifti (or both) for NIfTI inputs.")
-            if self.output_format in ("nifti", "both"):
-                written = write_case_maps(self.output_dir, case, maps, affine, description,
-                                          MANIFEST if self.provenance else None) + written
+            written = write_case_outputs(self.output_dir, case, maps_from_prediction(pred), affine, source_path,
+                                         self.output_format, source.get("series"), self.provenance,
+                                         resampled=meta.get("resampled_from") is not None,
+                                         aux_file=MANIFEST if self.provenance else None)
             if self.overlay:
                 written.append(self._write_overlay(case, item))
             logger.info("%s: wrote %s", case, ", ".join(p.name for p in written))
@@ -229,4 +238,5 @@ class ImportanceExporter:
         return path
 
 
-__all__ = ["MANIFEST", "ImportanceExporter", "latest_records", "manifest_parts", "maps_from_prediction", "read_manifest", "write_case_maps"]
+__all__ = ["MANIFEST", "ImportanceExporter", "latest_records", "manifest_parts", "maps_from_prediction", "read_manifest",
+           "write_case_maps", "write_case_outputs"]
