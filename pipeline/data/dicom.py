@@ -28,6 +28,13 @@ def sort_by_position(files: Sequence[str], folder: str | os.PathLike, allow_unev
         DataError: a slice without position or orientation, slices of different orientations, two slices at
             one position, or (unless ``allow_uneven``) uneven steps (a gap or a mixed series), naming the positions.
     """
+    ordered, _, step = slice_layout(files, folder, allow_uneven)
+    return ordered, step
+
+
+def slice_layout(files: Sequence[str], folder: str | os.PathLike,
+                 allow_uneven: bool = False) -> tuple[list[str], np.ndarray, float]:
+    """:func:`sort_by_position` with each sorted slice's position along the slice normal (mm): files, positions, step."""
     import pydicom
 
     records = []
@@ -53,20 +60,30 @@ def sort_by_position(files: Sequence[str], folder: str | os.PathLike, allow_unev
     ordered = sorted(records, key=lambda item: float(item[0] @ normal))
     along = np.asarray([float(position @ normal) for position, _ in ordered])
     if len(along) < 2:
-        return [path for _, path in ordered], 1.0
+        return [path for _, path in ordered], along, 1.0
     steps = np.diff(along)
     step = float(np.median(steps))
     if step <= 0 or np.any(steps <= 1e-6):
         same = along[np.flatnonzero(steps <= 1e-6)[0]]
         raise DataError(f"{folder}: two slices at one position ({same:.2f} mm along the slice normal); the folder holds "
                         "duplicates or two series: keep one copy of each slice.")
-    uneven = np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)
-    if len(uneven) and not allow_uneven:
+    if is_uneven(along, step) and not allow_uneven:
+        uneven = np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)
         shown = ", ".join(f"{along[i]:.2f} -> {along[i + 1]:.2f} mm" for i in uneven[:3]) + (" ..." if len(uneven) > 3 else "")
         raise DataError(f"{folder}: uneven slice spacing (median {step:.2f} mm; {shown}): a missing slice or a mixed "
                         "series; re-export the complete series, or pass --resample_uneven true to resample it onto an "
                         "even grid.")
-    return [path for _, path in ordered], step
+    return [path for _, path in ordered], along, step
+
+
+def is_uneven(along: np.ndarray, step: float) -> bool:
+    """Whether slices at positions ``along`` (mm, sorted) stray more than :data:`SPACING_TOLERANCE` from ``step``."""
+    return bool(np.any(np.abs(np.diff(along) - step) > SPACING_TOLERANCE * step))
+
+
+def even_positions(along: np.ndarray, step: float) -> np.ndarray:
+    """The even grid of ``step`` mm from the first position ``along`` to (at most) the last."""
+    return along[0] + step * np.arange(int(np.floor((along[-1] - along[0]) / step + 1e-6)) + 1)
 
 
 def _read(files: Sequence[str], folder: str | os.PathLike) -> "sitk.Image":  # noqa: F821
@@ -95,8 +112,7 @@ def resample_even(slices: np.ndarray, along: np.ndarray, step: float) -> tuple[n
     Each voxel of the new grid mixes the two source slices around it, weighted by distance (a missing slice is
     the mean of its neighbours); positions on a source slice take that slice exactly.
     """
-    count = int(np.floor((along[-1] - along[0]) / step + 1e-6)) + 1
-    target = along[0] + step * np.arange(count)  # (Z',)
+    target = even_positions(along, step)  # (Z',)
     upper = np.clip(np.searchsorted(along, target, side="right"), 1, len(along) - 1)  # the source slice above each
     lower = upper - 1
     weight = ((target - along[lower]) / (along[upper] - along[lower])).astype(np.float32)[:, None, None]
@@ -114,28 +130,25 @@ def read_dicom_series(files: Sequence[str], folder: str | os.PathLike, resample_
     """
     import SimpleITK as sitk
 
-    ordered, step = sort_by_position(files, folder, allow_uneven=resample_uneven)
+    ordered, along, step = slice_layout(files, folder, allow_uneven=resample_uneven)
     resampled_from = None
-    if resample_uneven and len(ordered) > 2:
-        planes = [_read([path], folder) for path in ordered]  # each slice alone: its own position, no averaged step
-        lps = _lps_affine(planes[0])
-        normal = np.asarray(planes[0].GetDirection()).reshape(3, 3)[:, 2]  # ITK's slice normal from the orientation
-        along = np.asarray([float(np.asarray(plane.GetOrigin()) @ normal) for plane in planes])
-        if np.any(np.abs(np.diff(along) - step) > SPACING_TOLERANCE * step):
-            from pipeline.data.files import MAX_VOXELS
+    if resample_uneven and len(ordered) > 2 and is_uneven(along, step):  # an even series is read as it is, below
+        from pipeline.data.files import MAX_VOXELS
 
-            count = int(np.floor((along[-1] - along[0]) / step + 1e-6)) + 1
-            size = planes[0].GetSize()  # (X, Y, 1)
-            if count * size[0] * size[1] > MAX_VOXELS:
-                raise DataError(f"{folder}: resampled at its median step of {step:.2f} mm the series would be {size[0]} x "
-                                f"{size[1]} x {count} voxels, over the limit of {MAX_VOXELS:,}; its slices are too far "
-                                "apart to resample: re-export the complete series.")
-            stack = np.stack([sitk.GetArrayFromImage(plane)[0] for plane in planes]).astype(np.float32)  # (Z, Y, X)
-            array_zyx, _ = resample_even(stack, along, step)
-            lps[:3, 2] = normal * step
-            resampled_from = along.round(4).tolist()
-            array = array_zyx.transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
-            affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, dtype=torch.float64)
+        first = _read(ordered[:1], folder)
+        size, count = first.GetSize(), len(even_positions(along, step))  # (X, Y, 1)
+        if count * size[0] * size[1] > MAX_VOXELS:
+            raise DataError(f"{folder}: resampled at its median step of {step:.2f} mm the series would be {size[0]} x "
+                            f"{size[1]} x {count} voxels, over the limit of {MAX_VOXELS:,}; its slices are too far "
+                            "apart to resample: re-export the complete series.")
+        lps = _lps_affine(first)
+        normal = np.asarray(first.GetDirection()).reshape(3, 3)[:, 2]  # ITK's slice normal from the orientation
+        stack = np.stack([sitk.GetArrayFromImage(_read([path], folder))[0] for path in ordered]).astype(np.float32)
+        array_zyx, _ = resample_even(stack, along, step)  # (Z, Y, X) slice by slice: no averaged step
+        lps[:3, 2] = normal * step
+        resampled_from = along.round(4).tolist()
+        array = array_zyx.transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
+        affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, dtype=torch.float64)
     if resampled_from is None:
         image = _read(ordered, folder)
         array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
@@ -147,4 +160,5 @@ def read_dicom_series(files: Sequence[str], folder: str | os.PathLike, resample_
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
 
 
-__all__ = ["SPACING_TOLERANCE", "read_dicom_series", "resample_even", "sort_by_position"]
+__all__ = ["SPACING_TOLERANCE", "even_positions", "is_uneven", "read_dicom_series", "resample_even", "slice_layout",
+           "sort_by_position"]
