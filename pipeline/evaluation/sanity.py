@@ -88,8 +88,8 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     chatty = [logging.getLogger(name) for name in ("pipeline.handlers.training_log", "pipeline.data.slices")]
     levels = [item.level for item in chatty]
     try:
-        for item in chatty:
-            item.setLevel(logging.WARNING if quiet else item.level)
+        for item in chatty if quiet else ():
+            item.setLevel(logging.WARNING)
         run(config_file=[str(path) for path in config_files(root, "train_noise")],
             meta_file=str(root / "configs" / "metadata.json"), bundle_root=str(root), logging_file=bundle_logging_file(root),
             **overrides)

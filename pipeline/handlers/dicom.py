@@ -31,7 +31,7 @@ SEG_SERIES_NUMBER, MAP_SERIES_NUMBER = 9901, 9902  # derived series sort after t
 POSITION_TOLERANCE_MM = 1e-3
 
 
-def output_suffixes(output_format: str, overlay: bool = True) -> list[str]:
+def output_suffixes(output_format: str) -> list[str]:
     """Output name endings for ``output_format`` (nifti, dicom or both): the importance map and segmentation of the
     primary format first (a case is done when those two exist), then the others, then the overlay."""
     if output_format not in OUTPUT_FORMATS:
@@ -40,7 +40,7 @@ def output_suffixes(output_format: str, overlay: bool = True) -> list[str]:
         raise ConfigError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {output_format!r}.")
     suffixes = {"nifti": list(NIFTI_SUFFIXES), "dicom": list(DICOM_SUFFIXES),
                 "both": [*NIFTI_SUFFIXES, *DICOM_SUFFIXES]}[output_format]
-    return suffixes + (["_overlay.png"] if overlay else [])
+    return [*suffixes, "_overlay.png"]
 
 
 def check_dicom_inputs(datalist: Sequence[dict[str, Any]], output_format: str) -> None:

@@ -52,6 +52,7 @@ class LossTermsHandler:
         for key, total in totals.items():
             engine.state.metrics[f"{self.prefix}{key}"] = total / max(1, count)
 
+
 class EpochSummary:
     """One log line per epoch: the epoch's mean loss, the validation metrics of that epoch, the best so far, seconds.
 
