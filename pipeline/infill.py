@@ -12,9 +12,15 @@ Pure torch, batched over slices (B, C, H, W). Every infill fills the pixels of a
   its 8 neighbours (weights 1/6 side, 1/12 corner), solved jointly for all hidden pixels with conjugate
   gradients, plus Gaussian noise of ``road_noise`` std. It fills a hole from its rim, so the shape of the
   hidden set leaks less than with a constant.
+
+An infill is named by a *spec*: one of ``INFILLS``, or ``blur:<sigma>`` for a blur of another sigma (pixels),
+e.g. ``blur:8``. Training draws one spec per slice from a list (:func:`draw_fill`); the evaluation judges every
+map under each spec it is given.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +121,95 @@ def apply_linear_imputation(
     return filled.reshape(image.shape)
 
 
+def parse_infill(spec: str, blur_sigma: float = DEFAULT_BLUR_SIGMA) -> tuple[str, float]:
+    """``"blur"``, ``"blur:8"``, ``"mean"``... -> (infill name, blur sigma in pixels); ConfigError for anything else.
+
+    Args:
+        spec: an infill of ``INFILLS``, or ``blur:<sigma>`` with sigma > 0 pixels.
+        blur_sigma: the sigma of a plain ``blur``.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"an infill must be one of {INFILLS} or 'blur:<sigma>', got {spec!r}.")
+    name, _, sigma = spec.partition(":")
+    if name not in INFILLS or (sigma and name != "blur"):
+        raise ConfigError(f"infill {spec!r} is not one of {INFILLS} or 'blur:<sigma>' (e.g. 'blur:8').")
+    if not sigma:
+        return name, float(blur_sigma)
+    try:
+        value = float(sigma)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ConfigError(f"infill {spec!r}: the blur sigma after ':' must be a number > 0 (pixels), e.g. 'blur:8'.")
+    return name, value
+
+
+def fill_values(
+    image: torch.Tensor,
+    infill: str = "blur",
+    body: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    blur_sigma: float = DEFAULT_BLUR_SIGMA,
+) -> torch.Tensor:
+    """What every pixel would become if hidden, for the infills that do not depend on the hidden set.
+
+    Args:
+        image: (B, C, H, W) or (B, C, X, Y, Z), windowed to [0, 1]; not modified.
+        infill: a spec of :func:`parse_infill` other than ``road`` (ROAD fills from the hole's rim).
+        body: (B, 1, ...) body mask for the ``mean`` / ``noise`` statistics; None: the whole slice.
+        generator: CPU generator for ``noise``.
+        blur_sigma: sigma of a plain ``blur``.
+
+    Returns:
+        Tensor shaped like ``image``.
+    """
+    name, sigma = parse_infill(infill, blur_sigma)
+    if name == "blur":
+        return apply_blur(image, sigma)
+    if name == "floor":
+        return torch.zeros_like(image)
+    if name == "mean":
+        return _body_stats(image, body)[0].expand_as(image)
+    if name == "noise":
+        mean, std = _body_stats(image, body)
+        return mean + std * torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
+    raise ConfigError(f"the {name} infill depends on the hidden pixels (it fills a hole from its rim) and cannot be "
+                      f"drawn per slice; use one of {tuple(i for i in INFILLS if i != 'road')} or 'blur:<sigma>'.")
+
+
+def draw_fill(
+    image: torch.Tensor,
+    infills: Sequence[str],
+    body: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    blur_sigma: float = DEFAULT_BLUR_SIGMA,
+    per_slice: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one infill per slice (or one for the batch) from ``infills`` and return what each slice's pixels become.
+
+    Args:
+        image: (B, C, H, W) or (B, C, X, Y, Z) windowed to [0, 1]; not modified.
+        infills: specs of :func:`fill_values`, drawn uniformly.
+        body: (B, 1, ...) body masks for ``mean`` / ``noise``; None: whole slices.
+        generator: CPU generator of the draws and of the ``noise`` infill (seeded: repeatable).
+        blur_sigma: sigma of a plain ``blur``.
+        per_slice: one draw per slice; False: one draw for the whole batch (per step).
+
+    Returns:
+        ``(values, drawn)``: values shaped like ``image``; drawn (B,) long, the index into ``infills`` per slice.
+    """
+    if not infills:
+        raise ConfigError("the list of infills to draw from is empty; give at least one, e.g. ['blur'].")
+    batch = image.shape[0]
+    picks = torch.randint(len(infills), (batch if per_slice else 1,), generator=generator).expand(batch)  # (B,)
+    values = torch.empty_like(image)
+    for index in picks.unique().tolist():
+        rows = (picks == index).nonzero().flatten().to(image.device)  # the slices that drew this infill
+        part_body = None if body is None else body[rows]
+        values[rows] = fill_values(image[rows], infills[index], part_body, generator, blur_sigma)
+    return values, picks.clone()
+
+
 def apply_infill(
     image: torch.Tensor,
     hidden: torch.Tensor,
@@ -130,32 +225,26 @@ def apply_infill(
     Args:
         image: slices windowed to [0, 1], (B, C, H, W), or volumes (B, C, X, Y, Z); not modified.
         hidden: bool (B, 1, ...) like ``image``, broadcast over C.
-        infill: one of ``INFILLS`` (see the module docstring).
+        infill: a spec of :func:`parse_infill`: one of ``INFILLS`` (see the module docstring) or ``blur:<sigma>``.
         body: (B, 1, H, W) body mask for the ``mean`` / ``noise`` statistics; None: the whole slice.
         generator: CPU generator for ``noise`` and ``road`` (seeded: repeatable curves).
         blur_sigma: ``blur`` sigma in pixels.
         road_noise: std of the noise ROAD adds to imputed pixels.
-        blurred: ``apply_blur(image, blur_sigma)`` if the caller has it (saves the blur per curve point).
+        blurred: the ``blur`` spec's blurred image if the caller has it (saves the blur per curve point).
 
     Returns:
         (B, C, H, W) tensor.
     """
-    if infill not in INFILLS:
-        raise ConfigError(f"infill (hidden-pixel baseline) must be one of {INFILLS}, got {infill!r}.")
+    name, sigma = parse_infill(infill, blur_sigma)
     if hidden.ndim != image.ndim or hidden.shape[0] != image.shape[0] or hidden.shape[2:] != image.shape[2:]:
         raise ValueError(f"hidden mask {tuple(hidden.shape)} does not match image {tuple(image.shape)}.")
-    if infill == "road" and image.ndim != 4:
+    if name == "road" and image.ndim != 4:
         raise ConfigError("the road infill (ROAD's linear imputation) is built for 2D slices; in 3D use blur, floor, mean or noise.")
     hidden = hidden.bool()
-    if infill == "blur":
-        values = apply_blur(image, blur_sigma) if blurred is None else blurred
-    elif infill == "floor":
-        values = torch.zeros_like(image)
-    elif infill == "mean":
-        values = _body_stats(image, body)[0].expand_as(image)
-    elif infill == "noise":
-        mean, std = _body_stats(image, body)
-        values = mean + std * torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
+    if name == "blur" and blurred is not None:
+        values = blurred
+    elif name != "road":
+        values = fill_values(image, infill, body, generator, sigma)
     else:
         noise = torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
         values = apply_linear_imputation(image, hidden) + road_noise * noise
@@ -163,4 +252,4 @@ def apply_infill(
 
 
 __all__ = ["DEFAULT_BLUR_SIGMA", "DEFAULT_ROAD_NOISE", "INFILLS", "apply_blur", "apply_infill",
-           "apply_linear_imputation"]
+           "apply_linear_imputation", "draw_fill", "fill_values", "parse_infill"]
