@@ -6,10 +6,24 @@ The noise model's logits give the tolerance B = sigmoid(logits) in (0, 1) per pi
 - ``additive`` (the paper): ``x~ = x + sigma * eps``;
 - ``replace``: ``x~ = (1 - B) * x + B * (baseline + sigma * eps)``. The pixel is blended towards noise
   around a baseline in proportion to B, so B = 1 means "this pixel carries no information". The
-  baseline is a constant or ``blur``, the slice blurred (:func:`pipeline.infill.apply_blur`): the infill
-  the evaluation hides pixels with, so the map is learned for the perturbation it is judged by.
+  baseline is a constant, or an infill of :mod:`pipeline.infill` (``blur``, ``blur:8``, ``mean``,
+  ``noise``, ``floor``), or a list of them, one drawn per slice (or per step): a map learned toward one
+  infill ranks "pixels whose blurring hurts", one learned toward many ranks what the model needs whatever
+  the hidden pixels become.
 
-with ``eps ~ N(0, 1)``. The loss is the frozen utility's loss on ``x~`` against a target (``label``, the
+with ``eps ~ N(0, 1)``. Two objectives use the map:
+
+- ``blend`` (the paper's form): the perturbed image above, the utility's loss on it plus an area term.
+- ``curves``: the faithfulness curves the evaluation draws, in expectation. Per slice a share p ~ U(0, 1)
+  of the body is kept, the pixels of highest importance, through a soft top-p mask
+  ``sigmoid((s - t_p) / (T * std(s)))`` on the importance logits s (t_p their (1 - p) quantile in the
+  body, T ``rank_temperature``); the rest of the body takes the drawn infill, and the utility must keep its
+  clean prediction (soft dice). With ``deletion_weight`` the mirror: the top-q (q ~ U(0, 1)) hidden with the
+  same infill, and the soft dice with the target must fall. These terms train the ranking only; a bound
+  term keeps the logits within +-``LOGIT_BOUND`` (so 1 - B keeps distinct values in float32), and the area
+  term pushes the pixels the ranking does not need toward B = 1 (a sparse map).
+
+The ``blend`` loss is the frozen utility's loss on ``x~`` against a target (``label``, the
 paper's, or ``prediction``, the utility's own clean prediction: what an explanation of the model must
 keep) plus a term that pushes the noise up wherever it does no harm: ``-lambda * mean(log B)`` (the
 paper's, ``area: log``) or ``lambda * mean(1 - B)`` (``area: l1``, the share of the slice kept). Two
@@ -26,17 +40,23 @@ ImageNet-normalised input, std about 1) would drown every pixel. The bundle's de
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 
 from pipeline.errors import ConfigError
-from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur
+from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur, draw_fill, parse_infill
 
 PERTURBATIONS = ("additive", "replace")
 TARGETS = ("label", "prediction")
 AREA_TERMS = ("log", "l1")
+OBJECTIVES = ("blend", "curves")
+# |logit| of B beyond which the ``curves`` objective pulls back: only ranks are trained there, and unbounded logits
+# saturate 1 - B to exactly 1 in float32 (measured: logits of -33 after 9 epochs), which ties the top pixels' ranks
+LOGIT_BOUND = 6.0
+INFILL_DRAWS = ("slice", "step")
 # UNoiseModel output channels
 SEG, TOLERANCE, PERTURBED, CLEAN, DELETED = range(5)
 
@@ -53,13 +73,81 @@ def apply_noise_scale(tolerance: torch.Tensor, min_scale: float, max_scale: floa
     return min_scale + (max_scale - min_scale) * tolerance
 
 
-def resolve_baseline(image: torch.Tensor, baseline: float | str, blur_sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor | float:
-    """What ``replace`` blends towards: a constant, or ``"blur"`` = the slice blurred, (B, C, H, W)."""
-    if isinstance(baseline, str):
-        if baseline != "blur":
-            raise ConfigError(f"baseline must be a number or 'blur', got {baseline!r}.")
+def parse_baseline(baseline: float | str | Sequence[str], blur_sigma: float = DEFAULT_BLUR_SIGMA) -> float | tuple[str, ...]:
+    """A constant, or the tuple of infill specs to draw from (``"blur"`` -> ``("blur",)``); ConfigError otherwise."""
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return float(baseline)
+    specs = (baseline,) if isinstance(baseline, str) else tuple(baseline) if isinstance(baseline, (list, tuple)) else None
+    if not specs:
+        raise ConfigError(f"baseline must be a number, an infill ('blur', 'blur:8', 'mean', 'noise', 'floor') or a "
+                          f"non-empty list of infills, got {baseline!r}.")
+    for spec in specs:
+        try:
+            name, _ = parse_infill(spec, blur_sigma)
+        except ConfigError as err:
+            raise ConfigError(f"baseline: {err}") from err
+        if name == "road":
+            raise ConfigError("baseline 'road' (ROAD's linear imputation) is too slow to draw every step and is held out "
+                              "of training as the evaluation's test of generalisation; train with blur, mean, noise or floor.")
+    return specs
+
+
+def resolve_baseline(image: torch.Tensor, baseline: float | str | Sequence[str], blur_sigma: float = DEFAULT_BLUR_SIGMA,
+                     body: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                     per_slice: bool = True) -> torch.Tensor | float:
+    """What ``replace`` blends towards: a constant, or the drawn infill of each slice, shaped like ``image``.
+
+    Args:
+        image: (B, C, H, W) or (B, C, X, Y, Z) windowed to [0, 1].
+        baseline: see :func:`parse_baseline`.
+        blur_sigma: sigma of a plain ``blur``.
+        body: (B, 1, ...) body masks for the ``mean`` / ``noise`` statistics; None: whole slices.
+        generator: CPU generator of the draws (None: the global one).
+        per_slice: one infill per slice; False: one per call (per step).
+    """
+    parsed = parse_baseline(baseline, blur_sigma)
+    if isinstance(parsed, float):
+        return parsed
+    if len(parsed) == 1 and parsed[0] == "blur":
         return apply_blur(image, blur_sigma)
-    return float(baseline)
+    return draw_fill(image, parsed, body, generator, blur_sigma, per_slice)[0]
+
+
+def apply_rank_mask(scores: torch.Tensor, region: torch.Tensor, fractions: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Soft mask of the top ``fractions`` of each slice's ``region`` by score: 1 on the top, 0 below, 0 outside.
+
+    ``sigmoid((scores - t) / (temperature * std))`` with t the (1 - p) quantile of the scores inside the
+    region and std their spread there (both without gradient): a scale-free soft top-p, so the network
+    cannot sharpen or blur the mask by scaling its logits; the gradient moves pixels across the threshold.
+
+    Args:
+        scores: (B, 1, spatial...) importance logits (higher: more important).
+        region: (B, 1, spatial...) mask of the ranked pixels (the body), {0, 1}.
+        fractions: (B,) shares p in [0, 1] of each slice's region to select.
+        temperature: width of the soft edge in standard deviations of the scores (> 0).
+
+    Returns:
+        (B, 1, spatial...) in [0, 1], 0 outside ``region``.
+    """
+    if not temperature > 0:
+        raise ConfigError(f"rank_temperature must be > 0, got {temperature}.")
+    inside = region > 0.5
+    thresholds, spreads = [], []
+    for row in range(scores.shape[0]):
+        values = scores[row][inside[row]].detach().float()  # the region's scores of this slice
+        if values.numel() == 0:
+            values = scores[row].detach().float().flatten()
+        spread = values.std(unbiased=False) if values.numel() > 1 else values.new_tensor(1.0)
+        chosen = round(float(fractions[row]) * values.numel())  # pixels above the threshold
+        # the largest unchosen score (at 0.5 on the soft edge); all chosen: below the smallest
+        thresholds.append(torch.kthvalue(values, values.numel() - chosen).values if chosen < values.numel()
+                          else values.min() - spread.clamp_min(1e-6))
+        spreads.append(spread)
+    shape = (-1,) + (1,) * (scores.ndim - 1)
+    threshold = torch.stack(thresholds).view(shape).to(scores.dtype)  # (B, 1, 1, 1)
+    spread = torch.stack(spreads).clamp_min(1e-6).view(shape).to(scores.dtype)
+    soft = torch.sigmoid((scores - threshold) / (temperature * spread))  # (B, 1, spatial...)
+    return soft * inside.to(scores.dtype)
 
 
 def apply_perturbation(
@@ -105,14 +193,15 @@ def importance_from_tolerance(tolerance: torch.Tensor) -> torch.Tensor:
 class UNoiseModel(torch.nn.Module):
     """Noise model + frozen utility, as one network for MONAI engines.
 
-    ``forward(image)`` returns (B, 5, H, W), channels (named by the module constants):
+    ``forward(image, body=None)`` returns (B, 5, H, W), channels (named by the module constants):
 
-    0. ``SEG``: the utility's logits on the perturbed image,
+    0. ``SEG``: the utility's logits on the perturbed image (``blend``) or on the image with its top-p
+       body pixels kept and the rest hidden (``curves``),
     1. ``TOLERANCE``: B,
     2. ``PERTURBED``: the perturbed image (first input channel),
     3. ``CLEAN``: the utility's logits on the clean image (no gradient; the ``prediction`` target),
-    4. ``DELETED``: the utility's logits on the complement ``B * x + (1 - B) * baseline`` (the important
-       pixels hidden) with ``deletion``; a copy of ``CLEAN`` without it.
+    4. ``DELETED``: the utility's logits on the complement ``B * x + (1 - B) * baseline`` (``blend``) or on
+       the image with its top-q body pixels hidden (``curves``), with ``deletion``; a copy of ``CLEAN`` without it.
 
     The utility stays frozen: its parameters do not require grad, and ``train()`` leaves it in eval mode,
     so its BatchNorm statistics are never updated. Gradients reach the noise model through the utility.
@@ -121,14 +210,18 @@ class UNoiseModel(torch.nn.Module):
         noise_net: maps (B, C, H, W) to one logit channel.
         utility: the trained segmentation network (frozen here, in place).
         min_scale, max_scale, perturbation: see :func:`apply_perturbation`.
-        baseline: what ``replace`` blends towards: a number or ``"blur"`` (see :func:`resolve_baseline`).
-        noise_seed: draw the noise from a generator seeded with this value on every call (repeatable
-            validation); None draws from the global generator.
+        baseline: what hidden pixels become: a number, an infill spec or a list of them (see
+            :func:`parse_baseline`); a list draws one per slice (``infill_draw: slice``) or per call (``step``).
+        noise_seed: draw the noise, the infills and the shares from a generator seeded with this value on
+            every call (repeatable validation); None draws from the global generator.
         utility_dtype: run the frozen utility's forward (and so its part of the backward) under autocast
             to this dtype, e.g. ``torch.bfloat16`` on CPUs with bf16 instructions; the noise model, the
             perturbation and the outputs stay float32. None: no autocast here.
-        deletion: also run the utility on the complement (for :class:`UNoiseLoss` ``deletion_weight``).
+        deletion: also run the utility with the important pixels hidden (for :class:`UNoiseLoss` ``deletion_weight``).
         blur_sigma: sigma of the ``blur`` baseline, pixels.
+        objective: ``blend`` or ``curves`` (module docstring).
+        infill_draw: ``slice`` or ``step``, for a list of infills.
+        rank_temperature: the soft top-p's edge, in standard deviations of the importance logits (``curves``).
     """
 
     def __init__(
@@ -138,46 +231,70 @@ class UNoiseModel(torch.nn.Module):
         min_scale: float,
         max_scale: float,
         perturbation: str = "additive",
-        baseline: float | str = 0.0,
+        baseline: float | str | Sequence[str] = 0.0,
         noise_seed: int | None = None,
         utility_dtype: torch.dtype | None = None,
         deletion: bool = False,
         blur_sigma: float = DEFAULT_BLUR_SIGMA,
+        objective: str = "blend",
+        infill_draw: str = "slice",
+        rank_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if perturbation not in PERTURBATIONS:
             raise ConfigError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}.")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        if infill_draw not in INFILL_DRAWS:
+            raise ConfigError(f"infill_draw must be one of {INFILL_DRAWS}, got {infill_draw!r}.")
+        if objective == "curves" and perturbation != "replace":
+            raise ConfigError("objective 'curves' hides pixels: it needs perturbation 'replace'.")
+        if not rank_temperature > 0:
+            raise ConfigError(f"rank_temperature must be > 0, got {rank_temperature}.")
         apply_noise_scale(torch.zeros(1), min_scale, max_scale)  # validates the scales
-        resolve_baseline(torch.zeros(1, 1, 4, 4), baseline, 1.0)  # validates the baseline
+        parsed = parse_baseline(baseline, blur_sigma)  # validates the baseline
         self.noise_net = noise_net
         self.utility = freeze(utility)
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         self.perturbation = perturbation
-        self.baseline = baseline if isinstance(baseline, str) else float(baseline)
+        self.baseline = parsed if isinstance(parsed, float) else list(parsed)
         self.noise_seed = noise_seed
         self.utility_dtype = utility_dtype
         self.deletion, self.blur_sigma = bool(deletion), float(blur_sigma)
+        self.objective, self.infill_draw, self.rank_temperature = objective, infill_draw, float(rank_temperature)
 
     def train(self, mode: bool = True) -> UNoiseModel:
         super().train(mode)
         self.utility.eval()  # frozen: BatchNorm keeps its running statistics
         return self
 
-    def _noise(self, image: torch.Tensor) -> torch.Tensor:
-        if self.noise_seed is None:
-            return torch.randn_like(image)
-        generator = torch.Generator(device=image.device).manual_seed(self.noise_seed)
-        return torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    def _generator(self) -> torch.Generator | None:
+        return None if self.noise_seed is None else torch.Generator().manual_seed(self.noise_seed)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        tolerance = apply_tolerance(self.noise_net(image))  # (B, 1, H, W)
-        baseline = resolve_baseline(image, self.baseline, self.blur_sigma)  # float or (B, C, H, W)
-        perturbed = apply_perturbation(image, tolerance, self.min_scale, self.max_scale, self.perturbation,
-                                       baseline, self._noise(image))  # (B, C, H, W)
+    def forward(self, image: torch.Tensor, body: torch.Tensor | None = None) -> torch.Tensor:
+        generator = self._generator()  # CPU: draws of infills, shares and noise alike, on any device
+        scores = -self.noise_net(image)  # (B, 1, H, W) importance logits
+        tolerance = apply_tolerance(-scores)  # (B, 1, H, W)
+        baseline = resolve_baseline(image, self.baseline, self.blur_sigma, body, generator, self.infill_draw == "slice")
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
         with torch.no_grad():
             clean = self._utility(image)  # (B, 1, H, W)
+        if self.objective == "blend":
+            perturbed = apply_perturbation(image, tolerance, self.min_scale, self.max_scale, self.perturbation,
+                                           baseline, noise)  # (B, C, H, W)
+            hide = 1.0 - tolerance  # the complement: the important pixels hidden
+        else:
+            region = torch.ones_like(tolerance) if body is None else (body > 0.5).to(image.dtype)  # (B, 1, H, W)
+            shares = torch.rand(image.shape[0], generator=generator)  # (B,) visible share p per slice
+            keep_top = apply_rank_mask(scores, region, shares, self.rank_temperature)
+            hidden = region - keep_top  # the body below the top-p
+            fill = baseline + apply_noise_scale(tolerance, self.min_scale, self.max_scale) * noise
+            perturbed = (1.0 - hidden) * image + hidden * fill  # (B, C, H, W)
+            if self.deletion:
+                hide = apply_rank_mask(scores, region, torch.rand(image.shape[0], generator=generator), self.rank_temperature)
         if self.deletion:
-            deleted = self._utility(tolerance * image + (1.0 - tolerance) * baseline)  # important pixels hidden
+            fill = baseline if self.objective == "blend" else fill
+            deleted = self._utility((1.0 - hide) * image + hide * fill)  # important pixels hidden
         else:
             deleted = clean
         return torch.cat([self._utility(perturbed), tolerance, perturbed[:, :1], clean, deleted], dim=1)  # (B, 5, H, W)
@@ -197,6 +314,22 @@ def freeze(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
+def compute_soft_dice(probability: torch.Tensor, target: torch.Tensor, empty_score: float = 1.0) -> torch.Tensor:
+    """Soft dice per slice, ``(2 |P T| + empty_score) / (|P| + |T| + 1)`` (MONAI's ``DiceLoss`` terms): (B, 1, ...)
+    probabilities and {0, 1} targets -> (B,); an empty prediction of an empty target scores ``empty_score``."""
+    loss = DiceLoss(reduction="none", smooth_nr=empty_score, smooth_dr=1.0)(probability, target)  # (B, 1, 1, ...)
+    return 1.0 - loss.flatten(1).mean(1)
+
+
+def compute_logit_excess(tolerance: torch.Tensor, bound: float = LOGIT_BOUND) -> torch.Tensor:
+    """How far each pixel's logit of B lies outside [-bound, bound], from B itself: ``relu(softplus(-l) - bound) +
+    relu(softplus(l) - bound)`` with ``softplus(-l) = -log B`` and ``softplus(l) = -log(1 - B)``; same shape.
+    Zero inside the bound; slope about 1 per unit of logit outside it."""
+    inside_low = -torch.log(tolerance.clamp_min(1e-30))  # softplus(-l)
+    inside_high = -torch.log((1.0 - tolerance).clamp_min(1e-7))  # softplus(l)
+    return F.relu(inside_low - bound) + F.relu(inside_high - bound)
+
+
 def compute_total_variation(tolerance: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring pixels (voxels) of B, summed over the spatial axes:
     (B, 1, H, W) or (B, 1, X, Y, Z) -> scalar."""
@@ -207,7 +340,9 @@ class UNoiseLoss(torch.nn.Module):
     """Utility loss on the perturbed image plus the terms that make the noise as large as the utility allows.
 
     ``loss = utility_loss(SEG, target) + noise term + deletion_weight * softdice(DELETED, target)
-    + tv_weight * TV(B)``, with the noise term ``-noise_weight * mean(log B)`` (``area: log``, the
+    + tv_weight * TV(B)``; with ``objective: curves`` the utility term is ``1 - softdice(SEG, target)`` (the
+    dice the evaluation's curves measure) and the deletion term counts only slices with a target to destroy.
+    The noise term is ``-noise_weight * mean(log B)`` (``area: log``, the
     paper's) or ``noise_weight * mean(1 - B)`` (``area: l1``). Takes the (B, 5, H, W) output of
     :class:`UNoiseModel` and the label (B, 1, H, W) in {0, 1} (None with ``target: prediction``: label-free). The terms of the last call are kept in
     ``last_terms`` (``utility_loss``, ``noise_term``, ``deletion_term``, ``tv_term``, ``mean_tolerance``)
@@ -221,10 +356,12 @@ class UNoiseLoss(torch.nn.Module):
         area: ``log`` or ``l1``, see above.
         deletion_weight: weight of the deletion (destroyer) term; needs ``UNoiseModel(deletion=True)``.
         tv_weight: weight of the total variation of B.
+        objective: ``blend`` or ``curves`` (see :class:`UNoiseModel`).
     """
 
     def __init__(self, noise_weight: float = 1e-3, utility_loss: str | Callable = "bce", eps: float = 1e-6,
-                 target: str = "label", area: str = "log", deletion_weight: float = 0.0, tv_weight: float = 0.0) -> None:
+                 target: str = "label", area: str = "log", deletion_weight: float = 0.0, tv_weight: float = 0.0,
+                 objective: str = "blend") -> None:
         super().__init__()
         for name, value in {"noise_weight (lambda)": noise_weight, "deletion_weight": deletion_weight,
                             "tv_weight": tv_weight}.items():
@@ -234,6 +371,9 @@ class UNoiseLoss(torch.nn.Module):
             raise ConfigError(f"target must be one of {TARGETS}, got {target!r}.")
         if area not in AREA_TERMS:
             raise ConfigError(f"area must be one of {AREA_TERMS}, got {area!r}.")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        self.objective = objective
         if utility_loss == "bce":
             self.utility_loss: Callable = F.binary_cross_entropy_with_logits
         elif callable(utility_loss):
@@ -253,18 +393,24 @@ class UNoiseLoss(torch.nn.Module):
                 raise ValueError("target 'prediction' needs the clean logits: the outputs of UNoiseModel (5 channels).")
             target = (outputs[:, CLEAN : CLEAN + 1] > 0).to(seg_logits.dtype).detach()
         target = target.to(seg_logits.dtype)
-        utility_term = self.utility_loss(seg_logits, target)
+        if self.objective == "curves":
+            utility_term = 1.0 - compute_soft_dice(torch.sigmoid(seg_logits), target).mean()
+            bound_term = compute_logit_excess(tolerance).mean()
+        else:
+            utility_term = self.utility_loss(seg_logits, target)
+            bound_term = torch.zeros((), device=outputs.device)
         if self.area == "log":
             noise_term = -self.noise_weight * torch.log(tolerance.clamp_min(self.eps)).mean()
         else:
             noise_term = self.noise_weight * (1.0 - tolerance).mean()
-        total = utility_term + noise_term
+        total = utility_term + noise_term + bound_term
         deletion_term = torch.zeros((), device=outputs.device)
         if self.deletion_weight > 0:
-            deleted = torch.sigmoid(outputs[:, DELETED : DELETED + 1])  # (B, 1, H, W)
-            overlap = (deleted * target).flatten(1).sum(1)
-            sizes = deleted.flatten(1).sum(1) + target.flatten(1).sum(1)
-            deletion_term = self.deletion_weight * (2 * overlap / (sizes + 1.0)).mean()
+            dice = compute_soft_dice(torch.sigmoid(outputs[:, DELETED : DELETED + 1]), target, empty_score=0.0)  # (B,)
+            if self.objective == "curves":  # nothing to destroy on a slice without a target
+                present = target.flatten(1).sum(1) > 0
+                dice = dice[present] if bool(present.any()) else dice.new_zeros(1)
+            deletion_term = self.deletion_weight * dice.mean()
             total = total + deletion_term
         tv_term = self.tv_weight * compute_total_variation(tolerance) if self.tv_weight > 0 else torch.zeros((), device=outputs.device)
         total = total + tv_term
@@ -273,6 +419,7 @@ class UNoiseLoss(torch.nn.Module):
             "noise_term": float(noise_term.detach()),
             "deletion_term": float(deletion_term.detach()),
             "tv_term": float(tv_term.detach()),
+            "bound_term": float(bound_term.detach()),
             "mean_tolerance": float(tolerance.detach().mean()),
         }
         return total

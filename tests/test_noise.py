@@ -12,6 +12,9 @@ from pipeline.noise import (
     UNoiseModel,
     apply_noise_scale,
     apply_perturbation,
+    apply_rank_mask,
+    compute_logit_excess,
+    compute_soft_dice,
     compute_total_variation,
     importance_from_tolerance,
     resolve_baseline,
@@ -71,8 +74,14 @@ def test_bad_arguments() -> None:
         UNoiseLoss(target="segmentation")
     with pytest.raises(ValueError, match="area must be one of"):
         UNoiseLoss(area="l2")
-    with pytest.raises(ValueError, match="baseline must be a number or 'blur'"):
+    with pytest.raises(ValueError, match="baseline: infill 'median' is not one of"):
         resolve_baseline(torch.zeros(1, 1, 4, 4), "median")
+    with pytest.raises(ValueError, match="baseline must be a number, an infill"):
+        resolve_baseline(torch.zeros(1, 1, 4, 4), [])
+    with pytest.raises(ValueError, match="baseline 'road'.*held out"):
+        resolve_baseline(torch.zeros(1, 1, 4, 4), ["blur", "road"])
+    with pytest.raises(ValueError, match="objective 'curves' hides pixels"):
+        UNoiseModel(torch.nn.Identity(), torch.nn.Identity(), 0.0, 0.1, "additive", objective="curves")
 
 
 def test_importance_is_one_minus_tolerance() -> None:
@@ -218,3 +227,58 @@ def test_utility_autocast_keeps_the_noise_model_in_float32() -> None:
     assert mixed.dtype == torch.float32
     assert torch.equal(mixed[:, 1:3], plain[:, 1:3])  # tolerance and perturbed image: untouched by the autocast
     assert torch.allclose(mixed[:, [0, 3]], plain[:, [0, 3]], atol=0.05)  # utility logits to bf16 rounding
+
+
+def test_rank_mask_selects_the_top_share_of_the_region() -> None:
+    scores = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8).repeat(3, 1, 1, 1)
+    region = torch.zeros(3, 1, 8, 8)
+    region[..., :, 4:] = 1  # 32 pixels, the right half
+    mask = apply_rank_mask(scores, region, torch.tensor([0.25, 0.5, 1.0]), temperature=0.01)
+    assert float(mask[region == 0].abs().max()) == 0.0  # nothing outside the region
+    for row, share in enumerate((0.25, 0.5, 1.0)):
+        inside = scores[row][region[row] > 0]
+        chosen = mask[row][region[row] > 0] > 0.5
+        assert int(chosen.sum()) == round(share * 32)
+        assert float(inside[chosen].min()) > float(inside[~chosen].max()) if (~chosen).any() else True
+
+
+def test_rank_mask_does_not_depend_on_the_scale_of_the_scores() -> None:
+    scores = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    region = torch.ones(2, 1, 12, 12)
+    shares = torch.tensor([0.3, 0.7])
+    assert torch.allclose(apply_rank_mask(scores, region, shares, 0.1), apply_rank_mask(10 * scores + 3, region, shares, 0.1),
+                          atol=1e-5)
+
+
+def test_soft_dice_of_a_perfect_prediction_is_one() -> None:
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, :, 2:6, 2:6] = 1
+    dice = compute_soft_dice(target.clone(), target)
+    assert float(dice[0]) == pytest.approx(1.0, abs=0.02) and float(dice[1]) == 1.0  # the empty slice: empty_score 1
+    assert float(compute_soft_dice(target.clone(), target, empty_score=0.0)[1]) == 0.0
+
+
+@pytest.mark.parametrize("spatial", [(16, 16), (12, 12, 8)])
+def test_curves_objective_hides_only_body_pixels_below_the_top_share(spatial: tuple[int, ...]) -> None:
+    conv = torch.nn.Conv2d if len(spatial) == 2 else torch.nn.Conv3d
+    image = torch.rand(4, 1, *spatial, generator=torch.Generator().manual_seed(0))
+    body = torch.zeros(4, 1, *spatial)
+    body[(slice(None), slice(None), *[slice(2, n - 2) for n in spatial])] = 1
+    model = UNoiseModel(conv(1, 1, 3, padding=1), conv(1, 1, 3, padding=1), 0.0, 0.0, "replace",
+                        ["floor", "mean", "noise"], noise_seed=0, deletion=True, objective="curves")
+    out = model(image, body)
+    assert out.shape == (4, 5, *spatial)
+    outside = (body == 0).expand_as(image)
+    assert torch.equal(out[:, 2:3][outside], image[outside])  # air is never hidden
+    assert torch.equal(out, model(image, body))  # seeded draws: repeatable validation
+    loss = UNoiseLoss(0.01, target="prediction", deletion_weight=1.0, objective="curves")(out)
+    loss.backward()
+    assert model.noise_net.weight.grad.abs().sum() > 0 and model.utility.weight.grad is None
+
+
+def test_logit_excess_is_zero_inside_the_bound_and_grows_outside() -> None:
+    logits = torch.tensor([-20.0, -8.0, -3.0, 0.0, 3.0, 8.0])
+    excess = compute_logit_excess(torch.sigmoid(logits), bound=6.0)
+    assert torch.equal(excess[2:5], torch.zeros(3))
+    assert excess[0] == pytest.approx(14.0, abs=1e-3) and excess[1] == pytest.approx(2.0, abs=1e-2)
+    assert excess[5] == pytest.approx(2.0, abs=1e-2)
