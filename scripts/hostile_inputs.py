@@ -449,10 +449,11 @@ def build_cases(work: Path) -> list[Case]:
         setting("fewer slices than one batch", "train-utility", ["--batch_size", "512"], "fewer than one batch"),
         setting("empty validation split", "train-utility", ["--val_fraction", "0"], "validation split is empty"),
         setting("unknown config key", "train-utility", ["--epochz", "2"], "epochz"),
-        setting("unknown config key", "evaluate", ["--infil", "blur"], "infil"),
+        setting("unknown config key", "evaluate", ["--infil", "['blur']"], "infil"),
         setting("unknown preset", "train-utility", ["--preset", "huge"], "huge"),
         setting("epochs 0", "train-utility", ["--epochs", "0"], "epochs"),
-        setting("unknown infill", "evaluate", ["--infill", "zeros"], "zeros"),
+        setting("unknown infill", "evaluate", ["--infills", "['zeros']"], "zeros"),
+        setting("unknown training infill", "train-noise", ["--baseline", "['blur', 'zeros']"], "zeros"),
         setting("CUDA asked for, none here", "explain", ["--device", "cuda"], "cuda"),
     ]
 

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.bundle import run_bundle
 from pipeline.cli import main
+from pipeline.evaluation.criteria import compute_criteria
 from pipeline.phantom import write_phantom_dataset
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     utility, noise = _train(root, data, 12, {})
     code = main(["evaluate", "--dataset", str(data), "--utility", str(utility), "--noise", str(noise),
                  "--output", str(root / "evaluation"), *SPLIT_ARGS, *FAST, "--sanity_epochs", "1",
-                 "--extra_infills", "['road']"])
+                 "--infills", "['blur', 'mean']", "--held-out-infills", "['road', 'blur:8']"])
     assert code == 0
     return root / "evaluation"
 
@@ -55,12 +56,32 @@ def test_every_method_has_every_metric_under_the_default_protocol(evaluation: Pa
     for name, method in result["methods"].items():
         for metric in METRICS:
             assert metric in method, (name, metric)
-        assert set(method["infills"]) == {"road"}
+        assert set(method["infills"]) == {"blur", "mean", "road", "blur:8"}
+        assert method["infills"]["blur"]["visibility_auc"] == method["visibility_auc"]  # the first judged infill, unprefixed
     protocol = result["protocol"]
-    assert protocol["infill"] == "blur" and protocol["split"] == "test" and protocol["region"].startswith("body")
+    assert protocol["infills"] == ["blur", "mean"] and protocol["held_out_infills"] == ["road", "blur:8"]
+    assert protocol["split"] == "test" and protocol["region"].startswith("body")
     assert set(result["paired"]) == names - {reference}
     for paired in result["paired"].values():
         assert paired["visibility_auc"]["n"] == len(result["cases"]) and len(paired["deletion_auc"]["ci95"]) == 2
+        assert {"mean_visibility_auc", "road_deletion_auc", "blur:8_visibility_auc"} <= set(paired)
+
+
+def test_occlusion_is_computed_with_each_infill_it_is_judged_under(evaluation: Path) -> None:
+    result = json.loads((evaluation / "evaluation.json").read_text())
+    methods = result["methods"]
+    fills = {name: m["occlusion_fill"] for name, m in methods.items() if "occlusion_fill" in m}
+    assert fills == {"occlusion": "blur", "occlusion_mean": "mean", "occlusion_blur:8": "blur:8"}  # road: none per window
+    assert methods["occlusion"]["windows_at_paper_stride"] > methods["occlusion"]["windows_per_map"]  # stride 2 < 8
+    criteria = {c["criterion"]: c for c in compute_criteria(result)}
+    judged = criteria[f"visibility auc: {result['reference']} vs occlusion, under every judged infill"]
+    assert [(v["infill"], v["against"]) for v in judged["per_infill"]] == [("blur", "occlusion"), ("mean", "occlusion_mean")]
+    held = criteria[f"deletion auc: {result['reference']} vs occlusion, under the held-out infills"]
+    assert [(v["infill"], v["against"]) for v in held["per_infill"]] == [("road", "occlusion"), ("blur:8", "occlusion_blur:8")]
+    held_visibility = criteria[f"visibility auc: {result['reference']} vs occlusion, under the held-out infills"]
+    assert [v["infill"] for v in held_visibility["per_infill"]] == ["blur:8"]  # ROAD's visibility is saturated
+    page = (evaluation / "report" / "report.html").read_text()
+    assert "Every infill" in page and "blur:8 (held out)" in page
 
 
 def test_everything_visible_keeps_the_clean_prediction(evaluation: Path) -> None:
@@ -78,7 +99,8 @@ def test_null_maps_and_random_sit_where_they_should(evaluation: Path) -> None:
 
 def test_sanity_check_covers_every_method_and_retrains_off_the_evaluated_cases(evaluation: Path) -> None:
     result = json.loads((evaluation / "evaluation.json").read_text())
-    assert set(result["sanity"]) == set(result["methods"])
+    # occlusion is randomised once, with the first judged fill; its other fills are the same method
+    assert set(result["sanity"]) == {name for name in result["methods"] if not name.startswith("occlusion_")}
     assert all(0.0 <= v <= 1.0 for v in result["sanity"].values())
     assert result["sanity_detail"]["oracle"]["all"]["abs_rho"] == pytest.approx(1.0)  # the label does not change
     assert "rho_signed" in result["sanity_detail"]["saliency"]["all"]
@@ -102,7 +124,9 @@ def test_bad_settings_are_refused_before_any_work(evaluation: Path, tmp_path: Pa
     args = ["evaluate", "--dataset", result["settings"]["dataset_dir"], "--utility", result["settings"]["utility_checkpoint"],
             "--noise", *result["settings"]["noise_checkpoints"], *SPLIT_ARGS]
     for bad, message in ((["--slices_per_case", "0"], "slices_per_case must be a positive integer"),
-                         (["--infill", "zeros"], "infill 'zeros' is not one of"),
+                         (["--infills", "['zeros']"], "infills: infill 'zeros' is not one of"),
+                         (["--held-out-infills", "['blur:-1']"], "held_out_infills: infill 'blur:-1'"),
+                         (["--infills", "[]"], "infills is empty"),
                          (["--split", "train"], "split must be one of")):
         assert main([*args, "--output", str(tmp_path / bad[1]), *bad]) == 2
         assert message in capsys.readouterr().err

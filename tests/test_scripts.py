@@ -34,7 +34,9 @@ def test_noise_settings_trains_evaluates_and_tabulates_every_setting(tmp_path: P
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps([{"name": "a", "overrides": {"noise_preset": "small", "noise_weight": 0.03}},
                                 {"name": "b", "overrides": {"noise_preset": "small", "perturbation": "additive",
-                                                            "baseline": 0.0, "max_scale": 0.4}}]))
+                                                            "baseline": 0.0, "max_scale": 0.4}},
+                                {"name": "c", "overrides": {"noise_preset": "small", "objective": "curves", "deletion_weight": 1.0,
+                                                            "baseline": ["blur", "mean", "noise", "floor"]}}]))
     out = tmp_path / "settings.json"
     result = subprocess.run([sys.executable, str(SCRIPTS / "noise_settings.py"), "--dataset", str(data), "--utility",
                              str(tmp_path / "utility" / "checkpoints" / "best.pt"), "--work-dir", str(tmp_path / "work"),
@@ -43,9 +45,14 @@ def test_noise_settings_trains_evaluates_and_tabulates_every_setting(tmp_path: P
                             capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert record["split"] == "validation" and [row["name"] for row in record["settings"]] == ["a", "b"]
-    assert set(record["baselines"]) == {"occlusion", "segmentation", "random"}
-    assert "| a |" in result.stdout and "| occlusion (baseline) |" in result.stdout
+    assert record["split"] == "validation" and [row["name"] for row in record["settings"]] == ["a", "b", "c"]
+    assert set(record["baselines"]) == {"occlusion", "segmentation", "random", "occlusion_mean", "occlusion_noise",
+                                        "occlusion_floor", "occlusion_blur:8"}  # occlusion once per infill
+    judged = record["settings"][2]["verdicts"]["occlusion_deletion_auc"]["infills"]
+    assert [(v["infill"], v["against"]) for v in judged] == [("blur", "occlusion"), ("mean", "occlusion_mean"),
+                                                              ("noise", "occlusion_noise"), ("floor", "occlusion_floor")]
+    assert set(record["settings"][2]["infills"]) == {"blur", "mean", "noise", "floor", "road", "blur:8"}
+    assert "| a |" in result.stdout and "| c |" in result.stdout and "| occlusion (baseline) |" in result.stdout
 
 
 def test_hostile_inputs_refuses_the_header_only_file_everywhere_in_little_memory(tmp_path: Path) -> None:

@@ -32,8 +32,9 @@ from pipeline.noise import UNoiseLoss, UNoiseModel
 
 logger = logging.getLogger(__name__)
 
-NOISE_KEYS = ("min_scale", "max_scale", "noise_weight", "learning_rate", "deletion_weight", "tv_weight", "blur_sigma")
-NOISE_CHOICES = ("perturbation", "baseline", "target", "area")
+NOISE_KEYS = ("min_scale", "max_scale", "noise_weight", "learning_rate", "deletion_weight", "tv_weight", "blur_sigma",
+              "rank_temperature")
+NOISE_CHOICES = ("perturbation", "baseline", "target", "area", "objective", "infill_draw")
 
 
 def noise_settings(bundle_root: Path) -> dict[str, Any]:
@@ -93,9 +94,11 @@ def build_noise_step(
     model = UNoiseModel(noise_net.to(memory_format=fmt), utility.to(memory_format=fmt),
                         settings["min_scale"], settings["max_scale"], settings["perturbation"], settings["baseline"],
                         utility_dtype=utility_dtype, deletion=settings["deletion_weight"] > 0,
-                        blur_sigma=settings["blur_sigma"]).train()
+                        blur_sigma=settings["blur_sigma"], objective=settings["objective"],
+                        infill_draw=settings["infill_draw"], rank_temperature=settings["rank_temperature"]).train()
     loss_function = UNoiseLoss(settings["noise_weight"], target=settings["target"], area=settings["area"],
-                               deletion_weight=settings["deletion_weight"], tv_weight=settings["tv_weight"])
+                               deletion_weight=settings["deletion_weight"], tv_weight=settings["tv_weight"],
+                               objective=settings["objective"])
     optimizer = torch.optim.Adam(noise_net.parameters(), lr=settings["learning_rate"])
     return _step(model, loss_function, optimizer, image.contiguous(memory_format=fmt), label,
                  autocast=device.type == "cuda" and uses_autocast(device, fast))

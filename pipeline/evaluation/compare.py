@@ -1,7 +1,9 @@
 """Every protocol for every explainer on one set of slices: the ``methods`` and ``paired`` parts of evaluation.json.
 
-Per method: visibility and deletion AUCs and dice at p = 5, 10, 20 and 50% of the body, against the
-clean prediction (headline) and the label; localisation inside the body; cost per map. Curves are
+Per method and per infill (every judged infill, then the held-out ones): visibility and deletion AUCs
+against the clean prediction and the label, under ``<infill>_visibility_auc`` and so on; the first judged
+infill's also without the prefix, with dice at p = 5, 10, 20 and 50% of the body and the mean curves (the
+figures the report draws); localisation inside the body; cost per map. Curves are
 averaged over each case's slices first, so every case weighs the same, and intervals bootstrap over
 cases. ``paired`` holds, per method, the difference "reference U-Noise minus that method" per case with
 its bootstrap interval: "beats" means that interval excludes 0.
@@ -23,29 +25,36 @@ from pipeline.metrics import compute_dice, compute_region_share
 
 logger = logging.getLogger(__name__)
 PAIRED_METRICS = ("visibility_auc", "deletion_auc", "ring_over_chance")
+INFILL_KEYS = ("visibility_auc", "deletion_auc", "visibility_auc_ci95", "deletion_auc_ci95", "visibility_auc_label",
+               "deletion_auc_label")
 
 
 def time_per_map_ms(
     explainer: Callable, image: torch.Tensor, label: torch.Tensor, spacing: torch.Tensor, cheap_ms: float = 200.0,
-    extra_passes: int = 4,
+    extra_passes: int = 4, body: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Explain slice by slice; return the maps (B, 1, H, W) and the median milliseconds of one slice.
 
     The first slice is explained once beforehand as warm-up, so set-up costs are not counted. Explainers
     faster than ``cheap_ms`` per slice are timed over ``extra_passes`` more passes, so the median of
-    milliseconds-scale timings is not one noisy pass.
+    milliseconds-scale timings is not one noisy pass. An explainer with ``uses_body`` set (occlusion with a
+    body-statistics fill) also gets each slice's ``body`` mask.
     """
-    explainer(image[:1], label[:1], spacing[:1])
+    def explain(i: int) -> torch.Tensor:
+        extra = {"body": body[i : i + 1]} if body is not None and getattr(explainer, "uses_body", False) else {}
+        return explainer(image[i : i + 1], label[i : i + 1], spacing[i : i + 1], **extra)
+
+    explain(0)
     maps, times = [], []
     for i in range(image.shape[0]):
         start = time.perf_counter()
-        maps.append(explainer(image[i : i + 1], label[i : i + 1], spacing[i : i + 1]).detach().float().cpu())
+        maps.append(explain(i).detach().float().cpu())
         times.append((time.perf_counter() - start) * 1000.0)
     if float(np.median(times)) < cheap_ms:
         for _ in range(extra_passes):
             for i in range(image.shape[0]):
                 start = time.perf_counter()
-                explainer(image[i : i + 1], label[i : i + 1], spacing[i : i + 1])
+                explain(i)
                 times.append((time.perf_counter() - start) * 1000.0)
     return torch.cat(maps), float(np.median(times))
 
@@ -112,8 +121,8 @@ def evaluate_explainers(
     cases: Sequence[str],
     spacing: torch.Tensor,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    infill: str = "blur",
-    extra_infills: Sequence[str] = (),
+    infills: Sequence[str] = ("blur",),
+    held_out_infills: Sequence[str] = (),
     ring_mm: float = 10.0,
     seed: int = 0,
     bootstrap: int = 1000,
@@ -128,8 +137,11 @@ def evaluate_explainers(
         image: slices (B, C, H, W) windowed to [0, 1]; label: (B, 1, H, W) binary; body: (B, 1, H, W).
         cases: case name per slice (curves are averaged per case, intervals bootstrap over cases).
         spacing: (B, 2) in-plane pixel size per slice, mm.
-        fractions: visible shares of the curves; infill: the headline infill; extra_infills: more
-            infills whose AUCs are reported too (``methods[name]["infills"]``).
+        fractions: visible shares of the curves.
+        infills: the judged infills (specs of :func:`pipeline.infill.parse_infill`); every map is scored under
+            each (``methods[name]["infills"][spec]``, ``paired[name]["<spec>_visibility_auc"]``); the first
+            also gives the unprefixed metrics and the curves.
+        held_out_infills: infills reported apart, as the test of generalisation (same keys).
         ring_mm: ring around the pancreas for the localisation share.
         seed: tie-breaking, random infills and bootstrap.
         bootstrap: resamples of the 95% intervals.
@@ -141,6 +153,9 @@ def evaluate_explainers(
         ``{"clean_dice", "utility_forward_ms", "cases", "slices", "methods", "paired", "reference", "maps"}``.
     """
     utility.eval()
+    specs = list(dict.fromkeys([*infills, *held_out_infills]))
+    if not infills:
+        raise ValueError("evaluate_explainers needs at least one judged infill.")
     case_names = sorted(set(cases))
     case_index = np.asarray([case_names.index(c) for c in cases])
     with torch.inference_mode():
@@ -153,16 +168,16 @@ def evaluate_explainers(
     body_cpu, label_cpu = body.detach().cpu(), label.detach().cpu()
     for name, explainer in explainers.items():
         started = time.perf_counter()
-        maps, ms = time_per_map_ms(explainer, image, label, spacing)
+        maps, ms = time_per_map_ms(explainer, image, label, spacing, body=body)
         utility.eval()  # an explainer must not leave the shared utility in train mode
         result["maps"][name] = maps
-        curves = compute_curves(utility, image, maps, body, clean, label, fractions, infill, seed, blur_sigma)
-        per_case, mean_curves = summarise_curves(curves, case_index, case_names, fractions)
-        for extra in extra_infills:
-            extra_curves = compute_curves(utility, image, maps, body, clean, label, fractions, extra, seed, blur_sigma)
-            extra_case, _ = summarise_curves(extra_curves, case_index, case_names, fractions, prefix=f"{extra}_")
+        for index, spec in enumerate(specs):
+            curves = compute_curves(utility, image, maps, body, clean, label, fractions, spec, seed, blur_sigma)
+            spec_case, spec_curves = summarise_curves(curves, case_index, case_names, fractions, prefix=f"{spec}_")
+            if index == 0:  # the first judged infill: unprefixed, with the dice at p and the curves drawn
+                per_case, mean_curves = summarise_curves(curves, case_index, case_names, fractions)
             for case in case_names:
-                per_case[case].update(extra_case[case])
+                per_case[case].update(spec_case[case])
         for c, case in enumerate(case_names):
             per_case[case]["ring_over_chance"] = compute_localisation(maps, label_cpu, body_cpu, spacing, ring_mm,
                                                                       case_index == c)["ring_over_chance"]
@@ -175,9 +190,7 @@ def evaluate_explainers(
         # the headline localisation pools all slices; ring_over_chance_ci95 is the interval of the per-case mean
         entry["ring_over_chance_case_mean"] = entry["ring_over_chance"]
         entry.update(compute_localisation(maps, label_cpu, body_cpu, spacing, ring_mm))
-        entry["infills"] = {extra: {key: entry[f"{extra}_{key}"] for key in ("visibility_auc", "deletion_auc",
-                                                                          "visibility_auc_label", "deletion_auc_label")}
-                            for extra in extra_infills}
+        entry["infills"] = {spec: {key: entry[f"{spec}_{key}"] for key in INFILL_KEYS} for spec in specs}
         entry["curves"] = mean_curves
         entry["per_case"] = per_case
         result["methods"][name] = entry
@@ -186,7 +199,7 @@ def evaluate_explainers(
                     time.perf_counter() - started)
     reference = reference or next((n for n in explainers if n.startswith("unoise")), None)
     result["reference"] = reference
-    metrics = PAIRED_METRICS + tuple(f"{extra}_{key}" for extra in extra_infills for key in ("visibility_auc", "deletion_auc"))
+    metrics = PAIRED_METRICS + tuple(f"{spec}_{key}" for spec in specs for key in ("visibility_auc", "deletion_auc"))
     result["paired"] = paired_against(result["methods"], reference, case_names, bootstrap, seed, metrics) if reference else {}
     return result
 
@@ -195,8 +208,8 @@ def paired_against(methods: dict, reference: str, case_names: Sequence[str], boo
                    seed: int = 0, metrics: Sequence[str] = PAIRED_METRICS) -> dict[str, dict[str, dict]]:
     """``{method: {metric: {"mean", "ci95", "n"}}}``: the reference minus each other method, paired by case.
 
-    ``metrics`` are per-case keys: the headline ones, and ``<infill>_visibility_auc`` / ``_deletion_auc``
-    for every extra infill.
+    ``metrics`` are per-case keys: the unprefixed ones, and ``<infill>_visibility_auc`` / ``_deletion_auc``
+    for every infill.
     """
     base = methods[reference]["per_case"]
     paired: dict[str, dict[str, dict]] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.evaluation.criteria import compute_criteria
+from pipeline.evaluation.criteria import SATURATED, compute_criteria, matched_method
 from pipeline.fileio import atomic_path
 from pipeline.display import radiological_view
 
@@ -145,7 +145,7 @@ def plot_curves(result: dict, path: Path) -> Path:
         style = "--" if name in NULL_NAMES else "-"
         left.plot(fractions, method["curves"]["visibility_clean"], style, label=f"{name} (AUC {method['visibility_auc']:.2f})")
         right.plot(fractions, method["curves"]["deletion_clean"], style, label=f"{name} (AUC {method['deletion_auc']:.2f})")
-    infill = result["protocol"]["infill"]
+    infill = result["protocol"]["infills"][0]
     for axis, title in ((left, "visibility: most important body pixels kept (higher is better)"),
                         (right, "deletion: most important body pixels hidden (lower is better)")):
         axis.set_xlabel(("share of body pixels kept" if axis is left else "share of body pixels hidden") + f" ({infill} infill)")
@@ -165,6 +165,33 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _ci(method: dict, key: str) -> str:
     low, high = method[f"{key}_ci95"]
     return f"{method[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _infill_sections(result: dict) -> list[str]:
+    """Every infill side by side: each method's AUCs, then the reference minus occlusion (same fill) and the null maps."""
+    protocol, methods, paired = result["protocol"], result["methods"], result.get("paired", {})
+    judged, held_out = list(protocol["infills"]), list(protocol["held_out_infills"])
+    specs = judged + held_out
+    header = ["method"] + [f"{spec}{' (held out)' if spec in held_out else ''}" for spec in specs]
+    rows = [[name] + [f"{m['infills'][spec]['visibility_auc']:.3f} / {m['infills'][spec]['deletion_auc']:.3f}" for spec in specs]
+            for name, m in methods.items()]
+    reference = result.get("reference")
+    for other in ("occlusion", "segmentation", "random"):
+        names = [matched_method(methods, other, spec, judged[0]) for spec in specs]
+        if not all(name in paired for name in names):
+            continue
+        rows.append([f"{reference} - {other}"] + [" / ".join(
+            f"{paired[name][f'{spec}_{k}']['mean']:+.3f} [{paired[name][f'{spec}_{k}']['ci95'][0]:+.3f}, "
+            f"{paired[name][f'{spec}_{k}']['ci95'][1]:+.3f}]" for k in ("visibility_auc", "deletion_auc"))
+            for name, spec in zip(names, specs)])
+    saturated = [spec for spec in specs if spec.partition(":")[0] in SATURATED]
+    note = (f" Under {', '.join(saturated)} the visibility curve saturates (linear imputation from scattered kept pixels "
+            "rebuilds the slice, so a random map keeps the segmentation too): it is judged by deletion only."
+            if saturated else "")
+    return ["<h2>Every infill</h2><p>Visibility AUC (higher is better) / deletion AUC (lower is better) against the "
+            "clean prediction, then the paired differences of the reference, mean [95% interval] over cases; occlusion "
+            "under each infill is the occlusion map computed with that fill." + html.escape(note) + "</p>",
+            _table(header, rows)]
 
 
 def _criteria_section(result: dict) -> list[str]:
@@ -200,8 +227,10 @@ def write_report(run_dir: str | Path) -> Path:
         "<h1>U-Noise evaluation</h1>",
         f"<p>Utility clean dice {result['clean_dice']:.3f} on {result['slices']} slices of {len(result['cases'])} "
         f"{html.escape(protocol['split'])} cases ({html.escape(', '.join(result['cases']))}). Pixels are ranked and hidden "
-        f"inside the body only; hidden pixels take the {html.escape(protocol['infill'])} infill; curves are the dice of "
-        "the utility against its own clean prediction (what an explanation of the model must keep). "
+        f"inside the body only; hidden pixels take each judged infill in turn ({html.escape(', '.join(protocol['infills']))}; "
+        f"held out of training and reported apart: {html.escape(', '.join(protocol['held_out_infills']) or 'none')}); "
+        "curves are the dice of the utility against its own clean prediction (what an explanation of the model must keep). "
+        "Occlusion is computed once per infill, its windows filled the way that infill hides pixels. "
         "Values: mean over cases [bootstrap 95% interval].</p>",
         *([f"<p><b>{len(result['failed_cases'])} case(s) of the split failed their checks and are not in these "
            "figures:</b> " + "; ".join(html.escape(f"{item['case']}: {item['error']}") for item in result["failed_cases"])
@@ -209,25 +238,13 @@ def write_report(run_dir: str | Path) -> Path:
         *_criteria_section(result),
         "<h2>Maps</h2><img src='grid.png'>",
         *(["<h3>Orthogonal planes</h3><img src='planes.png'>"] if "orthogonal" in saved else []),
-        "<h2>Faithfulness</h2><img src='curves.png'>",
+        *_infill_sections(result),
+        f"<h2>Faithfulness under the {html.escape(protocol['infills'][0])} infill</h2><img src='curves.png'>",
         _table(["method", "visibility AUC", "deletion AUC", "dice at 5%", "10%", "20%", "50% visible",
                 "visibility AUC vs label", "deletion AUC vs label", "pancreas + ring over its body share"], metric_rows),
         "<h3>Paired differences (per case, bootstrap over cases)</h3>",
         _table(["difference", "visibility AUC", "deletion AUC", "localisation", "n cases"], paired_rows),
     ]
-    extra = protocol.get("extra_infills") or []
-    if extra:
-        rows = [[name] + [f"{m['infills'][i]['visibility_auc']:.3f} / {m['infills'][i]['deletion_auc']:.3f}" for i in extra]
-                for name, m in methods.items()]
-        paired = result.get("paired", {})
-        rows += [[f"{result['reference']} - {name}"] + [
-            " / ".join(f"{p[f'{i}_{k}']['mean']:+.3f} [{p[f'{i}_{k}']['ci95'][0]:+.3f}, {p[f'{i}_{k}']['ci95'][1]:+.3f}]"
-                       for k in ("visibility_auc", "deletion_auc")) for i in extra] for name, p in paired.items()]
-        sections += ["<h3>Other infills (visibility / deletion AUC against the clean prediction; then the paired "
-                     "differences)</h3><p>U-Noise is trained with the blur infill; these show how far its ranking "
-                     "carries to hiding pixels another way. Where the random map scores as well as the explainers, "
-                     "that protocol is saturated and says nothing.</p>",
-                     _table(["method", *extra], rows)]
     sections += ["<h2>Cost</h2>", _table(["method", "ms per map", "utility forward equivalents"], cost_rows)]
     sections += _volume_sections(result)
     if "shortcut" in result:

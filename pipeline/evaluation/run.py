@@ -23,14 +23,15 @@ from pipeline.data.validate import DatasetSummary, record_failure, resolve_on_er
 from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.compare import evaluate_explainers
+from pipeline.evaluation.criteria import compute_criteria, matched_method
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
 from pipeline.evaluation.slices import load_evaluation_slices
 from pipeline.evaluation.volumes import (check_volume_settings, evaluation_transform, load_evaluation_volumes, middle_slices,
                                          orthogonal_planes)
-from pipeline.explain import build_explainers
+from pipeline.explain import OcclusionMap, build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
-from pipeline.infill import INFILLS
+from pipeline.infill import INFILLS, parse_infill
 from pipeline.zoo import check_explainable, is_torchscript, load_utility
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def with_input_settings(utility_meta: dict[str, Any], noise_checkpoints: Sequenc
     return meta
 
 
-def check_settings(slices_per_case: Any, infill: str, extra_infills: Sequence[str], baselines: Sequence[str],
+def check_settings(slices_per_case: Any, infills: Sequence[str], held_out_infills: Sequence[str], baselines: Sequence[str],
                    split: str) -> int | None:
     """Refuse bad evaluation settings before any work; returns the slice limit (None: all slices)."""
     if slices_per_case in (None, "all"):
@@ -74,9 +75,16 @@ def check_settings(slices_per_case: Any, infill: str, extra_infills: Sequence[st
         raise ConfigError(f"slices_per_case must be a positive integer or null (every pancreas slice), got {slices_per_case!r}.")
     else:
         limit = slices_per_case
-    for name in (infill, *extra_infills):
-        if name not in INFILLS:
-            raise ConfigError(f"infill {name!r} is not one of {INFILLS}.")
+    for key, specs in (("infills", infills), ("held_out_infills", held_out_infills)):
+        if isinstance(specs, str) or not isinstance(specs, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of infills, e.g. \"['blur', 'mean']\", got {specs!r}.")
+        for spec in specs:
+            try:
+                parse_infill(spec)
+            except ConfigError as err:
+                raise ConfigError(f"{key}: {err}") from err
+    if not infills:
+        raise ConfigError(f"infills is empty: give at least one infill to judge the maps with, e.g. \"['blur']\" (of {INFILLS}).")
     unknown = [b for b in baselines if b not in (*BASELINES, *NULL_MAPS)]
     if unknown:
         raise ConfigError(f"unknown baselines {unknown}; choose from {[*BASELINES, *NULL_MAPS]}.")
@@ -202,8 +210,9 @@ def run_evaluation(
     pancreas_labels: Sequence[int] = (1, 2),
     split: str = "test",
     slices_per_case: int | None = None,
-    infill: str = "blur",
-    extra_infills: Sequence[str] = (),
+    infills: Sequence[str] = ("blur", "mean", "noise", "floor"),
+    held_out_infills: Sequence[str] = ("road", "blur:8"),
+    occlusion_per_infill: bool = True,
     blur_sigma: float = 4.0,
     ring_mm: float = 10.0,
     baselines: Sequence[str] = (*BASELINES, *NULL_MAPS),
@@ -249,7 +258,7 @@ def run_evaluation(
     :func:`check_inputs` reported with ``on_error`` skip) are left out of the split and listed in ``failed_cases``.
     Returns the written content.
     """
-    limit = check_settings(slices_per_case, infill, extra_infills, baselines, split)
+    limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split)
     torch.manual_seed(seed)
     device = resolve_device(device)
     utility, utility_meta = utility_loaded or load_utility(utility_checkpoint, device, utility_bundle, target_channel)
@@ -258,7 +267,11 @@ def run_evaluation(
     check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
     volumes = int(utility_meta.get("spatial_dims", 2)) == 3
     if volumes:
-        check_volume_settings(baselines, sanity, shortcut, (infill, *extra_infills), str(utility_bundle or utility_checkpoint))
+        check_volume_settings(baselines, sanity, shortcut, infills, str(utility_bundle or utility_checkpoint))
+        if "road" in held_out_infills:  # the default held-out list: ROAD's imputation is built for 2D slices
+            logger.warning("the road infill is 2D-only: this 3D evaluation holds out %s only",
+                           ", ".join(spec for spec in held_out_infills if spec != "road") or "nothing")
+            held_out_infills = [spec for spec in held_out_infills if spec != "road"]
     utility.eval()
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     left_out = {str(item["case"]) for item in failed_cases}
@@ -290,12 +303,14 @@ def run_evaluation(
         if name in noise_models:  # same preset/perturbation from another run: keep both
             name = next(f"{name}_{k}" for k in range(2, 100) if f"{name}_{k}" not in noise_models)
         noise_models[name], noise_metas[name] = noise_net, (str(path), meta)
+    occlusion_fills = [spec for spec in dict.fromkeys([*infills, *held_out_infills]) if parse_infill(spec)[0] != "road"]
     explainers = build_explainers(utility, noise_models, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
-                                  seed, blur_sigma, smoothgrad_samples)
+                                  seed, blur_sigma, smoothgrad_samples,
+                                  occlusion_fills=occlusion_fills if occlusion_per_infill else [infills[0]])
     logger.info("evaluating %s on %d %s of %d %s cases", ", ".join(explainers), len(data["cases"]),
                 "volumes of interest" if volumes else "slices", len(set(data["cases"])), split)
     result = evaluate_explainers(utility, explainers, data["image"], data["label"], data["body"], data["cases"],
-                                 data["spacing"], DEFAULT_FRACTIONS, infill, extra_infills, ring_mm, seed, bootstrap,
+                                 data["spacing"], DEFAULT_FRACTIONS, infills, held_out_infills, ring_mm, seed, bootstrap,
                                  blur_sigma)
     maps = result.pop("maps")
     for name, blank in count_blank_maps(maps).items():  # a map without any importance ranks at random (ties): say so
@@ -304,17 +319,24 @@ def run_evaluation(
             logger.warning("%s: %d of %d maps hold no importance anywhere (all zero)%s", name, blank, len(maps[name]),
                            "; Grad-CAM at another layer may not (--gradcam_layer, e.g. a shallower encoder stage)"
                            if name == "gradcam" else "")
-    if "occlusion" in explainers:
-        result["methods"]["occlusion"]["windows_per_map"] = len(explainers["occlusion"].positions(*data["image"].shape[2:]))
+    for name, explainer in explainers.items():
+        if isinstance(explainer, OcclusionMap):
+            result["methods"][name]["windows_per_map"] = len(explainer.positions(*data["image"].shape[2:]))
+            result["methods"][name]["occlusion_fill"] = explainer.fill
+            result["methods"][name]["windows_at_paper_stride"] = len(OcclusionMap(utility, occlusion_window, 2).positions(
+                *data["image"].shape[2:]))  # the U-Noise paper's stride: for the cost verdict
     for name, (path, meta) in noise_metas.items():
         result["methods"][name]["checkpoint"] = {"path": path, **{k: meta.get(k) for k in (
-            "preset", "perturbation", "baseline", "target", "area", "min_scale", "max_scale", "noise_weight",
-            "deletion_weight", "tv_weight", "init_from", "epochs")}}
+            "preset", "perturbation", "objective", "baseline", "infill_draw", "rank_temperature", "target", "area", "min_scale",
+            "max_scale", "noise_weight", "deletion_weight", "tv_weight", "init_from", "epochs")}}
     result["protocol"] = {
         "region": "body: HU > -500, largest connected component per slice, holes filled; air is never hidden or counted",
         "unit": ("3D: per case one volume of interest of the utility's roi_size centred on the pancreas; voxels ranked, "
                  "hidden and counted; the ring in mm along every axis") if volumes else "2D: axial slices",
-        "infill": infill, "blur_sigma_px": blur_sigma, "extra_infills": list(extra_infills),
+        "infills": list(infills), "held_out_infills": list(held_out_infills), "blur_sigma_px": blur_sigma,
+        "occlusion_fill": ("one occlusion map per infill, its windows filled as that infill hides pixels (occlusion_<infill>); "
+                           "under road, the blur-filled one (a ROAD imputation per window would cost a solve per window)")
+        if occlusion_per_infill else f"one occlusion map, its windows filled with {infills[0]}",
         "target": "the utility's clean prediction (headline); the label too (methods[name]['label'] metrics)",
         "fractions": result["fractions"], "split": split, "slices": result["slices"], "cases": len(result["cases"]),
         "slices_per_case": "all pancreas slices" if limit is None else limit,
@@ -327,7 +349,7 @@ def run_evaluation(
                           "utility_preset": utility_meta["preset"], "window": utility_meta.get("window"),
                           "spatial_size": utility_meta.get("spatial_size"), "noise_checkpoints": [str(p) for p in noise_checkpoints],
                           "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
-                          "occlusion_fill": "blur", "smoothgrad_samples": smoothgrad_samples, "seed": seed,
+                          "occlusion_per_infill": occlusion_per_infill, "smoothgrad_samples": smoothgrad_samples, "seed": seed,
                           "val_fraction": val_fraction, "test_fraction": test_fraction}
     if volumes and volume_cost:
         from pipeline.evaluation.cost import volume_costs
@@ -367,18 +389,27 @@ def run_evaluation(
 
 
 def summarise(result: dict) -> str:
-    """Headline figures, one line per method, and the paired differences of the reference."""
+    """Headline figures, one line per method and infill, and the paired differences of the reference per infill."""
+    protocol = result["protocol"]
+    judged, held_out = protocol.get("infills", []), protocol.get("held_out_infills", [])
     lines = [f"clean dice {result['clean_dice']:.3f} on {result['slices']} slices of {len(result['cases'])} cases "
-             f"({result['protocol']['split']} split; body-restricted, {result['protocol']['infill']} infill, "
-             "against the clean prediction)"]
+             f"({protocol['split']} split; body-restricted, against the clean prediction); visibility / deletion AUC "
+             f"under each judged infill ({', '.join(judged)})" + (f" and held out ({', '.join(held_out)})" if held_out else "")]
+    specs = [*judged, *held_out]
     for name, m in result["methods"].items():
-        lines.append(f"{name:28s} visibility AUC {m['visibility_auc']:.3f}  deletion AUC {m['deletion_auc']:.3f}  "
-                     f"dice@10% {m['dice_at_10']:.3f}  ring {m['ring_over_chance']:.2f}x  {m['ms_per_map']:.1f} ms/map")
-    reference = result.get("reference")
-    for name, paired in result.get("paired", {}).items():
-        vis, dele = paired["visibility_auc"], paired["deletion_auc"]
-        lines.append(f"{reference} - {name:18s} visibility {vis['mean']:+.3f} [{vis['ci95'][0]:+.3f}, {vis['ci95'][1]:+.3f}]  "
-                     f"deletion {dele['mean']:+.3f} [{dele['ci95'][0]:+.3f}, {dele['ci95'][1]:+.3f}]  (n={vis['n']} cases)")
+        lines.append(f"{name:28s} " + "  ".join(f"{spec} {m['infills'][spec]['visibility_auc']:.3f}/{m['infills'][spec]['deletion_auc']:.3f}"
+                                               for spec in specs) + f"  ring {m['ring_over_chance']:.2f}x  {m['ms_per_map']:.1f} ms/map")
+    reference, paired = result.get("reference"), result.get("paired", {})
+    for other in ("occlusion", "segmentation", "random"):
+        names = {spec: matched_method(result["methods"], other, spec, judged[0]) for spec in specs}
+        if not all(name in paired for name in names.values()):
+            continue
+        lines.append(f"{reference} - {other} (n={paired[other]['visibility_auc']['n']} cases): " + "  ".join(
+            f"{spec} " + "/".join(f"{paired[names[spec]][f'{spec}_{k}']['mean']:+.3f}[{paired[names[spec]][f'{spec}_{k}']['ci95'][0]:+.3f},"
+                                  f"{paired[names[spec]][f'{spec}_{k}']['ci95'][1]:+.3f}]" for k in ("visibility_auc", "deletion_auc"))
+            for spec in specs))
+    for criterion in compute_criteria(result):
+        lines.append(("PASS " if criterion["passed"] else "FAIL ") + criterion["words"])
     volumes = result.get("volumes")
     if volumes:
         lines.append(f"whole test volumes: utility dice {volumes['dice_mean']:.3f} (" + ", ".join(

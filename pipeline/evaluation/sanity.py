@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 PASS_BELOW = 0.3
 DECODER_PREFIXES = ("ups", "final_conv")  # LevelUNet's; other networks': pipeline.explain.layers.find_decoder_prefixes
 # checkpoint meta keys that are train_noise.json settings, copied into the retraining
-RETRAIN_KEYS = ("perturbation", "baseline", "blur_sigma", "target", "area", "min_scale", "max_scale", "noise_weight",
+RETRAIN_KEYS = ("perturbation", "baseline", "infill_draw", "objective", "rank_temperature", "blur_sigma", "target", "area", "min_scale", "max_scale", "noise_weight",
                 "deletion_weight", "tv_weight", "batch_size", "learning_rate", "train_slices", "other_fraction",
                 "window", "spatial_size", "pancreas_labels")
 
@@ -113,13 +113,17 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
     rows = top_slices_per_case([float(v) for v in data["label"].flatten(1).sum(1)], data["cases"], slices_per_case)
     image, label, body = data["image"][rows], data["label"][rows], data["body"][rows].cpu()
     spacing = data["spacing"][rows]
-    baselines = [name for name in explainers if name not in noise_metas]
-    detail: dict[str, dict[str, Any]] = {name: {} for name in explainers}
+    # occlusion once, with the first judged fill (the occlusion_<infill> maps are the same method with other fills)
+    baselines = [name for name in explainers if name not in noise_metas and not name.startswith("occlusion_")]
+    fill = getattr(explainers.get("occlusion"), "fill", "blur")
+    detail: dict[str, dict[str, Any]] = {name: {} for name in explainers if not name.startswith("occlusion_")}
     for stage, prefixes in (("decoder", tuple(decoder_prefixes)), ("all", None)):
         random_utility = randomise_layers(copy.deepcopy(utility), prefixes, seed).eval()
         after = build_explainers(random_utility, {}, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
-                                 seed, blur_sigma, smoothgrad_samples)
-        new_maps = {name: explainer(image, label, spacing).detach().float().cpu() for name, explainer in after.items()}
+                                 seed, blur_sigma, smoothgrad_samples, occlusion_fills=[fill])
+        new_maps = {name: explainer(image, label, spacing, **({"body": data["body"][rows]} if getattr(explainer, "uses_body", False)
+                                                               else {})).detach().float().cpu()
+                    for name, explainer in after.items()}
         utility_path = out_dir / stage / "utility_randomised.pt"
         save_atomic({"model": random_utility.state_dict(), "meta": {**utility_meta, "randomised": stage}}, utility_path)
         for name, (_, meta) in noise_metas.items():

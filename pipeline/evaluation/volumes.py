@@ -24,7 +24,7 @@ def check_volume_settings(baselines: Sequence[str], sanity: bool, shortcut: bool
     missing += ["the road infill"] if "road" in infills else []
     if missing:
         raise ConfigError(f"{source}: a 3D utility; the 3D evaluation does not run {', '.join(missing)} yet: pass "
-                          "--sanity false (and no --shortcut, no road infill).")
+                          "--sanity false (and no --shortcut, no road in --infills).")
 
 
 def evaluation_transform(utility_meta: dict[str, Any], pancreas_labels: Sequence[int]) -> Callable:

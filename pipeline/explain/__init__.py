@@ -25,13 +25,21 @@ from pipeline.explain.occlusion import OcclusionMap
 from pipeline.explain.unoise import UNoiseMap
 
 
+def occlusion_name(fill: str, first: str) -> str:
+    """The explainer name of occlusion with ``fill``: ``occlusion`` for the first judged infill, else ``occlusion_<fill>``."""
+    return "occlusion" if fill == first else f"occlusion_{fill}"
+
+
 def build_explainers(utility: torch.nn.Module, noise_models: dict[str, torch.nn.Module], baselines: Sequence[str],
                      gradcam_layer: str, occlusion_window: int, occlusion_stride: int, ring_mm: float, seed: int,
-                     blur_sigma: float, smoothgrad_samples: int = 25) -> dict[str, Any]:
-    """U-Noise maps first, then the baselines and null maps in the order asked for."""
+                     blur_sigma: float, smoothgrad_samples: int = 25, occlusion_fills: Sequence[str] = ("blur",)) -> dict[str, Any]:
+    """U-Noise maps first, then the baselines and null maps in the order asked for.
+
+    ``occlusion`` gives one map per fill of ``occlusion_fills`` (:func:`occlusion_name`): the evaluation asks for
+    one per infill it judges with, so occlusion is scored with its own perturbation under each.
+    """
     explainers: dict[str, Any] = {name: UNoiseMap(net) for name, net in noise_models.items()}
     factories = {
-        "occlusion": lambda: OcclusionMap(utility, occlusion_window, occlusion_stride, fill="blur", blur_sigma=blur_sigma),
         "gradcam": lambda: GradCAMMap(utility, gradcam_layer),
         "saliency": lambda: SaliencyMap(utility),
         "smoothgrad": lambda: SmoothGradMap(utility, samples=smoothgrad_samples),
@@ -41,12 +49,18 @@ def build_explainers(utility: torch.nn.Module, noise_models: dict[str, torch.nn.
         "oracle": lambda: OracleMap(ring_mm),
     }
     for name in baselines:
-        explainers[name] = factories[name]()
+        if name != "occlusion":
+            explainers[name] = factories[name]()
+            continue
+        for fill in dict.fromkeys(occlusion_fills):
+            explainers[occlusion_name(fill, occlusion_fills[0])] = OcclusionMap(
+                utility, occlusion_window, occlusion_stride, fill=fill, blur_sigma=blur_sigma, seed=seed)
     return explainers
 
 
 __all__ = [
     "build_explainers",
+    "occlusion_name",
     "GradCAMMap",
     "OcclusionMap",
     "OracleMap",

@@ -1,8 +1,9 @@
 """Occlusion sensitivity with true dice: hide a window, measure how much the utility's segmentation changes.
 
-A window slides over the slice (15 x 15, stride 2, as the U-Noise paper); its pixels take the ``fill``
-(by default the blurred slice, the evaluation's own infill, so occlusion is judged with the perturbation
-it was computed with). A pixel's importance is the mean dice drop of the utility's binary prediction
+A window slides over the slice (15 x 15, stride 2, as the U-Noise paper); its pixels take the ``fill``:
+an infill of :mod:`pipeline.infill` (``blur`` by default, ``blur:8``, ``mean``, ``noise``, ``floor``) or a
+constant. The evaluation computes one occlusion map per infill it judges with, so occlusion is scored
+with its own perturbation wherever every other map is. A pixel's importance is the mean dice drop of the utility's binary prediction
 against its unoccluded prediction over the windows covering it (the authors scored raw logits). Windows
 go through the utility in batches.
 """
@@ -14,7 +15,7 @@ import itertools
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur
+from pipeline.infill import DEFAULT_BLUR_SIGMA, fill_values
 from pipeline.metrics import compute_dice
 from pipeline.noise import freeze
 
@@ -26,20 +27,24 @@ class OcclusionMap:
         utility: the segmentation network (frozen here).
         window: window side in pixels (paper: 15).
         stride: window step in pixels (paper: 2).
-        fill: ``"blur"`` (the slice blurred with ``blur_sigma`` pixels) or a constant (0 = the window floor).
+        fill: an infill spec other than ``road`` (``blur`` = the slice blurred with ``blur_sigma`` pixels;
+            ``mean`` / ``noise`` use the body statistics when the caller passes ``body``) or a constant (0 = the
+            window floor).
         batch_size: occluded copies per utility forward (16: larger batches ran 2x slower on 2 CPU cores).
         blur_sigma: Gaussian sigma of the ``blur`` fill, pixels.
     """
 
+    uses_body = True  # the evaluation passes each slice's body mask (the mean / noise fills' statistics)
+
     def __init__(self, utility: torch.nn.Module, window: int = 15, stride: int = 2, fill: float | str = "blur",
-                 batch_size: int = 16, blur_sigma: float = DEFAULT_BLUR_SIGMA) -> None:
+                 batch_size: int = 16, blur_sigma: float = DEFAULT_BLUR_SIGMA, seed: int = 0) -> None:
         if window < 1 or stride < 1 or batch_size < 1:
             raise ConfigError(f"window, stride and batch_size must be >= 1, got {window}, {stride}, {batch_size}.")
-        if isinstance(fill, str) and fill != "blur":
-            raise ConfigError(f"occlusion fill must be 'blur' or a number, got {fill!r}.")
+        if isinstance(fill, str):
+            fill_values(torch.zeros(1, 1, 4, 4), fill, blur_sigma=blur_sigma)  # refuses an unknown fill or road
         self.utility = freeze(utility)
         self.window, self.stride, self.fill, self.batch_size = window, stride, fill, batch_size
-        self.blur_sigma = blur_sigma
+        self.blur_sigma, self.seed = blur_sigma, seed
         self.forwards = 0  # utility forward passes (items), for the cost table
 
     def positions(self, *sizes: int) -> list[tuple[int, ...]]:
@@ -53,12 +58,17 @@ class OcclusionMap:
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
-                 spacing: torch.Tensor | None = None) -> torch.Tensor:
+                 spacing: torch.Tensor | None = None, body: torch.Tensor | None = None) -> torch.Tensor:
         maps = []
-        for slice_ in image:  # (C, H, W), or a volume (C, X, Y, Z): the window is a square or a cube
+        for index, slice_ in enumerate(image):  # (C, H, W), or a volume (C, X, Y, Z): the window is a square or a cube
             sizes = tuple(slice_.shape[1:])
             clean = (self.utility(slice_[None]) > 0).float()  # (1, 1, ...)
-            fill = apply_blur(slice_[None], self.blur_sigma)[0] if self.fill == "blur" else torch.full_like(slice_, float(self.fill))
+            if isinstance(self.fill, str):
+                region = None if body is None else body[index : index + 1]
+                fill = fill_values(slice_[None], self.fill, region, torch.Generator().manual_seed(self.seed),
+                                   self.blur_sigma)[0]
+            else:
+                fill = torch.full_like(slice_, float(self.fill))
             drop_sum = torch.zeros(sizes)
             count = torch.zeros(sizes)
             corners = self.positions(*sizes)
