@@ -40,7 +40,8 @@ def parse_value(text: str) -> Any:
 
 
 def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
-    """``["--epochs", "2", "--device=cpu"]`` -> ``{"epochs": 2, "device": "cpu"}``, values as in :func:`parse_value`."""
+    """``["--epochs", "2", "--device=cpu", "--noise-preset", "small"]`` -> ``{"epochs": 2, "device": "cpu", "noise_preset":
+    "small"}``: hyphens in a key become underscores (the config's spelling), values as in :func:`parse_value`."""
     overrides: dict[str, Any] = {}
     items = list(extra)
     while items:
@@ -52,7 +53,7 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
             if not items or items[0].startswith("--"):
                 raise ConfigError(f"--{key} needs a value (e.g. --{key} 2); config overrides are --key value pairs.")
             value = items.pop(0)
-        overrides[key] = parse_value(value)
+        overrides[key.replace("-", "_")] = parse_value(value)  # config keys are snake_case: --held-out-infills too
     return overrides
 
 
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="judge U-Noise against occlusion, gradient methods and null maps "
                               "(configs/evaluate.json); writes evaluation.json and report/",
                               epilog="Any other --key value overrides that config key, e.g. --split validation "
-                                     "--slices_per_case 3 --infill road --extra_infills \"['floor']\" --shortcut true "
+                                     "--slices-per-case 3 --infills \"['blur', 'floor']\" --held-out-infills \"['road']\" --shortcut true "
                                      "--sanity false.")
     evaluate.add_argument("--dataset", required=True, help="dataset the models were trained on (same split by seed)")
     _add_utility_options(evaluate)

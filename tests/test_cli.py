@@ -81,3 +81,10 @@ def test_phantom_twice_gives_identical_volumes_that_inspect_accepts(tmp_path: Pa
         first, second = (np.asarray(nib.load(tmp_path / n / sub).dataobj) for n in ("a", "b"))
         assert np.array_equal(first, second)
     assert main(["inspect", "--dataset", str(tmp_path / "a")]) == 0
+
+
+def test_override_keys_take_hyphens_or_underscores() -> None:
+    from pipeline.cli import parse_overrides
+
+    assert parse_overrides(["--noise-preset", "small", "--held_out_infills", "['road']", "--val-fraction=0.2"]) == {
+        "noise_preset": "small", "held_out_infills": ["road"], "val_fraction": 0.2}
