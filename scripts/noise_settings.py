@@ -12,7 +12,7 @@ setting's checkpoint is reused.
 Example (after ``make demo``)::
 
     python scripts/noise_settings.py --dataset data/phantom --utility runs/demo-*/utility/checkpoints/last.pt \\
-        --work-dir runs/noise-settings --output noise_settings.json
+        --work-dir runs/noise-settings --output noise_settings.json --slices-per-case 3 --occlusion-stride 8
 """
 
 from __future__ import annotations
@@ -29,21 +29,17 @@ from pipeline.evaluation.criteria import infill_verdicts
 from pipeline.evaluation.run import run_evaluation
 from pipeline.fileio import write_json_atomic
 
-HIDE = {"perturbation": "replace", "baseline": "blur", "target": "prediction", "max_scale": 0.0}
-# The grid behind the bundle's defaults (README, "Choosing the noise settings"): the paper's additive
-# noise, then hiding towards the blurred slice with the utility's own prediction as the target, over the
-# strength and form of the area term, added noise, and the deletion term.
+MIX = ["blur", "mean", "noise", "floor"]
+CURVES = {"objective": "curves", "baseline": MIX, "deletion_weight": 1.0, "noise_weight": 0.01}
+# The grid behind the bundle's defaults (README, "Choosing the noise settings"): the blur-only blend default of
+# earlier releases, then the curves objective toward the mixture of infills with the deletion term, over
+# the soft top-p's edge (rank_temperature).
 DEFAULT_GRID: list[dict[str, Any]] = [
-    {"name": "paper_additive", "overrides": {"perturbation": "additive", "baseline": 0.0, "target": "label",
-                                             "max_scale": 0.4, "noise_weight": 0.01}},
-    {"name": "hide_log_0.01", "overrides": {**HIDE, "noise_weight": 0.01}},
-    {"name": "hide_log_0.03", "overrides": {**HIDE, "noise_weight": 0.03}},
-    {"name": "hide_log_0.06", "overrides": {**HIDE, "noise_weight": 0.06}},
-    {"name": "hide_log_0.1", "overrides": {**HIDE, "noise_weight": 0.1}},
-    {"name": "hide_l1_0.03", "overrides": {**HIDE, "area": "l1", "noise_weight": 0.03}},
-    {"name": "hide_noise0.1_log_0.06", "overrides": {**HIDE, "max_scale": 0.1, "noise_weight": 0.06}},
-    {"name": "hide_log_0.01_deletion", "overrides": {**HIDE, "noise_weight": 0.01, "deletion_weight": 1.0}},
-    {"name": "hide_log_0.06_label", "overrides": {**HIDE, "target": "label", "noise_weight": 0.06}},
+    {"name": "blend_blur", "overrides": {"objective": "blend", "baseline": "blur", "noise_weight": 0.06,
+                                         "deletion_weight": 0.0}},
+    {"name": "curves_mix_del_bound_a0.01", "overrides": {**CURVES, "rank_temperature": 0.1}},
+    {"name": "curves_mix_del_a0.01_T0.5", "overrides": {**CURVES, "rank_temperature": 0.5}},
+    {"name": "curves_mix_del_a0.01_T1", "overrides": {**CURVES, "rank_temperature": 1.0}},
 ]
 
 
