@@ -437,6 +437,7 @@ def build_cases(work: Path) -> list[Case]:
         key = f"{name} [{command}]"
         base = {
             "train-utility": lambda w: ["train-utility", "--dataset", data, "--output", str(_out(w, key)), *TRAIN],
+            "train-noise": lambda w: ["train-noise", "--dataset", data, "--utility", utility, "--output", str(_out(w, key)), *NOISE],
             "evaluate": lambda w: ["evaluate", "--dataset", data, "--utility", utility, "--noise", noise, "--output", str(_out(w, key)), *EVALUATE],
             "explain": lambda w: ["explain", "--input", str(test_image), "--output", str(_out(w, key)), "--noise", noise, "--utility", utility],
         }[command]

@@ -96,7 +96,9 @@ def test_benchmark_script_writes_the_record_and_the_table(tmp_path: Path, toy_ut
     explain = record["explain"]
     for key in ("unoise_small_ms", "unoise_medium_ms", "unoise_large_ms", "gradcam_ms", "occlusion_ms"):
         assert explain[key] > 0, key
-    assert explain["gradcam_over_unoise_small"] == pytest.approx(explain["gradcam_ms"] / explain["unoise_small_ms"], rel=0.05)
+    # the record rounds the ratio to 0.1: under 1 (a busy machine slows U-Noise's few ms) rel alone is too tight
+    assert explain["gradcam_over_unoise_small"] == pytest.approx(explain["gradcam_ms"] / explain["unoise_small_ms"], rel=0.05,
+                                                                 abs=0.05)
     assert explain["occlusion"]["windows"] == 100 and explain["occlusion"]["extrapolated"]  # (32 - 15) / 2 + 1 = 9 (+1 border)
     assert 0.0 <= record["data"]["wait_fraction"] < 1.0 and record["data"]["loader_slices_per_s"] > 0
     assert record["machine"]["cpu_count"] >= 1 and record["train_utility_step"]["fp32"]["peak_memory_mb"] is not None

@@ -33,8 +33,8 @@ def test_noise_settings_trains_evaluates_and_tabulates_every_setting(tmp_path: P
                                  "device": "cpu", "dataset_dir": str(data), "output_dir": str(tmp_path / "utility")})
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps([{"name": "a", "overrides": {"noise_preset": "small", "noise_weight": 0.03}},
-                                {"name": "b", "overrides": {"noise_preset": "small", "perturbation": "additive",
-                                                            "baseline": 0.0, "max_scale": 0.4}},
+                                {"name": "b", "overrides": {"noise_preset": "small", "perturbation": "additive", "objective": "blend",
+                                                            "baseline": 0.0, "max_scale": 0.4, "deletion_weight": 0.0}},
                                 {"name": "c", "overrides": {"noise_preset": "small", "objective": "curves", "deletion_weight": 1.0,
                                                             "baseline": ["blur", "mean", "noise", "floor"]}}]))
     out = tmp_path / "settings.json"
