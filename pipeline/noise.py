@@ -21,7 +21,7 @@ with ``eps ~ N(0, 1)``. Two objectives use the map:
   clean prediction (soft dice). With ``deletion_weight`` the mirror: the top-q (q ~ U(0, 1)) hidden with the
   same infill, and the soft dice with the target must fall. These terms train the ranking only; a bound
   term keeps the logits within +-``LOGIT_BOUND`` (so 1 - B keeps distinct values in float32), and the area
-  term pushes the pixels the ranking does not need toward B = 1 (a sparse map).
+  term pushes B up everywhere; at the default weight the map stays far from sparse (a ranking, not a share).
 
 The ``blend`` loss is the frozen utility's loss on ``x~`` against a target (``label``, the
 paper's, or ``prediction``, the utility's own clean prediction: what an explanation of the model must
