@@ -173,7 +173,7 @@ def evaluate_explainers(
         result["maps"][name] = maps
         for index, spec in enumerate(specs):
             curves = compute_curves(utility, image, maps, body, clean, label, fractions, spec, seed, blur_sigma)
-            spec_case, spec_curves = summarise_curves(curves, case_index, case_names, fractions, prefix=f"{spec}_")
+            spec_case, _ = summarise_curves(curves, case_index, case_names, fractions, prefix=f"{spec}_")
             if index == 0:  # the first judged infill: unprefixed, with the dice at p and the curves drawn
                 per_case, mean_curves = summarise_curves(curves, case_index, case_names, fractions)
             for case in case_names:

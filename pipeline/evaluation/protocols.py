@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_blur, apply_infill
+from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_infill, fill_values, parse_infill
 from pipeline.metrics import compute_dice
 
 DEFAULT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -143,7 +143,7 @@ def compute_curves(
     device = image.device
     body, clean, label = body.to(device), clean.to(device), label.to(device).float()
     ranks = rank_in_region(importance, body, seed)
-    blurred = apply_blur(image, blur_sigma) if infill == "blur" else None
+    blurred = fill_values(image, infill, blur_sigma=blur_sigma) if parse_infill(infill)[0] == "blur" else None  # once per curve
     nothing = clean.flatten(1).sum(1) == 0  # (B,)
     result: dict[str, object] = {"fractions": np.asarray(fractions, dtype=float)}
     for protocol, deletion in (("visibility", False), ("deletion", True)):
