@@ -130,10 +130,11 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     evaluate = ["evaluate", "--dataset", str(volumes), "--utility", str(utility_3d / "checkpoints" / "best.pt"), "--noise",
                 str(noise_3d / "checkpoints" / "best.pt"), "--val_fraction", "0.34", "--test_fraction", "0.2", "--bootstrap", "50",
                 "--device", "cpu"]
-    assert main([*evaluate, "--output", str(tmp_path / "refused")]) == 2  # the default sanity check is 2D only
-    assert "the 3D evaluation does not run the sanity check yet" in capsys.readouterr().err
+    assert main([*evaluate, "--output", str(tmp_path / "refused"), "--volume-protocol", "slab"]) == 2
+    assert "volume_protocol must be one of ('whole', 'roi'), got 'slab'" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
-    assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--sanity", "false", "--occlusion_window", "9",
+    assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--volume-protocol", "roi", "--sanity", "false",
+                 "--occlusion_window", "9",
                  "--occlusion_stride", "8", "--baselines",
                  "['occlusion', 'gradcam', 'saliency', 'segmentation', 'prediction_logits', 'random', 'oracle']"]) == 0
     result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
@@ -170,3 +171,30 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     assert ratio == pytest.approx(cost["occlusion_stride8"]["ms_per_volume"] / cost["unoise_small_replace"]["ms_per_volume"])
     html = (tmp_path / "evaluation" / "report" / "report.html").read_text()
     assert "Whole test volumes" in html and "A whole-volume U-Noise map is" in html  # the Grad-CAM verdict
+
+
+def test_the_3d_whole_volume_protocol_hides_voxels_over_every_volume_and_runs_the_sanity_check(
+        volumes: Path, utility_3d: Path, noise_3d: Path, tmp_path: Path) -> None:
+    from pipeline.cli import main
+
+    out = tmp_path / "whole"
+    assert main(["evaluate", "--dataset", str(volumes), "--utility", str(utility_3d / "checkpoints" / "best.pt"), "--noise",
+                 str(noise_3d / "checkpoints" / "best.pt"), "--val-fraction", "0.34", "--test-fraction", "0.2", "--bootstrap", "50",
+                 "--device", "cpu", "--output", str(out), "--occlusion-window", "9", "--occlusion-stride", "8",
+                 "--infills", "['blur', 'mean']", "--sanity-epochs", "1", "--volume-cost", "false",
+                 "--baselines", "['occlusion', 'gradcam', 'segmentation', 'random']"]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["protocol"]["volume_protocol"] == "whole" and result["protocol"]["unit"].startswith("3D whole volumes")
+    assert "gradcam" not in result["methods"]  # per window: left to the roi protocol
+    assert {"unoise_small_replace", "occlusion", "occlusion_mean", "occlusion_blur:8", "segmentation", "random"} == set(result["methods"])
+    # a 9-voxel cube every 8 voxels over the whole 32 x 32 x 12 volume (not a 32 x 32 x 8 volume of interest)
+    assert result["methods"]["occlusion"]["windows_per_map"] == 4 * 4 * 2
+    assert result["slices"] == len(result["cases"])  # one whole volume per case
+    assert set(result["methods"]["random"]["infills"]) == {"blur", "mean", "blur:8"}  # road is 2D-only: held out no more
+    sanity = result["sanity_detail"]  # in 3D, U-Noise retrained with train_noise_3d.json against each randomised utility
+    assert {"unoise_small_replace", "segmentation", "random", "occlusion"} == set(sanity)
+    assert all(0.0 <= entry["all"]["abs_rho"] <= 1.0 for entry in sanity.values())
+    retrained = out / "sanity" / "all" / "unoise_small_replace" / "checkpoints" / "last.pt"
+    assert load_network_from_checkpoint(retrained, kind="noise")[1]["spatial_dims"] == 3
+    saved = torch.load(out / "maps.pt", weights_only=True)  # the report's slices go through each pancreas
+    assert saved["image"].shape[-2:] == (32, 32) and float(saved["label"].flatten(1).sum(1).min()) > 0

@@ -88,3 +88,17 @@ def test_curves_are_reported_only_where_they_were_measured() -> None:
     assert fraction_index([0.0, 0.05, 0.1], 0.05) == 1
     with pytest.raises(ValueError, match="not measured at p = 0.2"):
         fraction_index([0.0, 0.05, 0.1], 0.2)
+
+
+def test_a_coarser_list_of_fractions_is_checked_before_any_curve_is_drawn() -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.evaluation.protocols import DEFAULT_FRACTIONS, check_fractions
+
+    assert check_fractions(None) == DEFAULT_FRACTIONS
+    assert check_fractions([0, 0.05, 0.1, 0.2, 0.5, 1]) == (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+    with pytest.raises(ConfigError, match=r"missing \[0.2\]"):
+        check_fractions([0, 0.05, 0.1, 0.5, 1])  # the report quotes dice at p = 20%
+    with pytest.raises(ConfigError, match="increase strictly"):
+        check_fractions([0, 0.1, 0.05, 0.2, 0.5, 1])
+    with pytest.raises(ConfigError, match="list of numbers"):
+        check_fractions("0.1")

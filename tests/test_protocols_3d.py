@@ -86,3 +86,40 @@ def test_occlusion_slides_a_cube_and_finds_the_gland() -> None:
     importance = occlusion(image)
     assert importance.shape == image.shape and len(occlusion.positions(*SHAPE)) == 7 * 7 * 3
     assert float(importance[gland > 0].mean()) > 2 * float(importance[gland == 0].mean())
+
+
+def test_a_network_run_by_sliding_window_over_a_whole_volume_matches_it_run_at_once() -> None:
+    from pipeline.evaluation.volumes import WholeVolume
+
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv3d(1, 1, 1)  # no context: every window's blended output must equal the whole pass
+    volume = torch.rand(2, 1, 40, 36, 20)
+    with torch.inference_mode():
+        whole = WholeVolume(pointwise, [16, 16, 8], sw_batch_size=3, overlap=0.25)(volume)
+        torch.testing.assert_close(whole, pointwise(volume), atol=1e-5, rtol=1e-5)
+        local = WholeVolume(BrightVoxels(), [16, 16, 8])(volume)  # a 3-voxel context: close inside each window only
+    assert local.shape == volume.shape and not torch.equal(local, BrightVoxels()(volume))
+
+
+def test_whole_volumes_of_different_shapes_are_padded_outside_the_body_and_centred_on_their_pancreas() -> None:
+    from monai.data import MetaTensor
+
+    from pipeline.evaluation.volumes import load_whole_volumes, middle_slices
+
+    def volume(shape: tuple[int, int, int], gland: tuple[slice, ...], spacing: float) -> dict:
+        image, body, label = torch.full((1, *shape), 0.4), torch.ones((1, *shape)), torch.zeros((1, *shape))
+        label[(slice(None), *gland)] = 1
+        affine = torch.diag(torch.tensor([spacing, spacing, 2.5, 1.0]))
+        return {key: MetaTensor(value, affine=affine) for key, value in (("image", image), ("body", body), ("label", label))}
+
+    made = {"a": volume((20, 16, 10), (slice(2, 6), slice(2, 6), slice(1, 3)), 1.0),
+            "b": volume((24, 12, 6), (slice(10, 14), slice(4, 8), slice(4, 5)), 0.8),
+            "c": volume((8, 8, 4), (slice(0, 0),) * 3, 1.0)}  # no pancreas: left out
+    data = load_whole_volumes([{"case": c} for c in made], (1,), torch.device("cpu"), lambda entry: made[entry["case"]])
+    assert data["cases"] == ["a", "b"] and tuple(data["image"].shape) == (2, 1, 24, 16, 10)
+    assert type(data["image"]) is torch.Tensor  # no MetaTensor: maps.pt is loaded with weights_only
+    assert float(data["body"][1, 0, :, 12:, :].sum()) == 0 and float(data["body"][1, 0, :24, :12, :6].min()) == 1  # pad: no body
+    assert data["centre"] == [[4, 4, 2], [12, 6, 4]] and data["slice_index"] == [2, 4]
+    np.testing.assert_allclose(data["spacing"].numpy(), [[1.0, 1.0, 2.5], [0.8, 0.8, 2.5]])
+    shown, _ = middle_slices(data, {})
+    assert [float(shown["label"][i].sum()) for i in range(2)] == [16.0, 16.0]  # each axial slice cuts its pancreas

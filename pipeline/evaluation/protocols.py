@@ -160,6 +160,23 @@ def compute_curves(
     return result
 
 
+def check_fractions(fractions: Sequence[float] | None) -> tuple[float, ...]:
+    """The curves' visible shares: :data:`DEFAULT_FRACTIONS` when None; else increasing, from 0 to 1, holding the
+    reported shares (:data:`REPORTED_FRACTIONS`). A coarser list makes a costly protocol (3D whole volumes) cheaper."""
+    if fractions is None:
+        return DEFAULT_FRACTIONS
+    if isinstance(fractions, str) or not isinstance(fractions, (list, tuple)) or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions):
+        raise ConfigError(f"fractions must be a list of numbers, e.g. \"[0, 0.05, 0.1, 0.2, 0.5, 1]\", got {fractions!r}.")
+    values = tuple(float(f) for f in fractions)
+    missing = [f for f in (0.0, *REPORTED_FRACTIONS, 1.0) if not any(abs(f - v) < 1e-9 for v in values)]
+    if missing or list(values) != sorted(set(values)):
+        raise ConfigError(f"fractions {list(values)} must increase from 0 to 1 and hold the reported shares "
+                          f"{list(REPORTED_FRACTIONS)}; missing {missing}." if missing else
+                          f"fractions {list(values)} must increase strictly from 0 to 1.")
+    return values
+
+
 def fraction_index(fractions: Sequence[float], fraction: float) -> int:
     """Index of ``fraction`` in ``fractions``; ValueError when the curve was not measured there."""
     matches = [i for i, f in enumerate(fractions) if abs(float(f) - fraction) < 1e-9]
@@ -168,5 +185,5 @@ def fraction_index(fractions: Sequence[float], fraction: float) -> int:
     return matches[0]
 
 
-__all__ = ["DEFAULT_FRACTIONS", "REPORTED_FRACTIONS", "TARGETS", "apply_visibility", "compute_curves",
+__all__ = ["DEFAULT_FRACTIONS", "REPORTED_FRACTIONS", "TARGETS", "apply_visibility", "check_fractions", "compute_curves",
            "fraction_index", "predict", "rank_in_region", "select_top"]

@@ -80,8 +80,9 @@ def plot_grid(saved: dict, methods: list[str], path: Path, rows: int = 4, contou
 
 
 def plot_planes(saved: dict, methods: list[str], path: Path) -> Path:
-    """3D evaluations: axial, coronal and sagittal planes through each shown volume of interest's centre (its
-    pancreas), the CT with the pancreas contour, then one column per method; voxels drawn at their spacing."""
+    """3D evaluations: axial, coronal and sagittal planes through each shown volume's pancreas (its centroid in a whole
+    volume, the centre of a volume of interest), the CT with the pancreas contour, then one column per method; voxels
+    drawn at their spacing."""
     plt = _pyplot()
     planes = saved["orthogonal"]
     names = planes["planes"]
@@ -225,8 +226,11 @@ def write_report(run_dir: str | Path) -> Path:
     cost_rows = [[name, f"{m['ms_per_map']:,.2f}", f"{m['forward_equivalents']:,.1f}"] for name, m in methods.items()]
     sections = [
         "<h1>U-Noise evaluation</h1>",
-        f"<p>Utility clean dice {result['clean_dice']:.3f} on {result['slices']} slices of {len(result['cases'])} "
-        f"{html.escape(protocol['split'])} cases ({html.escape(', '.join(result['cases']))}). Pixels are ranked and hidden "
+        f"<p>Utility clean dice {result['clean_dice']:.3f} on {result['slices']} "
+        f"{'whole volumes' if protocol.get('volume_protocol') == 'whole' else 'volumes of interest' if protocol.get('volume_protocol') else 'slices'}"
+        f" of {len(result['cases'])} "
+        f"{html.escape(protocol['split'])} cases ({html.escape(', '.join(result['cases']))}). Unit: {html.escape(protocol['unit'])}. "
+        "Pixels are ranked and hidden "
         f"inside the body only; hidden pixels take each judged infill in turn ({html.escape(', '.join(protocol['infills']))}; "
         f"held out of training and reported apart: {html.escape(', '.join(protocol['held_out_infills']) or 'none')}); "
         "curves are the dice of the utility against its own clean prediction (what an explanation of the model must keep). "

@@ -24,10 +24,10 @@ from pipeline.device import resolve_device
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.criteria import compute_criteria, matched_method
-from pipeline.evaluation.protocols import DEFAULT_FRACTIONS
+from pipeline.evaluation.protocols import check_fractions
 from pipeline.evaluation.slices import load_evaluation_slices
-from pipeline.evaluation.volumes import (check_volume_settings, evaluation_transform, load_evaluation_volumes, middle_slices,
-                                         orthogonal_planes)
+from pipeline.evaluation.volumes import (WholeVolume, check_volume_settings, evaluation_transform, load_evaluation_volumes,
+                                         load_whole_volumes, middle_slices, orthogonal_planes, whole_volume_baselines)
 from pipeline.explain import OcclusionMap, build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
@@ -243,6 +243,8 @@ def run_evaluation(
     sw_batch_size: int = 4,
     cost_occlusion_strides: Sequence[int] | None = None,
     failed_cases: Sequence[dict[str, str]] = (),
+    volume_protocol: str = "whole",
+    fractions: Sequence[float] | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -256,9 +258,13 @@ def run_evaluation(
     per whole volume (:mod:`pipeline.evaluation.cost`: sliding windows with ``sw_overlap`` / ``sw_batch_size``,
     occlusion costed at ``cost_occlusion_strides``, default the evaluated stride and 2). ``failed_cases`` (what
     :func:`check_inputs` reported with ``on_error`` skip) are left out of the split and listed in ``failed_cases``.
-    Returns the written content.
+    ``volume_protocol`` (3D only; :mod:`pipeline.evaluation.volumes`): ``whole`` hides voxels over every whole
+    volume and runs the networks by sliding window (Grad-CAM, saliency and SmoothGrad are left to ``roi``);
+    ``roi`` reads one volume of interest per case. ``fractions``: the curves' visible shares (None: the default 14;
+    :func:`pipeline.evaluation.protocols.check_fractions`). Returns the written content.
     """
     limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split)
+    fractions = check_fractions(fractions)
     torch.manual_seed(seed)
     device = resolve_device(device)
     utility, utility_meta = utility_loaded or load_utility(utility_checkpoint, device, utility_bundle, target_channel)
@@ -267,7 +273,7 @@ def run_evaluation(
     check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
     volumes = int(utility_meta.get("spatial_dims", 2)) == 3
     if volumes:
-        check_volume_settings(baselines, sanity, shortcut, infills, str(utility_bundle or utility_checkpoint))
+        check_volume_settings(baselines, sanity, shortcut, infills, str(utility_bundle or utility_checkpoint), volume_protocol)
         if "road" in held_out_infills:  # the default held-out list: ROAD's imputation is built for 2D slices
             logger.warning("the road infill is 2D-only: this 3D evaluation holds out %s only",
                            ", ".join(spec for spec in held_out_infills if spec != "road") or "nothing")
@@ -281,7 +287,15 @@ def run_evaluation(
         from pipeline.evaluation.shortcut import check_shortcut_entries
 
         check_shortcut_entries(splits[split])
-    if volumes:  # one volume of interest per case (the utility's patch, centred on the pancreas)
+    whole = volumes and volume_protocol == "whole"
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda network: network  # noqa: E731
+    if whole:  # every whole volume; the networks run over it by sliding window, as explain runs them
+        volume_transform = volume_transform or evaluation_transform(utility_meta, pancreas_labels)
+        data = load_whole_volumes(splits[split], pancreas_labels, device, volume_transform)
+        roi_size = check_roi_size(utility_meta.get("roi_size"))
+        wrap = lambda network: WholeVolume(network, roi_size, sw_batch_size, sw_overlap)  # noqa: E731
+        baselines = whole_volume_baselines(baselines)
+    elif volumes:  # one volume of interest per case (the utility's patch, centred on the pancreas)
         volume_transform = volume_transform or evaluation_transform(utility_meta, pancreas_labels)
         data = load_evaluation_volumes(splits[split], utility_meta, pancreas_labels, device, volume_transform)
     else:
@@ -304,13 +318,14 @@ def run_evaluation(
             name = next(f"{name}_{k}" for k in range(2, 100) if f"{name}_{k}" not in noise_models)
         noise_models[name], noise_metas[name] = noise_net, (str(path), meta)
     occlusion_fills = [spec for spec in dict.fromkeys([*infills, *held_out_infills]) if parse_infill(spec)[0] != "road"]
-    explainers = build_explainers(utility, noise_models, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
+    explainers = build_explainers(wrap(utility), {name: wrap(net) for name, net in noise_models.items()}, baselines, layer,
+                                  occlusion_window, occlusion_stride, ring_mm,
                                   seed, blur_sigma, smoothgrad_samples,
                                   occlusion_fills=occlusion_fills if occlusion_per_infill else [infills[0]])
     logger.info("evaluating %s on %d %s of %d %s cases", ", ".join(explainers), len(data["cases"]),
-                "volumes of interest" if volumes else "slices", len(set(data["cases"])), split)
-    result = evaluate_explainers(utility, explainers, data["image"], data["label"], data["body"], data["cases"],
-                                 data["spacing"], DEFAULT_FRACTIONS, infills, held_out_infills, ring_mm, seed, bootstrap,
+                "whole volumes" if whole else "volumes of interest" if volumes else "slices", len(set(data["cases"])), split)
+    result = evaluate_explainers(wrap(utility), explainers, data["image"], data["label"], data["body"], data["cases"],
+                                 data["spacing"], fractions, infills, held_out_infills, ring_mm, seed, bootstrap,
                                  blur_sigma)
     maps = result.pop("maps")
     for name, blank in count_blank_maps(maps).items():  # a map without any importance ranks at random (ties): say so
@@ -325,14 +340,20 @@ def run_evaluation(
             result["methods"][name]["occlusion_fill"] = explainer.fill
             result["methods"][name]["windows_at_paper_stride"] = len(OcclusionMap(utility, occlusion_window, 2).positions(
                 *data["image"].shape[2:]))  # the U-Noise paper's stride: for the cost verdict
+            if whole:  # each occluded copy is one sliding-window pass of the utility over the volume
+                result["methods"][name]["utility_pass"] = "one sliding-window pass over the whole volume"
     for name, (path, meta) in noise_metas.items():
         result["methods"][name]["checkpoint"] = {"path": path, **{k: meta.get(k) for k in (
             "preset", "perturbation", "objective", "baseline", "infill_draw", "rank_temperature", "target", "area", "min_scale",
             "max_scale", "noise_weight", "deletion_weight", "tv_weight", "init_from", "epochs")}}
     result["protocol"] = {
         "region": "body: HU > -500, largest connected component per slice, holes filled; air is never hidden or counted",
-        "unit": ("3D: per case one volume of interest of the utility's roi_size centred on the pancreas; voxels ranked, "
+        "unit": ("3D whole volumes: every test volume, voxels ranked, hidden and counted over the whole body volume; "
+                 f"the utility and the noise models by sliding window ({utility_meta.get('roi_size')} windows, overlap "
+                 f"{sw_overlap}); the ring in mm along every axis") if whole else
+                ("3D: per case one volume of interest of the utility's roi_size centred on the pancreas; voxels ranked, "
                  "hidden and counted; the ring in mm along every axis") if volumes else "2D: axial slices",
+        "volume_protocol": (volume_protocol if volumes else None),
         "infills": list(infills), "held_out_infills": list(held_out_infills), "blur_sigma_px": blur_sigma,
         "occlusion_fill": ("one occlusion map per infill, its windows filled as that infill hides pixels (occlusion_<infill>); "
                            "under road, the blur-filled one (a ROAD imputation per window would cost a solve per window)")
@@ -374,7 +395,7 @@ def run_evaluation(
             utility, utility_meta, noise_metas, maps, data, explainers, out / "sanity", sanity_epochs,
             sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
             sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction,
-            decoder_prefixes=decoder,
+            decoder_prefixes=decoder, wrap=wrap,
             extra_overrides={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths,
                              **({"utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel")}
                                 if utility_bundle else {})}))
@@ -392,7 +413,8 @@ def summarise(result: dict) -> str:
     """Headline figures, one line per method and infill, and the paired differences of the reference per infill."""
     protocol = result["protocol"]
     judged, held_out = protocol.get("infills", []), protocol.get("held_out_infills", [])
-    lines = [f"clean dice {result['clean_dice']:.3f} on {result['slices']} slices of {len(result['cases'])} cases "
+    unit = {"whole": "whole volumes", "roi": "volumes of interest"}.get(protocol.get("volume_protocol") or "", "slices")
+    lines = [f"clean dice {result['clean_dice']:.3f} on {result['slices']} {unit} of {len(result['cases'])} cases "
              f"({protocol['split']} split; body-restricted, against the clean prediction); visibility / deletion AUC "
              f"under each judged infill ({', '.join(judged)})" + (f" and held out ({', '.join(held_out)})" if held_out else "")]
     specs = [*judged, *held_out]

@@ -8,8 +8,10 @@ utility is measured. A map that still looks the same explains the image, not the
   its own run (``train_noise.json``, the settings recorded in its checkpoint) on a scaled-down schedule
   (``sanity_epochs``, default a third of its epochs), on the training split only; the last checkpoint is
   used, so the evaluated slices play no part in it.
-- Spearman's rho is computed per slice over body pixels (air would agree for free) and averaged; the
-  check passes at |rho| <= 0.3. For methods with a signed attribution (saliency, SmoothGrad) the rank
+- Spearman's rho is computed per slice (per volume in 3D) over body pixels (air would agree for free) and
+  averaged; the check passes at |rho| <= 0.3. In 3D the retraining layers ``train_noise_3d.json`` on, and
+  ``wrap`` runs the randomised utility and the retrained noise models as the evaluated ones ran (over whole
+  volumes by sliding window). For methods with a signed attribution (saliency, SmoothGrad) the rank
   correlation of the signed maps is reported too; their maps are absolute values already (Adebayo et al.
   report both variants).
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,7 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     from pipeline.bundle import bundle_logging_file, config_files
 
     root = Path(bundle_root)
+    overlays = ["train_noise_3d"] if int(meta.get("spatial_dims", 2)) == 3 else []
     overrides = retrain_overrides(meta, epochs)
     overrides.update(dataset_dir=str(dataset_dir), datalist_key=datalist_key, val_fraction=val_fraction,
                      test_fraction=test_fraction, seed=seed, device=str(device), utility_checkpoint=str(utility_path),
@@ -90,7 +93,7 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     try:
         for item in chatty if quiet else ():
             item.setLevel(logging.WARNING)
-        run(config_file=[str(path) for path in config_files(root, "train_noise")],
+        run(config_file=[str(path) for path in config_files(root, "train_noise", overlays)],
             meta_file=str(root / "configs" / "metadata.json"), bundle_root=str(root), logging_file=bundle_logging_file(root),
             **overrides)
     finally:
@@ -106,8 +109,14 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
                      datalist_key: str, seed: int, device: torch.device, bundle_root: str | None, layer: str,
                      occlusion_window: int, occlusion_stride: int, ring_mm: float, blur_sigma: float,
                      smoothgrad_samples: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                     decoder_prefixes: Sequence[str] = DECODER_PREFIXES, extra_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The cascade for every method; returns ``sanity``, ``sanity_detail`` and ``sanity_protocol`` for evaluation.json."""
+                     decoder_prefixes: Sequence[str] = DECODER_PREFIXES, extra_overrides: dict[str, Any] | None = None,
+                     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict[str, Any]:
+    """The cascade for every method; returns ``sanity``, ``sanity_detail`` and ``sanity_protocol`` for evaluation.json.
+
+    ``utility`` is the bare network (its layer names are the cascade's); ``wrap`` (None: none) turns a network into
+    what the explainers ran on (the whole-volume protocol's sliding window).
+    """
+    wrap = wrap or (lambda network: network)
     if bundle_root is None:
         raise ValueError("the sanity check retrains U-Noise with the bundle's train_noise.json: pass bundle_root.")
     rows = top_slices_per_case([float(v) for v in data["label"].flatten(1).sum(1)], data["cases"], slices_per_case)
@@ -119,7 +128,7 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
     detail: dict[str, dict[str, Any]] = {name: {} for name in explainers if not name.startswith("occlusion_")}
     for stage, prefixes in (("decoder", tuple(decoder_prefixes)), ("all", None)):
         random_utility = randomise_layers(copy.deepcopy(utility), prefixes, seed).eval()
-        after = build_explainers(random_utility, {}, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
+        after = build_explainers(wrap(random_utility), {}, baselines, layer, occlusion_window, occlusion_stride, ring_mm,
                                  seed, blur_sigma, smoothgrad_samples, occlusion_fills=[fill])
         new_maps = {name: explainer(image, label, spacing, **({"body": data["body"][rows]} if getattr(explainer, "uses_body", False)
                                                                else {})).detach().float().cpu()
@@ -129,7 +138,7 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
         for name, (_, meta) in noise_metas.items():
             network = retrain_noise(meta, utility_path, out_dir / stage / name, sanity_epochs, dataset_dir, datalist_key,
                                     val_fraction, test_fraction, seed, device, bundle_root, extra_overrides)
-            new_maps[name] = UNoiseMap(network)(image).detach().float().cpu()
+            new_maps[name] = UNoiseMap(wrap(network))(image).detach().float().cpu()
         for name, new in new_maps.items():
             rho = compute_spearman(maps[name][rows], new, body)
             entry = {"rho": float(np.mean(rho)), "abs_rho": float(abs(np.mean(rho))), "slices": len(rows)}
@@ -145,7 +154,7 @@ def run_sanity_check(utility: torch.nn.Module, utility_meta: dict[str, Any], noi
         "sanity_detail": detail,
         "sanity_protocol": {
             "cascade": {"decoder": list(decoder_prefixes), "all": "every weight"}, "pass": f"|rho| <= {PASS_BELOW}",
-            "rho": "Spearman per slice over body pixels, mean over slices", "slices": len(rows),
+            "rho": "Spearman per slice (volume) over body pixels, mean over slices (volumes)", "slices": len(rows),
             "unoise": "retrained against each randomised utility on the training split (train_noise.json with the "
                       "checkpoint's settings, last epoch), epochs: " + ", ".join(
                           f"{n} {retrain_overrides(m, sanity_epochs)['epochs']}" for n, (_, m) in noise_metas.items()),
