@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "(configs/evaluate.json); writes evaluation.json and report/",
                               epilog="Any other --key value overrides that config key, e.g. --split validation "
                                      "--slices-per-case 3 --infills \"['blur', 'floor']\" --held-out-infills \"['road']\" --shortcut true "
-                                     "--sanity false.")
+                                     "--sanity false; with a 3D utility --volume-protocol roi (one volume of interest per "
+                                     "case instead of every whole volume).")
     evaluate.add_argument("--dataset", required=True, help="dataset the models were trained on (same split by seed)")
     _add_utility_options(evaluate)
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")

@@ -454,6 +454,8 @@ def build_cases(work: Path) -> list[Case]:
         setting("unknown preset", "train-utility", ["--preset", "huge"], "huge"),
         setting("epochs 0", "train-utility", ["--epochs", "0"], "epochs"),
         setting("unknown infill", "evaluate", ["--infills", "['zeros']"], "zeros"),
+        setting("fractions without a reported share", "evaluate", ["--fractions", "[0, 0.05, 0.1, 0.5, 1]"], "fractions"),
+        setting("unknown volume protocol", "evaluate", ["--volume-protocol", "slab"], "volume_protocol"),
         setting("unknown training infill", "train-noise", ["--baseline", "['blur', 'zeros']"], "zeros"),
         setting("CUDA asked for, none here", "explain", ["--device", "cuda"], "cuda"),
     ]

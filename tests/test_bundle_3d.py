@@ -131,7 +131,7 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
                 str(noise_3d / "checkpoints" / "best.pt"), "--val_fraction", "0.34", "--test_fraction", "0.2", "--bootstrap", "50",
                 "--device", "cpu"]
     assert main([*evaluate, "--output", str(tmp_path / "refused"), "--volume-protocol", "slab"]) == 2
-    assert "volume_protocol must be one of ('whole', 'roi'), got 'slab'" in capsys.readouterr().err
+    assert "volume_protocol must be one of ('whole', 'roi')" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--volume-protocol", "roi", "--sanity", "false",
                  "--occlusion_window", "9",

@@ -26,7 +26,7 @@ from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.criteria import compute_criteria, matched_method
 from pipeline.evaluation.protocols import check_fractions
 from pipeline.evaluation.slices import load_evaluation_slices
-from pipeline.evaluation.volumes import (WholeVolume, check_volume_settings, evaluation_transform, load_evaluation_volumes,
+from pipeline.evaluation.volumes import (VOLUME_PROTOCOLS, WholeVolume, check_volume_settings, evaluation_transform, load_evaluation_volumes,
                                          load_whole_volumes, middle_slices, orthogonal_planes, whole_volume_baselines)
 from pipeline.explain import OcclusionMap, build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
@@ -67,8 +67,12 @@ def with_input_settings(utility_meta: dict[str, Any], noise_checkpoints: Sequenc
 
 
 def check_settings(slices_per_case: Any, infills: Sequence[str], held_out_infills: Sequence[str], baselines: Sequence[str],
-                   split: str) -> int | None:
+                   split: str, fractions: Sequence[float] | None = None, volume_protocol: str = "whole") -> int | None:
     """Refuse bad evaluation settings before any work; returns the slice limit (None: all slices)."""
+    check_fractions(fractions)
+    if volume_protocol not in VOLUME_PROTOCOLS:
+        raise ConfigError(f"volume_protocol must be one of {VOLUME_PROTOCOLS} (3D: every whole volume, or one volume of "
+                          f"interest per case), got {volume_protocol!r}.")
     if slices_per_case in (None, "all"):
         limit = None
     elif isinstance(slices_per_case, bool) or not isinstance(slices_per_case, int) or slices_per_case < 1:
@@ -263,7 +267,7 @@ def run_evaluation(
     ``roi`` reads one volume of interest per case. ``fractions``: the curves' visible shares (None: the default 14;
     :func:`pipeline.evaluation.protocols.check_fractions`). Returns the written content.
     """
-    limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split)
+    limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split, fractions, volume_protocol)
     fractions = check_fractions(fractions)
     torch.manual_seed(seed)
     device = resolve_device(device)
@@ -273,7 +277,7 @@ def run_evaluation(
     check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
     volumes = int(utility_meta.get("spatial_dims", 2)) == 3
     if volumes:
-        check_volume_settings(baselines, sanity, shortcut, infills, str(utility_bundle or utility_checkpoint), volume_protocol)
+        check_volume_settings(baselines, sanity, shortcut, infills, str(utility_bundle or utility_checkpoint))
         if "road" in held_out_infills:  # the default held-out list: ROAD's imputation is built for 2D slices
             logger.warning("the road infill is 2D-only: this 3D evaluation holds out %s only",
                            ", ".join(spec for spec in held_out_infills if spec != "road") or "nothing")

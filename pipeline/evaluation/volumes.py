@@ -49,12 +49,8 @@ class WholeVolume(torch.nn.Module):
         return self.inferer(image, self.network)
 
 
-def check_volume_settings(baselines: Sequence[str], sanity: bool, shortcut: bool, infills: Sequence[str], source: str,
-                          protocol: str = "whole") -> None:
-    """Refuse, in one line, what the 3D evaluation does not run (the shortcut benchmark, ROAD: both 2D-only) or an
-    unknown ``protocol``."""
-    if protocol not in VOLUME_PROTOCOLS:
-        raise ConfigError(f"{source}: volume_protocol must be one of {VOLUME_PROTOCOLS}, got {protocol!r}.")
+def check_volume_settings(baselines: Sequence[str], sanity: bool, shortcut: bool, infills: Sequence[str], source: str) -> None:
+    """Refuse, in one line, what the 3D evaluation does not run (the shortcut benchmark, ROAD: both 2D-only)."""
     missing = ["the shortcut benchmark"] if shortcut else []
     missing += ["the road infill"] if "road" in infills else []
     if missing:
