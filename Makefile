@@ -34,7 +34,7 @@ SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train_slices all
 DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
 UNOISE := $(VENV)/bin/unoise
 
-.PHONY: demo demo-3d shortcut-demo test benchmark hostile venv clean
+.PHONY: demo demo-3d shortcut-demo test test-fast lint benchmark hostile venv clean
 
 venv: $(STAMP)
 
@@ -47,8 +47,16 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -e ".[test]"
 	@touch $@
 
-test: $(STAMP)
+# Every test (CI runs this), after the linter.
+test: lint
 	$(PY) -m pytest -q
+
+# For iteration: the tests not marked slow (no training runs), after the linter.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline scripts tests
 
 demo: $(STAMP)
 	@echo "== 1/6 synthetic pancreas CT phantoms -> $(DEMO_DATA)"

@@ -34,7 +34,8 @@ class CheckpointError(UNoiseError, ValueError):
 
 CHECKPOINT_KINDS = {"utility": "the segmentation model, written by train-utility",
                     "noise": "the U-Noise model, written by train-noise"}
-RESUME_KEYS = ("kind", "preset", "network_config", "in_channels", "out_channels", "utility_preset", "utility_target_channel")  # what a resume must not change
+# what a resume must not change
+RESUME_KEYS = ("kind", "preset", "network_config", "in_channels", "out_channels", "utility_preset", "utility_target_channel")
 
 
 def checkpoint_kind(meta: dict[str, Any]) -> str:

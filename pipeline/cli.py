@@ -337,7 +337,8 @@ def _add_on_error_option(command: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unoise", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="the full engine log (Ignite, MONAI's StatsHandler, the bundle's logging.conf) and every library warning")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the full engine log (Ignite, MONAI's StatsHandler, the bundle's logging.conf) "
+                        "and every library warning")
     parser.add_argument("--bundle-root", type=Path, default=None, help="bundle folder (default: the one in this checkout)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -117,4 +117,5 @@ def resolve_workers(num_workers: int | str, device: torch.device) -> int:
     return num_workers
 
 
-__all__ = ["AutocastInferer", "BF16_CPU_FLAGS", "build_inferer", "cpu_autocast_dtype", "cpu_flags", "cpu_has_bf16", "memory_format", "resolve_device", "resolve_workers"]
+__all__ = ["AutocastInferer", "BF16_CPU_FLAGS", "build_inferer", "cpu_autocast_dtype", "cpu_flags", "cpu_has_bf16", "memory_format",
+           "resolve_device", "resolve_workers"]

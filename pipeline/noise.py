@@ -344,8 +344,8 @@ class UNoiseLoss(torch.nn.Module):
     dice the evaluation's curves measure) and the deletion term counts only slices with a target to destroy.
     The noise term is ``-noise_weight * mean(log B)`` (``area: log``, the
     paper's) or ``noise_weight * mean(1 - B)`` (``area: l1``). Takes the (B, 5, H, W) output of
-    :class:`UNoiseModel` and the label (B, 1, H, W) in {0, 1} (None with ``target: prediction``: label-free). The terms of the last call are kept in
-    ``last_terms`` (``utility_loss``, ``noise_term``, ``deletion_term``, ``tv_term``, ``mean_tolerance``)
+    :class:`UNoiseModel` and the label (B, 1, H, W) in {0, 1} (None with ``target: prediction``: label-free). The terms
+    of the last call are kept in ``last_terms`` (``utility_loss``, ``noise_term``, ``deletion_term``, ``tv_term``, ``mean_tolerance``)
     for logging.
 
     Args:

@@ -274,8 +274,12 @@ def build_cases(work: Path) -> list[Case]:
     def dataset_case(fault: str, damage: Callable[[Path], None], names: str, command: str, expect: str = "refused",
                      extra: tuple[str, ...] = ()) -> Case:
         key = f"{fault} [{command}{' ' + ' '.join(extra) if extra else ''}]"
-        data = lambda w, k=key: w / "cases" / k.replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "").replace(".", "")
-        out = lambda w, k=key: _out(w, k)
+        def data(w: Path, k: str = key) -> Path:
+            return w / "cases" / k.replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "").replace(".", "")
+
+        def out(w: Path, k: str = key) -> Path:
+            return _out(w, k)
+
         stop = ("--on_error", "stop") if expect == "refused" else ()  # refused: the batch stops at the bad case
         argv = {
             "inspect": lambda w: ["inspect", "--dataset", str(data(w)), *stop, *extra],
@@ -340,10 +344,12 @@ def build_cases(work: Path) -> list[Case]:
         "image not gzip": (written("random.nii.gz", lambda p: p.write_bytes(os.urandom(3000))), "random.nii.gz"),
         "image 2D": (written("flat.nii.gz", lambda p: _nifti(p, source[:, :, 0], affine)), "flat.nii.gz"),
         "image 4D": (written("four.nii.gz", lambda p: _nifti(p, np.stack([source] * 2, -1), affine)), "four.nii.gz"),
-        "image NaN voxels": (written("nan.nii.gz", lambda p: _nifti(p, np.where(source > 200, np.nan, source).astype(np.float32), affine)), "nan.nii.gz"),
+        "image NaN voxels": (written("nan.nii.gz", lambda p: _nifti(p, np.where(source > 200, np.nan, source).astype(np.float32), affine)),
+                             "nan.nii.gz"),
         "image header claims 6.3 G voxels": (written("huge.nii.gz", _huge_header), "huge.nii.gz"),
         "image header wraps around 4 GiB": (written("wrap.nii.gz", _wrap_header), "wrap.nii.gz"),
-        "image symlink loop": (written("loop.nii.gz", lambda p: (p.with_name("loop2.nii.gz").symlink_to(p.name), p.symlink_to("loop2.nii.gz"))), "loop.nii.gz"),
+        "image symlink loop": (written("loop.nii.gz", lambda p: (p.with_name("loop2.nii.gz").symlink_to(p.name), p.symlink_to("loop2.nii.gz"))),
+                               "loop.nii.gz"),
         "not an image (a text file)": (written("notes.txt", lambda p: p.write_text("hello")), "notes.txt"),
     }
     for fault, (make, names) in explain_inputs.items():
@@ -423,10 +429,12 @@ def build_cases(work: Path) -> list[Case]:
                       lambda w: ["train-noise", "--dataset", data, "--utility", noise, "--output", str(_out(w, "tn_noise_as_utility")), *NOISE],
                       "--utility takes a utility checkpoint", output=lambda w: _out(w, "tn_noise_as_utility")))
     cases.append(Case("noise checkpoint as --utility [evaluate]", "evaluate",
-                      lambda w: ["evaluate", "--dataset", data, "--utility", noise, "--noise", noise, "--output", str(_out(w, "ev_noise_as_utility")), *EVALUATE],
+                      lambda w: ["evaluate", "--dataset", data, "--utility", noise, "--noise", noise,
+                                 "--output", str(_out(w, "ev_noise_as_utility")), *EVALUATE],
                       "--utility takes a utility checkpoint", output=lambda w: _out(w, "ev_noise_as_utility")))
     cases.append(Case("utility checkpoint as --noise [evaluate]", "evaluate",
-                      lambda w: ["evaluate", "--dataset", data, "--utility", utility, "--noise", utility, "--output", str(_out(w, "ev_utility_as_noise")), *EVALUATE],
+                      lambda w: ["evaluate", "--dataset", data, "--utility", utility, "--noise", utility,
+                                 "--output", str(_out(w, "ev_utility_as_noise")), *EVALUATE],
                       "--noise takes a noise checkpoint", output=lambda w: _out(w, "ev_utility_as_noise")))
     cases.append(Case("truncated utility [train-noise]", "train-noise",
                       lambda w: ["train-noise", "--dataset", data, "--utility", bad["truncated"], "--output", str(_out(w, "tn_truncated")), *NOISE],

@@ -88,3 +88,16 @@ def test_cost_is_judged_at_the_papers_stride() -> None:
     cost = _by_name(compute_criteria(result))["cost: unoise vs occlusion at the paper's stride (2), in time per map"]
     assert cost["passed"]  # 500x at stride 4, 500 * 3249 / 841 = 1932x at stride 2
     assert "1,932x" in cost["measured"] and "500x" in cost["measured"]
+
+
+def test_whole_volume_cost_is_judged_at_the_papers_stride_where_timed() -> None:
+    result = _result((0.03, 0.01, 0.05), 4.5, 0.1)
+    result["settings"] = {"occlusion_stride": 16}
+    result["volumes"] = {"methods": {"unoise": {"ms_per_volume": 200.0},
+                                     "occlusion_stride16": {"ms_per_volume": 3000.0, "stride": 16},
+                                     "occlusion_stride2": {"ms_per_volume": 300000.0, "stride": 2}}}
+    cost = _by_name(compute_criteria(result))["cost per whole volume: unoise vs occlusion (stride 2, extrapolated)"]
+    assert cost["passed"] and "1,500x" in cost["measured"]  # 15x at stride 16 would fail the 1,000x target
+    del result["volumes"]["methods"]["occlusion_stride2"]
+    cost = _by_name(compute_criteria(result))["cost per whole volume: unoise vs occlusion (stride 16, extrapolated)"]
+    assert not cost["passed"] and "evaluated stride 16" in cost["words"]

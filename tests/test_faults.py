@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from pipeline.data import (
 from pipeline.data.validate import CaseSummary
 from pipeline.rundir import prepare_output_dir, prepare_run_dir
 from pipeline.errors import ConfigError, DataError
-from pipeline.rundir import acquire_lock, release_lock, remove_temporaries
+from pipeline.rundir import acquire_lock, release_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -311,7 +310,7 @@ def test_a_folder_in_use_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_pat
     run.mkdir()
     holder = _hold_lock(run)
     try:
-        with pytest.raises(ConfigError, match=rf"run: in use by another run"):
+        with pytest.raises(ConfigError, match=r"run: in use by another run"):
             prepare_run_dir(run, False, {"config": "train_utility"})
         with pytest.raises(ConfigError, match=rf"run: in use by another run \(pid {holder.pid} on "):
             acquire_lock(run)

@@ -42,7 +42,8 @@ def test_monai_networks_get_a_bottleneck_a_decoder_and_a_grad_cam(name: str) -> 
 
 
 def test_an_unknown_grad_cam_layer_names_the_options() -> None:
-    with pytest.raises(ConfigError, match=r"gradcam_layer 'encoder.9' is not a module of the utility; .*'downs', .*default: the deepest feature map, 'downs.1'"):
+    expected = r"gradcam_layer 'encoder.9' is not a module of the utility; .*'downs', .*default: the deepest feature map, 'downs.1'"
+    with pytest.raises(ConfigError, match=expected):
         GradCAMMap(build_unet("small"), "encoder.9")
 
 

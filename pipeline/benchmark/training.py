@@ -25,7 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.losses import DiceCELoss
 
-from pipeline.benchmark.measure import count_flops, median, peak_memory, synchronize, time_runs
+from pipeline.benchmark.measure import median, peak_memory, synchronize, time_runs
 from pipeline.device import cpu_autocast_dtype, memory_format
 from pipeline.networks import build_unet
 from pipeline.noise import UNoiseLoss, UNoiseModel

@@ -13,7 +13,6 @@ import logging
 import os
 import warnings
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

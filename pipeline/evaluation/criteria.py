@@ -91,16 +91,18 @@ def _cost_criteria(result: dict, reference: str) -> list[dict[str, Any]]:
     cost = volumes["methods"]
     ref_ms = cost[reference]["ms_per_volume"]
     stride = result.get("settings", {}).get("occlusion_stride")
-    occlusion = f"occlusion_stride{stride}" if f"occlusion_stride{stride}" in cost else next(
-        (name for name in cost if name.startswith("occlusion_stride")), None)
+    # judged at the paper's stride (2) where it was timed, as in 2D; the evaluated stride is a choice of the run's budget
+    strides = [name for name in ("occlusion_stride2", f"occlusion_stride{stride}") if name in cost]
+    occlusion = strides[0] if strides else next((name for name in cost if name.startswith("occlusion_stride")), None)
     criteria = []
     if occlusion:
         speedup = cost[occlusion]["ms_per_volume"] / max(ref_ms, 1e-9)
+        which = "the paper's stride 2" if cost[occlusion]["stride"] == 2 else f"the evaluated stride {cost[occlusion]['stride']}"
         criteria.append({
             "criterion": f"cost per whole volume: {reference} vs occlusion (stride {cost[occlusion]['stride']}, extrapolated)",
             "measured": f"{ref_ms:,.0f} ms against {cost[occlusion]['ms_per_volume']:,.0f} ms per volume: {speedup:,.0f}x faster",
-            "target": f">= {SPEEDUP_TARGET:,.0f}x", "passed": bool(speedup >= SPEEDUP_TARGET),
-            "words": f"A whole-volume U-Noise map costs {speedup:,.0f} times less time than occlusion's at the evaluated stride."})
+            "target": f">= {SPEEDUP_TARGET:,.0f}x at {which}", "passed": bool(speedup >= SPEEDUP_TARGET),
+            "words": f"A whole-volume U-Noise map costs {speedup:,.0f} times less time than occlusion's at {which}."})
     if "gradcam" in cost:
         speedup = cost["gradcam"]["ms_per_volume"] / max(ref_ms, 1e-9)
         criteria.append({

@@ -13,7 +13,6 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.evaluation.criteria import SATURATED, compute_criteria, matched_method
@@ -221,13 +220,14 @@ def write_report(run_dir: str | Path) -> Path:
                     f"{m['dice_at_20']:.3f}", f"{m['dice_at_50']:.3f}", f"{m['visibility_auc_label']:.3f}",
                     f"{m['deletion_auc_label']:.3f}", f"{m['ring_over_chance']:.2f}x"] for name, m in methods.items()]
     paired_rows = [[f"{result['reference']} - {name}"] + [
-        f"{p[k]['mean']:+.3f} [{p[k]['ci95'][0]:+.3f}, {p[k]['ci95'][1]:+.3f}]" for k in ("visibility_auc", "deletion_auc", "ring_over_chance")]
+        f"{p[k]['mean']:+.3f} [{p[k]['ci95'][0]:+.3f}, {p[k]['ci95'][1]:+.3f}]"
+        for k in ("visibility_auc", "deletion_auc", "ring_over_chance")]
         + [str(p["visibility_auc"]["n"])] for name, p in result.get("paired", {}).items()]
     cost_rows = [[name, f"{m['ms_per_map']:,.2f}", f"{m['forward_equivalents']:,.1f}"] for name, m in methods.items()]
     sections = [
         "<h1>U-Noise evaluation</h1>",
         f"<p>Utility clean dice {result['clean_dice']:.3f} on {result['slices']} "
-        f"{'whole volumes' if protocol.get('volume_protocol') == 'whole' else 'volumes of interest' if protocol.get('volume_protocol') else 'slices'}"
+        f"{ {'whole': 'whole volumes', 'roi': 'volumes of interest'}.get(protocol.get('volume_protocol') or '', 'slices')}"
         f" of {len(result['cases'])} "
         f"{html.escape(protocol['split'])} cases ({html.escape(', '.join(result['cases']))}). Unit: {html.escape(protocol['unit'])}. "
         "Pixels are ranked and hidden "

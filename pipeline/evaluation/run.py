@@ -26,8 +26,9 @@ from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.criteria import compute_criteria, matched_method
 from pipeline.evaluation.protocols import check_fractions
 from pipeline.evaluation.slices import load_evaluation_slices
-from pipeline.evaluation.volumes import (VOLUME_PROTOCOLS, WholeVolume, check_volume_settings, evaluation_transform, load_evaluation_volumes,
-                                         load_whole_volumes, middle_slices, orthogonal_planes, whole_volume_baselines)
+from pipeline.evaluation.volumes import (VOLUME_PROTOCOLS, WholeVolume, check_volume_settings, evaluation_transform,
+                                         load_evaluation_volumes, load_whole_volumes, middle_slices, orthogonal_planes,
+                                         whole_volume_baselines)
 from pipeline.explain import OcclusionMap, build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
 from pipeline.fileio import write_json_atomic
@@ -373,7 +374,8 @@ def run_evaluation(
                           "utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel"),
                           "utility_preset": utility_meta["preset"], "window": utility_meta.get("window"),
                           "spatial_size": utility_meta.get("spatial_size"), "noise_checkpoints": [str(p) for p in noise_checkpoints],
-                          "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
+                          "gradcam_layer": layer, "sanity_decoder": list(decoder), "occlusion_window": occlusion_window,
+                          "occlusion_stride": occlusion_stride,
                           "occlusion_per_infill": occlusion_per_infill, "smoothgrad_samples": smoothgrad_samples, "seed": seed,
                           "val_fraction": val_fraction, "test_fraction": test_fraction}
     if volumes and volume_cost:
@@ -423,7 +425,8 @@ def summarise(result: dict) -> str:
              f"under each judged infill ({', '.join(judged)})" + (f" and held out ({', '.join(held_out)})" if held_out else "")]
     specs = [*judged, *held_out]
     for name, m in result["methods"].items():
-        lines.append(f"{name:28s} " + "  ".join(f"{spec} {m['infills'][spec]['visibility_auc']:.3f}/{m['infills'][spec]['deletion_auc']:.3f}"
+        lines.append(f"{name:28s} " + "  ".join(
+            f"{spec} {m['infills'][spec]['visibility_auc']:.3f}/{m['infills'][spec]['deletion_auc']:.3f}"
                                                for spec in specs) + f"  ring {m['ring_over_chance']:.2f}x  {m['ms_per_map']:.1f} ms/map")
     reference, paired = result.get("reference"), result.get("paired", {})
     for other in ("occlusion", "segmentation", "random"):

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 PASS_BELOW = 0.3
 DECODER_PREFIXES = ("ups", "final_conv")  # LevelUNet's; other networks': pipeline.explain.layers.find_decoder_prefixes
 # checkpoint meta keys that are train_noise.json settings, copied into the retraining
-RETRAIN_KEYS = ("perturbation", "baseline", "infill_draw", "objective", "rank_temperature", "blur_sigma", "target", "area", "min_scale", "max_scale", "noise_weight",
+RETRAIN_KEYS = ("perturbation", "baseline", "infill_draw", "objective", "rank_temperature", "blur_sigma", "target", "area",
+                "min_scale", "max_scale", "noise_weight",
                 "deletion_weight", "tv_weight", "batch_size", "learning_rate", "train_slices", "other_fraction",
                 "window", "spatial_size", "pancreas_labels")
 

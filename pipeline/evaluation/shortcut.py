@@ -48,9 +48,9 @@ def pooled_dice(pred: torch.Tensor, label: torch.Tensor, cases: Sequence[str]) -
     result = {}
     for case in sorted(set(cases)):
         rows = torch.as_tensor([c == case for c in cases])
-        p, l = pred[rows].float(), label[rows].float()
-        total = float(p.sum() + l.sum())
-        result[case] = 2.0 * float((p * l).sum()) / total if total > 0 else float("nan")
+        shown, truth = pred[rows].float(), label[rows].float()
+        total = float(shown.sum() + truth.sum())
+        result[case] = 2.0 * float((shown * truth).sum()) / total if total > 0 else float("nan")
     return result
 
 

@@ -17,4 +17,5 @@ from pipeline.handlers.export import ImportanceExporter
 from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
 from pipeline.handlers.training_log import EpochSummary, LossTermsHandler, SliceImagesHandler
 
-__all__ = ["dicom", "CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean", "RegionShare", "SliceImagesHandler", "VolumeDice"]
+__all__ = ["dicom", "CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean",
+           "RegionShare", "SliceImagesHandler", "VolumeDice"]

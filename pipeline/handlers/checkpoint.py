@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -19,6 +19,9 @@ from monai.handlers import CheckpointLoader, from_engine
 from pipeline.checkpoints import load_checkpoint, save_atomic
 from pipeline.distributed import is_main_process, sum_over_ranks
 from pipeline.fileio import write_json_atomic
+
+if TYPE_CHECKING:  # for the annotation only
+    from pipeline.handlers.metrics import VolumeDice
 
 logger = logging.getLogger(__name__)
 
