@@ -34,7 +34,7 @@ SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train_slices all
 DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
 UNOISE := $(VENV)/bin/unoise
 
-.PHONY: demo demo-3d shortcut-demo test test-fast lint benchmark hostile venv clean
+.PHONY: demo demo-3d shortcut-demo test test-fast lint benchmark hostile gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -145,6 +145,11 @@ benchmark: $(STAMP)
 HOSTILE_OUT ?= hostile_inputs.json
 hostile: $(STAMP)
 	$(PY) scripts/hostile_inputs.py --work runs/hostile --output $(HOSTILE_OUT)
+
+# The chain on a CUDA GPU at small size (under 8 minutes): writes $(GPU_OUT); without CUDA it says so and exits 0.
+GPU_OUT ?= gpu_check.json
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py --output $(GPU_OUT) --work runs/gpu_check
 
 # Removes the environment and caches only; data/ and runs/ hold your results and stay.
 clean:

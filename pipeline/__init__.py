@@ -1,8 +1,8 @@
 """U-Noise: learned noise-tolerance maps that explain a pancreas CT segmentation model.
 
-Modules, in the direction data flows: ``phantom`` / ``data`` -> ``networks`` / ``noise`` -> ``engines`` /
-``handlers`` -> ``baselines`` / ``evaluate`` / ``report`` -> ``cli`` and the bundle configs.
-Nothing is built at import time.
+Packages, in the direction data flows (docs/architecture.md; ``tests/test_imports.py`` holds the order):
+``phantom`` / ``dicom`` -> ``data`` -> ``networks`` / ``noise`` -> ``handlers`` / ``outputs`` -> ``explain``
+-> ``evaluation`` / ``benchmark`` -> ``cli`` / ``api`` and the bundle configs. Nothing is built at import time.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from pipeline.bundle import check_override_keys, config_files, default_bundle_root, user_error
-from pipeline.checkpoints import check_pair, check_spatial_dims, load_checkpoint
+from pipeline.networks.checkpoints import check_pair, check_spatial_dims, load_checkpoint
 from pipeline.data import LoadVolumed, collect_inputs
 from pipeline.errors import DataError
-from pipeline.handlers.export import maps_from_prediction, write_case_outputs
+from pipeline.outputs.maps import maps_from_prediction, write_case_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Explainer:
         ``output_format`` ``dicom`` writes ``<case>_seg.dcm`` (DICOM SEG) and ``<case>_importance.dcm`` (Parametric
         Map) instead, DICOM series inputs only; ``both`` writes NIfTI, and DICOM where the input is a DICOM series.
         """
-        from pipeline.handlers.dicom import check_dicom_inputs, output_suffixes
+        from pipeline.dicom.write import check_dicom_inputs, output_suffixes
 
         output_suffixes(output_format)
         entries = collect_inputs(inputs)

@@ -12,6 +12,7 @@ into the one ``manifest.json`` (:func:`merge_shards`). In a single process each 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -24,8 +25,8 @@ from monai.data import DataLoader, Dataset
 from pipeline import distributed
 from pipeline.bundle import user_error
 from pipeline.data.validate import ON_ERROR, resolve_on_error  # one rule for explain, inspect and evaluate
-from pipeline.errors import ConfigError
-from pipeline.handlers.export import MANIFEST, latest_records, manifest_parts
+from pipeline.errors import ConfigError, WriteError
+from pipeline.outputs.manifest import MANIFEST, latest_records, manifest_parts
 
 logger = logging.getLogger(__name__)
 # Settings that do not change what a case's outputs are (where they go, what else runs, how failures are handled).
@@ -82,7 +83,7 @@ def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any,
                             kept)
             logger.info("%s: done before with the same models and settings; skipped (--overwrite redoes it)", case)
             continue
-        started, wall = time.perf_counter(), time.time()
+        started = time.perf_counter()
         try:
             if check is not None:
                 check(entry)
@@ -91,12 +92,13 @@ def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any,
             state.iteration, state.epoch, state.epoch_length = 0, 0, 1
             evaluator.run()
         except Exception as err:  # a bad case must not stop the others (skip); ours carry the file and the reason
+            # no half-written case: the exporter removed what this attempt wrote (it tracks its files as it writes them)
             ours = user_error(err)
             reason = str(ours) if ours is not None else f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
-            for suffix in suffixes:  # no half-written case: what this attempt wrote goes
-                path = Path(exporter.output_dir) / f"{case}{suffix}"
-                if path.is_file() and path.stat().st_mtime >= wall - 1:
-                    path.unlink()
+            if isinstance(ours, WriteError):  # the disk, not the case: every next case would fail the same way
+                with contextlib.suppress(WriteError):
+                    exporter.record(case, entry.get("image"), "failed", reason, time.perf_counter() - started)
+                raise
             exporter.record(case, entry.get("image"), "failed", reason, time.perf_counter() - started)
             if on_error == "stop":
                 raise

@@ -43,6 +43,54 @@ def config_files(root: str | os.PathLike, config: str, overlays: Sequence[str] =
     return [common, *files]
 
 
+def is_setting(value: Any) -> bool:
+    """A setting is a plain value written in the config: a number, a bool, null, a string that is not an
+    expression (``$``), a reference (``@``) or a macro (``%``), or a list / dict of those (no ``_target_``)."""
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, dict):
+        return "_target_" not in value and all(is_setting(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(is_setting(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def setting_names(config: dict[str, Any]) -> list[str]:
+    """The settings of a merged config: its top-level keys whose value is a setting (:func:`is_setting`), in order.
+
+    This is the one list of what a run can be told (``--key value``), what it records (``config.json``, the
+    checkpoint's meta) and what the evaluation reads: each setting is written once, as a top-level key of a
+    bundle config, and found here; nothing keeps a copy of the list.
+    """
+    return [key for key, value in config.items() if not key.startswith("_") and key != "imports" and is_setting(value)]
+
+
+def run_settings() -> dict[str, Any]:
+    """The running config's settings with the run's overrides applied: ``{name: value}`` for :func:`setting_names`.
+
+    Called from the configs themselves (``"run_config": "$dict(pipeline.bundle.run_settings(), ...)"``), so it works
+    under ``python -m monai.bundle run`` as under ``unoise``. MONAI gives a config expression no handle on its
+    parser, so this finds the parser's ``ReferenceResolver`` on the call stack (the one evaluating this
+    expression): its items are the merged config after overrides.
+
+    Raises:
+        RuntimeError: called outside the evaluation of a bundle config.
+    """
+    import inspect
+
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        resolver = frame.f_locals.get("self")
+        if isinstance(resolver, ReferenceResolver):
+            top = {item_id: item.get_config() for item_id, item in resolver.items.items()
+                   if item_id and "::" not in item_id and "#" not in item_id}
+            return {name: top[name] for name in setting_names(top)}
+        frame = frame.f_back
+    raise RuntimeError("run_settings() reads the settings of the config being parsed; call it from a bundle config.")
+
+
 def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any]) -> None:
     """Fail on an override that names no key of the config(s) (``a#b`` reaches into nested dicts).
 
@@ -61,8 +109,7 @@ def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any
             elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
             else:
-                experiment = config.get("run_config")  # the experiment values; components are reachable too
-                known = sorted(k for k in (experiment if isinstance(experiment, dict) else config) if k in config)
+                known = sorted(setting_names(config))  # the settings; components are reachable too (a#b)
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"did you mean --{close[0]}? " if close else ""
                 raise ConfigError(
@@ -127,5 +174,5 @@ def user_error(err: BaseException) -> UNoiseError | None:
     return None
 
 
-__all__ = ["COMMON_CONFIG", "bundle_logging_file", "check_override_keys", "config_files", "default_bundle_root", "run_bundle", "set_log_mode",
-           "user_error"]
+__all__ = ["COMMON_CONFIG", "bundle_logging_file", "check_override_keys", "config_files", "default_bundle_root", "is_setting",
+           "run_bundle", "run_settings", "set_log_mode", "setting_names", "user_error"]

@@ -31,6 +31,18 @@ def _not_the_skipped_logging_notice(record: logging.LogRecord) -> bool:
     return "skipping logging" not in record.getMessage()
 
 
+def _not_a_user_error_echo(record: logging.LogRecord) -> bool:
+    """The engines' own report of an exception that ``unoise`` prints itself as one ``error:`` line (ours, the user's
+    input: :func:`pipeline.bundle.user_error`): Ignite's "terminating due to exception" and a handler's logged
+    traceback are dropped; a bug's traceback is printed by the command as before."""
+    from pipeline.bundle import user_error
+
+    if record.getMessage().startswith("Engine run is terminating due to exception"):
+        return False
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or user_error(error) is None
+
+
 class _ConsoleFormatter(logging.Formatter):
     """``HH:MM:SS message``; warnings and errors say so (``HH:MM:SS WARNING message``)."""
 
@@ -86,6 +98,11 @@ def configure_console(verbose: bool = False) -> str:
             # MONAI's get_logger gives its loggers their own handler unless the logger exists already; created here,
             # they keep none and stop propagating, so their INFO lines go nowhere and warnings reach stderr
             logging.getLogger(name).setLevel(logging.WARNING)
+        handler.addFilter(_not_a_user_error_echo)
+        for name in ENGINE_LOGGERS:
+            engine_logger = logging.getLogger(name)
+            if _not_a_user_error_echo not in engine_logger.filters:
+                engine_logger.addFilter(_not_a_user_error_echo)
         workflows = logging.getLogger("monai.bundle.workflows")
         if _not_the_skipped_logging_notice not in workflows.filters:
             workflows.addFilter(_not_the_skipped_logging_notice)

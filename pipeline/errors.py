@@ -13,3 +13,13 @@ class DataError(UNoiseError, ValueError):
 
 class ConfigError(UNoiseError, ValueError):
     """A configuration key or value is unknown or invalid."""
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """Refuse a setting that is not one of its ``choices``, naming the setting and the choices."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+class WriteError(UNoiseError, OSError):
+    """A file could not be written (disk full, no permission, read-only folder); what was written before stays whole."""

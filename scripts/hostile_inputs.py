@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.phantom import write_phantom_dataset  # noqa: E402
-from pipeline.phantom_dicom import write_dicom_series  # noqa: E402
+from pipeline.dicom.ct_series import write_dicom_series  # noqa: E402
 
 SPLIT = ["--val_fraction", "0.34", "--test_fraction", "0.34"]
 TRAIN = ["--preset", "small", "--spatial_size", "32", "--batch_size", "4", "--epochs", "1", "--device", "cpu",

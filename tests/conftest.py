@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline import phantom_dicom
+from pipeline.dicom import ct_series
 
 SHAPE = (20, 24, 10)  # X, Y, Z: non-cubic on purpose
 SPACING = (0.8, 0.9, 3.0)
@@ -59,7 +59,7 @@ def msd_dir(tmp_path: Path, affine: np.ndarray) -> Path:
 def write_dicom_series(folder: Path, array_xyz: np.ndarray, affine: np.ndarray, **kwargs: str) -> Path:
     """A DICOM series with patient fields that no output may carry (``Doe^Jane``, ``PID-0001``)."""
     folder.mkdir(parents=True)
-    return phantom_dicom.write_dicom_series(folder, array_xyz, affine, **{"patient_name": "Doe^Jane", "patient_id": "PID-0001", **kwargs})
+    return ct_series.write_dicom_series(folder, array_xyz, affine, **{"patient_name": "Doe^Jane", "patient_id": "PID-0001", **kwargs})
 
 
 # ---- one tiny trained pair for the suite ---------------------------------------------------------------

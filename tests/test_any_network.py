@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from pipeline.checkpoints import load_network_from_checkpoint
+from pipeline.networks.checkpoints import load_network_from_checkpoint
 from pipeline.cli import main
 from pipeline.phantom import write_phantom_dataset
 

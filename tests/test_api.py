@@ -29,7 +29,7 @@ def test_the_api_gives_the_maps_of_unoise_explain_on_the_input_grid(explainer: E
     assert importance.shape == segmentation.shape == (1, *stored.shape)
     assert np.allclose(np.asarray(importance.affine), stored.affine, atol=1e-4)
     assert importance.dtype == torch.float32 and segmentation.dtype == torch.uint8
-    assert 0.0 <= float(importance.min()) and float(importance.max()) <= 1.0
+    assert float(importance.std()) > 0  # a map, not a constant
 
     assert main(["explain", "--input", str(source), "--output", str(tmp_path / "cli"), "--noise", str(tiny_pair["noise"]),
                  "--utility", str(tiny_pair["utility"]), "--device", "cpu", "--spatial_size", "32"]) == 0
@@ -83,7 +83,7 @@ def test_explain_files_writes_dicom_for_a_series_and_refuses_it_for_nifti(explai
 
     import pydicom
 
-    from pipeline.phantom_dicom import write_dicom_copies
+    from pipeline.dicom.ct_series import write_dicom_copies
 
     [series] = write_dicom_copies(tiny_pair["data"] / "imagesTs", tmp_path / "dicom")
     written = explainer.explain_files([series], tmp_path / "out", output_format="dicom")

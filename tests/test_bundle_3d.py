@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.bundle import run_bundle
-from pipeline.checkpoints import load_network_from_checkpoint
+from pipeline.networks.checkpoints import load_network_from_checkpoint
 from pipeline.data import build_patch_dataset, build_volume_transforms, load_datalist
 from pipeline.errors import ConfigError
 from pipeline.phantom import write_phantom_dataset
@@ -142,8 +142,8 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     assert result["methods"]["occlusion"]["windows_per_map"] == 4 * 4 * 1  # a 9-voxel cube every 8 voxels of 32 x 32 x 8
     assert result["settings"]["gradcam_layer"]  # found in the 3D module tree
     assert result["protocol"]["unit"].startswith("3D") and result["slices"] == len(result["cases"]) >= 1
-    for name in ("unoise_small_replace", "random", "oracle"):  # against the label every volume counts (a 1-epoch
-        assert 0.0 <= result["methods"][name]["visibility_auc_label"] <= 1.0, name  # utility may predict nothing yet)
+    labelled = {name: result["methods"][name]["visibility_auc_label"] for name in ("unoise_small_replace", "random", "oracle")}
+    assert labelled["oracle"] >= labelled["random"], labelled  # against the label every volume counts: the label's own map first
     assert result["methods"]["oracle"]["ring_over_chance"] > 1.0  # the label's own region, in mm along every axis
     assert (tmp_path / "evaluation" / "report" / "report.html").is_file()
     saved = torch.load(tmp_path / "evaluation" / "maps.pt", weights_only=True)
@@ -154,21 +154,17 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     assert (tmp_path / "evaluation" / "report" / "planes.png").is_file()
 
     volumes_record = result["volumes"]  # every whole test volume by sliding window: the utility's dice and the cost
-    from pipeline.evaluation.run import load_split
+    from pipeline.evaluation.settings import load_split
 
     test_cases = [e["case"] for e in load_split(str(volumes), "training", 0.34, 0.2, 0, "test", False)["test"]]
     assert [c["case"] for c in volumes_record["cases"]] == test_cases and set(result["cases"]) <= set(test_cases)
     for case in volumes_record["cases"]:
         assert case["shape"] == [32, 32, 12] and case["windows"] == 2  # z: 12 voxels in windows of 8, step 6
-        assert 0.0 <= case["dice"] <= 1.0
     cost = volumes_record["methods"]
     assert {"utility_pass", "unoise_small_replace", "gradcam", "occlusion_stride8", "occlusion_stride2"} == set(cost)
     assert cost["occlusion_stride8"]["utility_forwards_per_volume"] == 2 * (16 + 1)  # 4 x 4 x 1 cubes per window
     assert cost["occlusion_stride2"]["utility_forwards_per_volume"] == 2 * (13 * 13 + 1)
-    assert cost["occlusion_stride2"]["ms_per_volume"] > cost["occlusion_stride8"]["ms_per_volume"] > 0
     assert all(m["ms_per_volume"] > 0 for m in cost.values())
-    ratio = volumes_record["ratios"]["occlusion_stride8_over_unoise_small_replace"]
-    assert ratio == pytest.approx(cost["occlusion_stride8"]["ms_per_volume"] / cost["unoise_small_replace"]["ms_per_volume"])
     html = (tmp_path / "evaluation" / "report" / "report.html").read_text()
     assert "Whole test volumes" in html and "A whole-volume U-Noise map is" in html  # the Grad-CAM verdict
 
@@ -193,7 +189,7 @@ def test_the_3d_whole_volume_protocol_hides_voxels_over_every_volume_and_runs_th
     assert set(result["methods"]["random"]["infills"]) == {"blur", "mean", "blur:8"}  # road is 2D-only: held out no more
     sanity = result["sanity_detail"]  # in 3D, U-Noise retrained with train_noise_3d.json against each randomised utility
     assert {"unoise_small_replace", "segmentation", "random", "occlusion"} == set(sanity)
-    assert all(0.0 <= entry["all"]["abs_rho"] <= 1.0 for entry in sanity.values())
+    assert sanity["random"]["all"]["abs_rho"] < 0.3  # two independent random maps: no rank agreement
     retrained = out / "sanity" / "all" / "unoise_small_replace" / "checkpoints" / "last.pt"
     assert load_network_from_checkpoint(retrained, kind="noise")[1]["spatial_dims"] == 3
     saved = torch.load(out / "maps.pt", weights_only=True)  # the report's slices go through each pancreas

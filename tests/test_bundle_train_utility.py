@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.checkpoints import CheckpointError, load_network_weights
+from pipeline.networks.checkpoints import CheckpointError, load_network_weights
 from pipeline.bundle import check_override_keys, default_bundle_root, run_bundle
 from pipeline.cli import main
 from pipeline.errors import ConfigError

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import CheckpointError, load_checkpoint, load_network_weights, save_atomic
+from pipeline.networks.checkpoints import CheckpointError, load_checkpoint, load_network_weights, save_atomic
 from pipeline.networks import build_unet
 
 

@@ -255,7 +255,7 @@ def test_slice_policies_count(volumes) -> None:
 
 
 def test_label_free_slices_follow_the_reference_and_carry_no_label(msd_dir: Path) -> None:
-    from pipeline.utility import PredictedMask
+    from pipeline.networks.utility import PredictedMask
 
     low, high = resolve_window("pancreas")
     gland = (100 - low) / (high - low)  # make_volume paints the pancreas at 100 HU

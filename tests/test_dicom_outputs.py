@@ -15,7 +15,7 @@ import pytest
 from conftest import write_dicom_series
 from pipeline.data import load_volume
 from pipeline.errors import DataError
-from pipeline.handlers.dicom import write_case_dicom
+from pipeline.dicom.write import write_case_dicom
 
 # an oblique-free but flipped, anisotropic grid: the x axis runs right to left in RAS, so LPS x runs +
 AFFINE = np.array([[-0.7, 0.0, 0.0, 12.0], [0.0, 0.9, 0.0, -20.0], [0.0, 0.0, 2.5, 30.0], [0.0, 0.0, 0.0, 1.0]])

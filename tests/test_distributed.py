@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from pipeline.checkpoints import load_checkpoint, load_network_weights
+from pipeline.networks.checkpoints import load_checkpoint, load_network_weights
 from pipeline.bundle import default_bundle_root
 from pipeline.data import write_datalist
 from pipeline.distributed import (
@@ -350,4 +351,4 @@ def test_3d_utility_and_noise_train_over_two_processes(runs: dict[str, Path]) ->
         if kind == "utility":  # whole validation volumes by sliding window, gathered over both ranks
             assert sorted(record["val_dice_3d_per_case"]) == sorted(validation)
         else:
-            assert 0.0 <= record["val_agreement"] <= 1.0
+            assert math.isfinite(record["val_agreement"])

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 import torch
 from conftest import make_volume, write_dicom_series, write_nifti
 
-from pipeline.checkpoints import CheckpointError, check_kind, check_resume, load_checkpoint, load_network_from_checkpoint, reconcile_best
+from pipeline.networks.checkpoints import CheckpointError, check_kind, check_resume, load_checkpoint, load_network_from_checkpoint, reconcile_best
 from pipeline.data import (
     DatasetSummary,
     LoadVolumed,
@@ -140,7 +141,7 @@ def test_a_dicom_folder_with_two_series_is_refused_with_both_listed_and_one_can_
     folder = tmp_path / "study"
     image, _ = make_volume(0)
     write_dicom_series(folder, image[:, :, :8], np.diag([1.0, 1.0, 4.4, 1.0]), series_uid="1.2.3.1", prefix="a")
-    from pipeline.phantom_dicom import write_dicom_series as write_more
+    from pipeline.dicom.ct_series import write_dicom_series as write_more
 
     write_more(folder, image[:, :, :6], np.diag([1.0, 1.0, 3.8, 1.0]), series_uid="1.2.3.2", prefix="b")
     with pytest.raises(DataError, match=r"study: holds 2 DICOM series, which would be merged.*1.2.3.1 \(8 files, 4.400 mm\); "
@@ -441,16 +442,22 @@ def test_kill_mid_epoch_then_resume(drill_data: Path, tmp_path: Path) -> None:
     assert not list(run.rglob(".tmp-*"))
 
 
-@pytest.mark.slow
-def test_kill_explain_then_rerun(drill_data: Path, tmp_path: Path) -> None:
+def _trained_pair(data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A 1-epoch utility and noise model on ``data``, trained as a user would: the two run folders."""
     utility, noise = tmp_path / "utility", tmp_path / "noise"
-    for args in (["train-utility", "--dataset", str(drill_data), "--output", str(utility), *TINY, "--epochs", "1"],
-                 ["train-noise", "--dataset", str(drill_data), "--utility", str(utility / "checkpoints" / "best.pt"), "--output",
+    for args in (["train-utility", "--dataset", str(data), "--output", str(utility), *TINY, "--epochs", "1"],
+                 ["train-noise", "--dataset", str(data), "--utility", str(utility / "checkpoints" / "best.pt"), "--output",
                   str(noise), "--noise_preset", "small", "--batch_size", "4", "--device", "cpu", "--val_fraction", "0.34",
                   "--test_fraction", "0.0", "--other_fraction", "0.5", "--epochs", "1"]):
         process = _unoise(*args)
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
+    return utility, noise
+
+
+@pytest.mark.slow
+def test_kill_explain_then_rerun(drill_data: Path, tmp_path: Path) -> None:
+    utility, noise = _trained_pair(drill_data, tmp_path)
     explain = ["explain", "--input", str(drill_data / "imagesTs"), "--output", str(tmp_path / "maps"), "--noise",
                str(noise / "checkpoints" / "best.pt"), "--utility", str(utility / "checkpoints" / "best.pt"), "--device", "cpu"]
     killed = _unoise(*explain, fault="pancreas_004_importance.nii.gz")
@@ -463,3 +470,41 @@ def test_kill_explain_then_rerun(drill_data: Path, tmp_path: Path) -> None:
     assert again.returncode == 0, err[-2000:]
     assert nib.load(str(tmp_path / "maps" / "pancreas_004_importance.nii.gz")).shape == (32, 32, 10)
     assert not list((tmp_path / "maps").glob(".tmp-*")) and not (tmp_path / "maps" / ".lock").exists()
+
+
+def _cases(folder: Path) -> dict[str, tuple]:
+    """Per case of ``manifest.json``: done (a case the re-run found done earlier with the same models and settings
+    is recorded as skipped, with that reason) or failed, its outputs, and whether it failed with a reason."""
+    cases = json.loads((folder / "manifest.json").read_text())["cases"]
+    return {c["case"]: ("done" if c["status"] == "skipped" else c["status"], sorted(c["outputs"]), c["status"] == "failed"
+                        and bool(c["error"])) for c in cases}
+
+
+@pytest.mark.slow
+def test_explain_with_a_corrupt_case_killed_mid_case_then_rerun_ends_as_an_uninterrupted_run(drill_data: Path,
+                                                                                             tmp_path: Path) -> None:
+    utility, noise = _trained_pair(drill_data, tmp_path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(drill_data / "imagesTs" / "pancreas_004.nii.gz", inputs / "a_case.nii.gz")
+    (inputs / "b_broken.nii.gz").write_bytes(b"not a NIfTI at all")
+    shutil.copy(drill_data / "imagesTr" / "pancreas_000.nii.gz", inputs / "c_case.nii.gz")
+
+    def explain(out: Path) -> list[str]:
+        return ["explain", "--input", str(inputs), "--output", str(out), "--noise", str(noise / "checkpoints" / "best.pt"),
+                "--utility", str(utility / "checkpoints" / "best.pt"), "--device", "cpu"]
+
+    killed = _unoise(*explain(tmp_path / "maps"), fault="c_case_importance.nii.gz")  # killed inside the last case
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    again = _unoise(*explain(tmp_path / "maps"))
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 1, err[-2000:]  # the corrupt case fails again, the others are done
+    whole = _unoise(*explain(tmp_path / "whole"))
+    _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 1, err[-2000:]
+    resumed, uninterrupted = (sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("maps", "whole"))
+    assert resumed == uninterrupted and not any(name.startswith((".tmp-", ".lock")) for name in resumed)
+    assert _cases(tmp_path / "maps") == _cases(tmp_path / "whole")
+    assert _cases(tmp_path / "whole")["b_broken"][0] == "failed" and _cases(tmp_path / "whole")["c_case"][0] == "done"
+

@@ -9,7 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from pipeline.checkpoints import load_checkpoint
+from pipeline.networks.checkpoints import load_checkpoint
 from pipeline.handlers import CheckpointHandler, MetricsRecorder, VolumeDice
 
 

@@ -7,6 +7,21 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 ENTRY_POINTS = {"pipeline.cli", "pipeline.__main__"}
+# The data flow, lowest first (docs/architecture.md): a module imports from its own layer or a lower one. The most
+# specific name decides (provenance imports nothing, so every layer may record it).
+LAYERS = [
+    ["pipeline", "pipeline.errors", "pipeline.fileio", "pipeline.device", "pipeline.distributed", "pipeline.display",
+     "pipeline.engines", "pipeline.outputs.provenance"],
+    ["pipeline.dicom", "pipeline.phantom"],
+    ["pipeline.data"],
+    ["pipeline.networks", "pipeline.noise"],
+    ["pipeline.outputs", "pipeline.handlers", "pipeline.rundir", "pipeline.bundle"],
+    ["pipeline.explain"],
+    ["pipeline.evaluation", "pipeline.benchmark"],
+    ["pipeline.batch", "pipeline.api", "pipeline.console"],
+    ["pipeline.cli", "pipeline.__main__"],
+]
+MAX_LINES = 450  # "about 400"
 
 
 def _modules() -> dict[str, Path]:
@@ -59,8 +74,37 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_library_never_imports_the_command_line() -> None:
-    offenders = sorted(name for name, imports in import_graph().items() if name not in ENTRY_POINTS and imports & ENTRY_POINTS)
+    def is_entry(name: str) -> bool:
+        return any(name == entry or name.startswith(entry + ".") for entry in ENTRY_POINTS)
+
+    offenders = sorted(name for name, imports in import_graph().items() if not is_entry(name) and any(map(is_entry, imports)))
     assert offenders == []
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of the most specific LAYERS name that is ``module`` or a package above it."""
+    found = [(len(name), index) for index, names in enumerate(LAYERS) for name in names
+             if module == name or module.startswith(name + ".")]
+    return max(found)[1] if found else None
+
+
+def test_every_module_has_a_layer_and_imports_only_along_the_data_flow() -> None:
+    graph = import_graph()
+    assert sorted(name for name in graph if layer_of(name) is None) == []
+    against = sorted(f"{name} -> {imported}" for name, imports in graph.items() for imported in imports
+                     if layer_of(imported) > layer_of(name))
+    assert against == []
+
+
+def test_the_layer_check_sees_an_import_against_the_flow() -> None:
+    assert layer_of("pipeline.noise.infill") == layer_of("pipeline.networks.zoo") > layer_of("pipeline.data.slices")
+    assert layer_of("pipeline.outputs.provenance") == 0 < layer_of("pipeline.outputs.maps")
+
+
+def test_no_module_is_over_about_400_lines() -> None:
+    long = sorted(f"{path.relative_to(PACKAGE.parent)}: {n}" for path in PACKAGE.rglob("*.py")
+                  if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES)
+    assert long == []
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

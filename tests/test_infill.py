@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.infill import INFILLS, apply_blur, apply_infill, apply_linear_imputation, draw_fill, fill_values, parse_infill
+from pipeline.noise.infill import INFILLS, apply_blur, apply_infill, apply_linear_imputation, draw_fill, fill_values, parse_infill
 
 
 def _hole(batch: int = 2, size: int = 24) -> torch.Tensor:

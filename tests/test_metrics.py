@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine
 
 from pipeline.handlers import RegionShare
-from pipeline.metrics import compute_region, compute_region_share
+from pipeline.noise.regions import compute_region, compute_region_share
 
 
 def _label() -> np.ndarray:

@@ -6,20 +6,10 @@ import pytest
 import torch
 
 from pipeline.networks import build_unet
-from pipeline.noise import (
-    UNoiseExplainer,
-    UNoiseLoss,
-    UNoiseModel,
-    apply_noise_scale,
-    apply_perturbation,
-    apply_rank_mask,
-    compute_logit_excess,
-    compute_soft_dice,
-    compute_total_variation,
-    importance_from_tolerance,
-    resolve_baseline,
-)
-from pipeline.infill import apply_blur
+from pipeline.noise import UNoiseExplainer, UNoiseLoss, UNoiseModel
+from pipeline.noise.loss import compute_logit_excess, compute_soft_dice, compute_total_variation
+from pipeline.noise.model import apply_noise_scale, apply_perturbation, apply_rank_mask, importance_from_tolerance, resolve_baseline
+from pipeline.noise.infill import apply_blur
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import nibabel as nib
 import numpy as np
@@ -148,7 +147,6 @@ def test_generate_case_rejects_unknown_orientation():
         generate_case(0, 32, 8, orientation="RAI")
 
 
-def test_small_dataset_writes_in_seconds(tmp_path):
-    start = time.perf_counter()
+def test_small_dataset_writes_every_case(tmp_path):
     write_phantom_dataset(tmp_path, cases=4, size=64, slices=16)
-    assert time.perf_counter() - start < 30.0  # generous: a few tenths of a second expected
+    assert len(list((tmp_path / "imagesTr").glob("*.nii.gz"))) == len(list((tmp_path / "labelsTr").glob("*.nii.gz"))) == 4

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from pipeline.phantom import generate_case, write_phantom_dataset
-from pipeline.phantom_cue import CueSettings
+from pipeline.phantom.cue import CueSettings
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation.protocols import apply_visibility, compute_curves, predict, rank_in_region
 from pipeline.evaluation.stats import compute_auc, nanmean
 from pipeline.explain import RandomMap
-from pipeline.infill import apply_infill
-from pipeline.metrics import compute_region, compute_region_share
+from pipeline.noise.infill import apply_infill
+from pipeline.noise.regions import compute_region, compute_region_share
 
 SHAPE = (16, 16, 8)
 

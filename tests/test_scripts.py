@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
@@ -71,3 +73,14 @@ def test_hostile_inputs_refuses_the_header_only_file_everywhere_in_little_memory
     assert all(row["outcome"] == "isolated" and row["names"] for row in isolated), isolated
     assert record["summary"]["tracebacks"] == 0 and record["summary"]["failed"] == []
     assert record["summary"]["peak_mb_header_only_file"] < 500
+
+
+def test_gpu_check_says_so_and_exits_0_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the check is `make gpu-check` itself, minutes long")
+    out = tmp_path / "gpu.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--output", str(out), "--work", str(tmp_path / "w")],
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
+    assert result.returncode == 0 and "no CUDA device" in result.stdout and not out.exists()

@@ -15,7 +15,7 @@ from pipeline.cli import main
 from pipeline.data import build_slice_dataset, load_datalist
 from pipeline.errors import ConfigError
 from pipeline.phantom import write_phantom_dataset
-from pipeline.zoo import load_bundle_utility
+from pipeline.networks.zoo import load_bundle_utility
 
 pytestmark = pytest.mark.slow
 SPLIT = ["--val_fraction", "0.34", "--test_fraction", "0.2"]
@@ -156,7 +156,7 @@ def test_monai_bundle_run_trains_explains_and_evaluates_against_the_bundle(zoo: 
 
 
 def test_a_checkpoint_never_chooses_the_code_that_runs(tmp_path: Path, zoo: dict[str, Path]) -> None:
-    from pipeline.checkpoints import CheckpointError, load_network_from_checkpoint
+    from pipeline.networks.checkpoints import CheckpointError, load_network_from_checkpoint
 
     marker = tmp_path / "pwned"
     torch.save({"model": {}, "meta": {"kind": "utility", "network_config": {"target": "os.makedirs", "args": {"name": str(marker)}}}},
@@ -168,14 +168,14 @@ def test_a_checkpoint_never_chooses_the_code_that_runs(tmp_path: Path, zoo: dict
     torch.save({"model": utility.state_dict(), "meta": meta}, tmp_path / "bundle_weights.pt")
     with pytest.raises(CheckpointError, match=r"bundle_weights.pt: holds weights of the bundle .* pass that bundle as --utility-bundle"):
         load_network_from_checkpoint(tmp_path / "bundle_weights.pt", kind="utility")
-    from pipeline.zoo import load_utility
+    from pipeline.networks.zoo import load_utility
 
     network, _ = load_utility(tmp_path / "bundle_weights.pt", "cpu", zoo["bundle"])
     assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), utility.state_dict().values()))
 
 
 def test_the_class_logit_is_exact_where_the_model_is_sure() -> None:
-    from pipeline.utility import TargetLogit
+    from pipeline.networks.utility import TargetLogit
 
     class Identity(torch.nn.Module):
         def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def check_arguments(spatial_size: int, batch_size: int, repeats: int, warmup: in
 def prepare_inputs(work_dir: Path, spatial_size: int, batch_size: int, cases: int, slices: int, utility_preset: str,
                    device: torch.device) -> tuple[Path, Path, torch.Tensor, torch.Tensor]:
     """A phantom set at ``spatial_size``, a seeded utility checkpoint, and one batch of its slices in memory."""
-    from pipeline.checkpoints import save_atomic
+    from pipeline.networks.checkpoints import save_atomic
     from pipeline.data import build_slice_dataset, load_datalist
     from pipeline.phantom import write_phantom_dataset
 

@@ -27,7 +27,7 @@ from pipeline.data.datalist import (
     without_labels,
     write_datalist,
 )
-from pipeline.data.files import check_ct_intensity, check_nifti_header, choose_dicom_series, list_dicom_series
+from pipeline.data.files import check_ct_intensity, check_nifti_header
 from pipeline.data.patches import build_patch_dataset, check_roi_size
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
 from pipeline.data.transforms import (
@@ -67,7 +67,6 @@ __all__ = [
     "check_roi_size",
     "check_nifti_header",
     "check_training_split",
-    "choose_dicom_series",
     "build_slice_dataset",
     "build_volume_dataset",
     "build_volume_transforms",
@@ -76,7 +75,6 @@ __all__ = [
     "compute_body_mask",
     "image_paths",
     "is_dicom_series",
-    "list_dicom_series",
     "load_datalist",
     "load_volume",
     "resize_shape",

@@ -1,4 +1,5 @@
-"""Checks on one file before it is read: header against file size, DICOM series, paths, intensities.
+"""Checks on one file before it is read: NIfTI header against file size, paths, intensities (DICOM series:
+:mod:`pipeline.dicom.read`).
 
 These run before any voxel array is allocated, so a 400-byte file whose header claims billions of voxels
 costs a header read, not gigabytes of memory. Every problem is a :class:`~pipeline.errors.DataError`
@@ -19,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.fileio import MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-MAX_VOXELS = 2**30  # 1.07 G voxels (4.3 GB as float32): far above a CT (512 x 512 x 1000 = 0.26 G)
 CT_AIR_HU = -500.0  # a CT of the abdomen holds air (about -1000 HU) around the body or in the bowel
 CT_MAX_HU = 35000.0  # beyond int16-with-extended-range scales: not HU
 
@@ -164,86 +165,6 @@ def check_nifti_header(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) ->
             f"{expected:,} bytes, the file has {size:,}; re-export or re-download it."
         )
     return shape
-
-
-@dataclass(frozen=True)
-class DicomSeries:
-    """One series of a DICOM folder: its UID, files, and what helps a user tell series apart."""
-
-    uid: str
-    files: tuple[str, ...]
-    description: str
-    slice_thickness: str
-    rows: int = 0
-    columns: int = 0
-
-    @property
-    def voxels(self) -> int:
-        return self.rows * self.columns * len(self.files)
-
-    def describe(self) -> str:
-        text = f"{self.uid} ({len(self.files)} files"
-        if self.slice_thickness:
-            text += f", {self.slice_thickness} mm"
-        if self.description:
-            text += f", '{self.description}'"
-        return text + ")"
-
-
-def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
-    """The DICOM series directly inside ``folder``, headers only (no pixel data is read).
-
-    Raises:
-        DataError: the folder holds no readable DICOM file.
-    """
-    import pydicom
-
-    folder = Path(folder)
-    groups: dict[str, list[str]] = {}
-    info: dict[str, tuple[str, str]] = {}
-    for child in sorted(folder.iterdir()):
-        if not child.is_file():
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                header = pydicom.dcmread(str(child), stop_before_pixels=True,
-                                         specific_tags=["SeriesInstanceUID", "SeriesDescription", "SliceThickness", "Rows", "Columns"])
-        except Exception:  # not DICOM (a README, a thumbnail): the folder scan ignores it too
-            continue
-        uid = str(getattr(header, "SeriesInstanceUID", "") or "unknown")
-        groups.setdefault(uid, []).append(str(child))
-        description = " ".join(str(getattr(header, "SeriesDescription", "") or "").split())  # one line in messages
-        info.setdefault(uid, (description, str(getattr(header, "SliceThickness", "") or ""),
-                              int(getattr(header, "Rows", 0) or 0), int(getattr(header, "Columns", 0) or 0)))
-    if not groups:
-        raise DataError(f"{folder}: holds no readable DICOM file; pass the folder of one CT series.")
-    return [DicomSeries(uid, tuple(files), *info[uid]) for uid, files in sorted(groups.items())]
-
-
-def choose_dicom_series(folder: str | os.PathLike, series: str | None = None, max_voxels: int = MAX_VOXELS) -> DicomSeries:
-    """The one series to read from a DICOM folder: the only one, or the one ``series`` names.
-
-    Raises:
-        DataError: several series and none chosen (they are listed), ``series`` is not in the folder, or
-            the series holds more than ``max_voxels`` voxels (from its headers, before any pixel is read).
-    """
-    found = list_dicom_series(folder)
-    chosen = None
-    if series is not None:
-        chosen = next((item for item in found if item.uid == str(series)), None)
-        if chosen is None:
-            raise DataError(f"{folder}: holds no series {series}; it holds {'; '.join(s.describe() for s in found)}.")
-    elif len(found) > 1:
-        raise DataError(
-            f"{folder}: holds {len(found)} DICOM series, which would be merged into one wrong volume: "
-            f"{'; '.join(s.describe() for s in found)}; pick one with --series UID or move each into its own folder."
-        )
-    chosen = chosen or found[0]
-    if chosen.voxels > max_voxels:
-        raise DataError(f"{folder}: series {chosen.uid} holds {chosen.rows} x {chosen.columns} x {len(chosen.files)} = "
-                        f"{chosen.voxels:,} voxels, over the limit of {max_voxels:,}; crop or resample it.")
-    return chosen
 
 
 def check_ct_intensity(low: float, high: float, path: str | os.PathLike, strict: bool = False) -> str | None:

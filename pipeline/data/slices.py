@@ -112,7 +112,7 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: seeds the ``mixed`` draw.
         transform: applied to each slice dict (e.g. random 2D augmentation).
         reference: for unlabelled volumes, a callable ``image (C, X, Y, Z) -> mask (1, X, Y, Z)`` (e.g. the
-            utility's own prediction, :class:`pipeline.utility.PredictedMask`) that the ``pancreas`` and
+            utility's own prediction, :class:`pipeline.networks.utility.PredictedMask`) that the ``pancreas`` and
             ``mixed`` policies read instead of the label.
         recent_volumes: decoded volumes kept at hand when the source is not a memory cache.
     """

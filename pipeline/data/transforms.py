@@ -34,8 +34,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from pipeline.data.dicom import read_dicom_series
-from pipeline.data.files import choose_dicom_series
+from pipeline.dicom.read import choose_dicom_series, read_dicom_series
 from pipeline.errors import ConfigError
 
 # Named HU windows (lower, upper). "pancreas" is the window of MONAI's pancreas CT bundle, "spleen" that
@@ -105,7 +104,7 @@ class BodyMaskd(MapTransform):
 class LoadVolumed(MapTransform):
     """``LoadImaged(image_only=True, ensure_channel_first=True)`` that honours a chosen DICOM series.
 
-    A DICOM folder is read by :func:`pipeline.data.dicom.read_dicom_series`: its only series, or the one the
+    A DICOM folder is read by :func:`pipeline.dicom.read.read_dicom_series`: its only series, or the one the
     entry's ``series_key`` names, with slices sorted along the slice normal (SimpleITK's grid; an uneven series is
     resampled onto an even grid when the entry says ``resample_uneven``); every other
     entry is read exactly as ``LoadImaged`` reads it. Files are checked by :func:`pipeline.data.validate_datalist` beforehand.

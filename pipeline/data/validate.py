@@ -22,16 +22,10 @@ from monai.transforms import LoadImage
 from tqdm import tqdm
 
 from pipeline.data.datalist import image_paths
-from pipeline.data.dicom import read_dicom_series
-from pipeline.data.files import (
-    MAX_VOXELS,
-    NIFTI_SUFFIXES,
-    check_ct_intensity,
-    check_nifti_header,
-    choose_dicom_series,
-    resolve_input,
-)
+from pipeline.data.files import NIFTI_SUFFIXES, check_ct_intensity, check_nifti_header, resolve_input
+from pipeline.dicom.read import choose_dicom_series, read_dicom_series
 from pipeline.errors import ConfigError, DataError
+from pipeline.fileio import MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +58,7 @@ def load_volume(path: str | Path, series: str | None = None, max_voxels: int = M
     loader = LoadImage(image_only=True)
     if path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES):
         check_nifti_header(path, max_voxels)
-    elif path.is_dir():  # a DICOM series: sorted along the slice normal, an even spacing checked (pipeline.data.dicom)
+    elif path.is_dir():  # a DICOM series: sorted along the slice normal, an even spacing checked (pipeline.dicom.read)
         chosen = choose_dicom_series(path, series, max_voxels)
         loader = lambda _: read_dicom_series(chosen.files, path, resample_uneven)  # noqa: E731
     elif path.is_file() and path.stat().st_size == 0:
@@ -253,7 +247,7 @@ def validate_datalist(
     """Open every case and stop at the first problem, naming the file (or, with ``on_error="skip"``, record it and go on).
 
     Checks, in this order: file present (no symlink loop), header fits the file (no truncated file, no
-    header claiming more voxels than stored, at most :data:`~pipeline.data.files.MAX_VOXELS`), one DICOM
+    header claiming more voxels than stored, at most :data:`~pipeline.fileio.MAX_VOXELS`), one DICOM
     series per folder (or the entry's ``series``), a single 3D volume, no NaN/inf, a CT-like intensity
     range (a warning naming the case; refused with ``strict``), label on the image's grid (shape and
     affine), label values integers in the allowed set, and (with ``require_labels``) a label for every case.

@@ -1,4 +1,4 @@
-"""Faithfulness evaluation of any explainer (DESIGN.md section 6).
+"""Faithfulness evaluation of any explainer (docs/architecture.md, "Evaluation").
 
 - :mod:`~pipeline.evaluation.protocols`: body-restricted visibility and deletion curves, pure functions.
 - :mod:`~pipeline.evaluation.stats`: AUC, bootstrap and paired intervals over cases, rank correlation.

@@ -20,8 +20,8 @@ import torch
 
 from pipeline.evaluation.protocols import DEFAULT_FRACTIONS, REPORTED_FRACTIONS, compute_curves, fraction_index, predict
 from pipeline.evaluation.stats import bootstrap_ci, compute_auc, nanmean, paired_difference
-from pipeline.infill import DEFAULT_BLUR_SIGMA
-from pipeline.metrics import compute_dice, compute_region_share
+from pipeline.noise.infill import DEFAULT_BLUR_SIGMA
+from pipeline.noise.regions import compute_dice, compute_region_share
 
 logger = logging.getLogger(__name__)
 PAIRED_METRICS = ("visibility_auc", "deletion_auc", "ring_over_chance")
@@ -138,7 +138,7 @@ def evaluate_explainers(
         cases: case name per slice (curves are averaged per case, intervals bootstrap over cases).
         spacing: (B, 2) in-plane pixel size per slice, mm.
         fractions: visible shares of the curves.
-        infills: the judged infills (specs of :func:`pipeline.infill.parse_infill`); every map is scored under
+        infills: the judged infills (specs of :func:`pipeline.noise.infill.parse_infill`); every map is scored under
             each (``methods[name]["infills"][spec]``, ``paired[name]["<spec>_visibility_auc"]``); the first
             also gives the unprefixed metrics and the curves.
         held_out_infills: infills reported apart, as the test of generalisation (same keys).

@@ -27,7 +27,7 @@ from monai.transforms import CenterSpatialCrop, Compose, SpatialPad
 
 from pipeline.benchmark.measure import peak_memory, synchronize
 from pipeline.explain import GradCAMMap, OcclusionMap, UNoiseMap
-from pipeline.metrics import compute_dice
+from pipeline.noise.regions import compute_dice
 
 logger = logging.getLogger(__name__)
 

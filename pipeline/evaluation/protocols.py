@@ -1,4 +1,4 @@
-"""Faithfulness protocols for any explainer (DESIGN.md section 6), as pure functions over slices.
+"""Faithfulness protocols for any explainer (docs/architecture.md, "Evaluation"), as pure functions over slices.
 
 Every function takes 2D slices (B, C, H, W) or 3D volumes (B, C, X, Y, Z) alike: "pixels" below are
 voxels in 3D, and a "slice" is one volume (or patch).
@@ -8,7 +8,7 @@ p counts body pixels, and air is never hidden (hiding air costs nothing, so a pr
 slice rewards any map that ranks "not air" first).
 
 - Visibility: keep the top-p body pixels by importance, replace the other body pixels by an infill
-  (:mod:`pipeline.infill`, ``blur`` by default), and measure the utility's dice on the result against
+  (:mod:`pipeline.noise.infill`, ``blur`` by default), and measure the utility's dice on the result against
   its own clean prediction (what the explanation explains) and against the label. Higher AUC is better.
 - Deletion, the mirror: hide the top-p body pixels first. Lower AUC is better.
 - Ties in the ranking (e.g. a constant map) are broken by seeded jitter, so the result does not depend
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.infill import DEFAULT_BLUR_SIGMA, apply_infill, fill_values, parse_infill
-from pipeline.metrics import compute_dice
+from pipeline.noise.infill import DEFAULT_BLUR_SIGMA, apply_infill, fill_values, parse_infill
+from pipeline.noise.regions import compute_dice
 
 DEFAULT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 REPORTED_FRACTIONS = (0.05, 0.1, 0.2, 0.5)
@@ -89,7 +89,7 @@ def apply_visibility(
         ranks: (B, H * W) from :func:`rank_in_region` over ``body``.
         body: (B, 1, H, W) body mask; pixels outside are never hidden.
         fraction: share of body pixels kept (deleted).
-        infill: see :data:`pipeline.infill.INFILLS`.
+        infill: see :data:`pipeline.noise.infill.INFILLS`.
         deletion: hide the top pixels instead of keeping them.
         generator: for the ``noise`` and ``road`` infills.
         blurred: the blurred slices, if the caller has them.
@@ -130,7 +130,7 @@ def compute_curves(
         clean: the utility's binary prediction on ``image`` (B, 1, H, W).
         label: binary pancreas masks (B, 1, H, W).
         fractions: shares of body pixels kept (deleted).
-        infill: what hidden pixels become (:data:`pipeline.infill.INFILLS`).
+        infill: what hidden pixels become (:data:`pipeline.noise.infill.INFILLS`).
         seed: tie-breaking and the random infills.
         blur_sigma: sigma of the ``blur`` infill, pixels.
         batch_size: slices per utility forward.

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.checkpoints import load_network_from_checkpoint, save_atomic
+from pipeline.networks.checkpoints import load_network_from_checkpoint, save_atomic
 from pipeline.evaluation.slices import top_slices_per_case
 from pipeline.evaluation.stats import compute_spearman
 from pipeline.explain import UNoiseMap, build_explainers

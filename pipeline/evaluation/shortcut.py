@@ -1,6 +1,6 @@
 """The shortcut benchmark's measures: does an explainer find the cue the utility really relies on?
 
-On phantoms made with ``unoise phantom --shortcut marker`` (:mod:`pipeline.phantom_cue`) every slice with
+On phantoms made with ``unoise phantom --shortcut marker`` (:mod:`pipeline.phantom.cue`) every slice with
 pancreas carries a small bright cue at a fixed offset from the gland, and every volume has a twin
 without it. The utility's reliance on the cue is measured (dice on the slices with the cue against the
 same slices of the twin), and per explainer:
@@ -26,7 +26,7 @@ import torch
 from pipeline.errors import ConfigError
 from pipeline.evaluation.protocols import predict, rank_in_region, select_top
 from pipeline.evaluation.stats import bootstrap_ci, nanmean
-from pipeline.metrics import compute_region, compute_region_share
+from pipeline.noise.regions import compute_region, compute_region_share
 
 SHORTCUT_KEYS = ("shortcut", "image_nocue")
 

@@ -1,7 +1,7 @@
 """Occlusion sensitivity with true dice: hide a window, measure how much the utility's segmentation changes.
 
 A window slides over the slice (15 x 15, stride 2, as the U-Noise paper); its pixels take the ``fill``:
-an infill of :mod:`pipeline.infill` (``blur`` by default, ``blur:8``, ``mean``, ``noise``, ``floor``) or a
+an infill of :mod:`pipeline.noise.infill` (``blur`` by default, ``blur:8``, ``mean``, ``noise``, ``floor``) or a
 constant. The evaluation computes one occlusion map per infill it judges with, so occlusion is scored
 with its own perturbation wherever every other map is. A pixel's importance is the mean dice drop of the utility's binary prediction
 against its unoccluded prediction over the windows covering it (the authors scored raw logits). Windows
@@ -15,8 +15,8 @@ import itertools
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.infill import DEFAULT_BLUR_SIGMA, fill_values
-from pipeline.metrics import compute_dice
+from pipeline.noise.infill import DEFAULT_BLUR_SIGMA, fill_values
+from pipeline.noise.regions import compute_dice
 from pipeline.noise import freeze
 
 

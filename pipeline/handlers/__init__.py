@@ -3,19 +3,18 @@
 - :mod:`~pipeline.handlers.metrics`: per-patient 3D dice, running means, the importance's region share;
 - :mod:`~pipeline.handlers.checkpoint`: ``last.pt`` / ``best.pt`` and ``metrics.json``;
 - :mod:`~pipeline.handlers.training_log`: the loss's terms and TensorBoard images;
-- :mod:`~pipeline.handlers.export`: maps and segmentations as NIfTI (and PNG overlays), ``manifest.json``;
-- :mod:`~pipeline.handlers.dicom`: the same as DICOM SEG and Parametric Map of a DICOM series input (highdicom).
+- :mod:`~pipeline.handlers.export`: each case's outputs written as the evaluator finishes it
+  (:mod:`pipeline.outputs`, :mod:`pipeline.dicom.write`).
 
 The bundle configs name them as ``pipeline.handlers.<Name>``.
 """
 
 from __future__ import annotations
 
-from pipeline.handlers import dicom  # the bundle configs call pipeline.handlers.dicom.* after `import pipeline.handlers`
 from pipeline.handlers.checkpoint import CheckpointHandler, MetricsRecorder
 from pipeline.handlers.export import ImportanceExporter
 from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
 from pipeline.handlers.training_log import EpochSummary, LossTermsHandler, SliceImagesHandler
 
-__all__ = ["dicom", "CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean",
+__all__ = ["CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean",
            "RegionShare", "SliceImagesHandler", "VolumeDice"]

@@ -16,7 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, from_engine
 
-from pipeline.checkpoints import load_checkpoint, save_atomic
+from pipeline.networks.checkpoints import load_checkpoint, save_atomic
 from pipeline.distributed import is_main_process, sum_over_ranks
 from pipeline.fileio import write_json_atomic
 
@@ -32,7 +32,7 @@ class CheckpointHandler:
     After each trainer epoch, ``last.pt`` gets model, optimizer, scheduler and trainer state; when the
     evaluator ran this epoch and its ``metric_name`` beat the best so far, ``best.pt`` then gets the model.
     Last is written before best, so a crash between the two is repaired on the resume
-    (:func:`pipeline.checkpoints.reconcile_best`); attach :class:`MetricsRecorder` before this handler so
+    (:func:`pipeline.networks.checkpoints.reconcile_best`); attach :class:`MetricsRecorder` before this handler so
     that ``metrics.json`` is never behind ``last.pt``.
     With ``resume``, MONAI's ``CheckpointLoader`` restores ``last.pt`` when the trainer starts and the best
     score is read back from it, so a worse epoch after the resume does not replace ``best.pt``.
@@ -47,7 +47,7 @@ class CheckpointHandler:
         evaluator: the validation engine whose metric picks the best model.
         metric_name: key in ``evaluator.state.metrics``.
         higher_is_better: False when a lower metric is better (e.g. a validation loss).
-        meta: written into every checkpoint (preset, channels...; see :mod:`pipeline.checkpoints`).
+        meta: written into every checkpoint (preset, channels...; see :mod:`pipeline.networks.checkpoints`).
         resume: continue from ``save_dir/last.pt``.
     """
 
@@ -114,7 +114,7 @@ class CheckpointHandler:
         if not is_main_process():  # every rank tracks the best; rank 0 alone writes
             return
         # last first, then best: a crash in between leaves last.pt naming this epoch as best, and
-        # pipeline.checkpoints.reconcile_best rewrites best.pt from it on the resume.
+        # pipeline.networks.checkpoints.reconcile_best rewrites best.pt from it on the resume.
         state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
         state["meta"] = {**meta, "best_metric": self.best_metric, "best_epoch": self.best_epoch}
         save_atomic(state, self.last_path)

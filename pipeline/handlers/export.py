@@ -1,13 +1,12 @@
-"""Importance maps and segmentations written as NIfTI in the input's geometry (and PNG overlays).
+"""The explain evaluator's handler: each case's maps written as the engine finishes it (NIfTI in the input's
+geometry, DICOM objects, PNG overlays), and its record in the run's manifest.
 
 Each handler has MONAI's shape: ``attach(engine)`` registers it, ``__call__(engine)`` does the work.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,89 +16,11 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.display import radiological_view
-from pipeline.errors import DataError
-from pipeline.fileio import atomic_path, save_nifti, write_json_atomic
+from pipeline.fileio import atomic_path
+from pipeline.outputs.manifest import MANIFEST, Manifest
+from pipeline.outputs.maps import maps_from_prediction, remove_written, write_case_outputs
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
-
-
-def maps_from_prediction(pred: np.ndarray) -> dict[str, np.ndarray]:
-    """The written maps of a (2, ...) prediction (importance, the utility's probability): ``importance`` float32
-    clipped to [0, 1] and ``seg`` uint8, 1 where the probability > 0.5."""
-    return {"importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32), "seg": (pred[1] > 0.5).astype(np.uint8)}
-
-
-def write_case_maps(output_dir: str | Path, case: str, maps: dict[str, np.ndarray], affine: np.ndarray,
-                    description: str | None = None, aux_file: str | None = None) -> list[Path]:
-    """``<case>_<name>.nii.gz`` for each map, atomically, on ``affine``; the written paths."""
-    return [save_nifti(array, affine, Path(output_dir) / f"{case}_{name}.nii.gz", description, aux_file)
-            for name, array in maps.items()]
-
-
-def write_case_outputs(output_dir: str | Path, case: str, maps: dict[str, np.ndarray], affine: np.ndarray, source: Any,
-                       output_format: str = "nifti", series: str | None = None, provenance: dict[str, Any] | None = None,
-                       resampled: bool = False, aux_file: str | None = None) -> list[Path]:
-    """One case's maps in ``output_format``: NIfTI (``nifti``), DICOM SEG + Parametric Map of a DICOM series ``source``
-    (``dicom``), or both (DICOM where ``source`` is a series). The DICOM objects come first: their checks refuse before
-    any file. A series ``resampled`` onto an even grid gets no DICOM objects (refused with ``dicom``; with ``both``
-    NIfTI and a warning, as for any DICOM failure). NIfTI headers carry the short ``provenance``; the written paths.
-    """
-    from pipeline.handlers.dicom import check_dicom_inputs, write_case_dicom
-    from pipeline.provenance import short_provenance
-
-    check_dicom_inputs([{"image": source}], output_format)
-    written: list[Path] = []
-    if resampled and output_format == "dicom":
-        raise DataError(f"{source}: the series was resampled onto an even grid (--resample_uneven true), so its maps do "
-                        "not lie on the series' own slices, as DICOM SEG and Parametric Map frames must: pass "
-                        "--output_format nifti (or both: NIfTI for it, DICOM for the others).")
-    if resampled and output_format == "both":
-        logger.warning("%s: resampled onto an even grid: NIfTI maps only (no DICOM SEG / Parametric Map)", case)
-    elif output_format != "nifti" and isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        try:
-            written += write_case_dicom(output_dir, case, maps, affine, source, series, provenance)
-        except DataError as err:
-            if output_format == "dicom":
-                raise
-            logger.warning("%s: NIfTI maps only, no DICOM outputs: %s", case, err)
-    if output_format != "dicom":
-        description = short_provenance(provenance) if provenance else None
-        written = write_case_maps(output_dir, case, maps, affine, description, aux_file) + written
-    return written
-
-
-def manifest_parts(output_dir: str | Path) -> list[Path]:
-    """The per-rank records ``manifest.rank<r>.json`` of a run under ``torchrun`` (merged into the manifest at its end)."""
-    return sorted(Path(output_dir).glob("manifest.rank*.json"))
-
-
-def read_manifest(path: str | Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Each case record of a ``manifest.json`` with the provenance of the run that wrote it ([] when the file is
-    missing or not readable JSON)."""
-    path = Path(path)
-    try:
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        logger.warning("%s: not readable JSON; its cases are not counted", path)
-        return []
-    runs = manifest.get("runs") or ([manifest["run"]] if manifest.get("run") else [])
-    return [(case, runs[case["run"]]) for case in manifest.get("cases", [])
-            if isinstance(case, dict) and isinstance(case.get("run"), int) and 0 <= case["run"] < len(runs)]
-
-
-def latest_records(output_dir: str | Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Each case's newest record (by its run's ``started`` time) in ``manifest.json`` and the part files a run under
-    ``torchrun`` leaves when it is interrupted (a finished run merges and removes them)."""
-    records = read_manifest(Path(output_dir) / MANIFEST)
-    for part in manifest_parts(output_dir):
-        records += read_manifest(part)
-    newest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    for case, run in records:
-        name = str(case.get("case"))
-        if name not in newest or str(run.get("started", "")) >= str(newest[name][1].get("started", "")):
-            newest[name] = (case, run)
-    return list(newest.values())
 
 
 class ImportanceExporter:
@@ -118,28 +39,27 @@ class ImportanceExporter:
     NIfTI outputs hold only the affine and the voxels: no header field of the input (DICOM patient data
     included) is copied. With ``output_format`` ``dicom`` or ``both``, a case read from a DICOM series also gets
     ``<case>_seg.dcm`` (DICOM SEG) and ``<case>_importance.dcm`` (Parametric Map) on the series' own frames
-    (:mod:`pipeline.handlers.dicom`); those carry the source's patient and study modules, as a derived object must.
+    (:mod:`pipeline.dicom.write`); those carry the source's patient and study modules, as a derived object must.
     Files are written atomically.
 
     Args:
         output_dir: folder of the outputs (created).
         overlay: also write the PNG overlay.
         overlay_slices: slices in the overlay.
-        provenance: the run's record (:func:`pipeline.provenance.run_provenance`); with it ``manifest.json`` is kept.
+        provenance: the run's record (:func:`pipeline.outputs.provenance.run_provenance`); with it ``manifest.json`` is kept.
         output_format: ``nifti``, ``dicom`` (DICOM series inputs only) or ``both`` (DICOM where the input is DICOM).
     """
 
     def __init__(self, output_dir: str | Path, overlay: bool = False, overlay_slices: int = 3,
                  provenance: dict[str, Any] | None = None, output_format: str = "nifti") -> None:
-        from pipeline.handlers.dicom import output_suffixes
+        from pipeline.dicom.write import output_suffixes
 
         output_suffixes(output_format)  # refuses an unknown format before any case runs
         self.output_format = output_format
         self.output_dir = Path(output_dir)
         self.overlay, self.overlay_slices = overlay, max(1, int(overlay_slices))
         self.provenance = provenance
-        self.cases: list[dict[str, Any]] = []
-        self._earlier: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+        self.manifest = Manifest(self.output_dir, provenance)
         self._started = time.perf_counter()
 
     def attach(self, engine: Engine) -> None:
@@ -153,34 +73,20 @@ class ImportanceExporter:
                outputs: list[str] | None = None) -> None:
         """A case that was not written this run: ``failed`` (with the reason) or ``skipped`` (done before; its
         ``outputs`` are the earlier run's files)."""
-        self.cases = [c for c in self.cases if c["case"] != case]
-        self.cases.append({"case": case, "input": str(source), "outputs": list(outputs or []), "status": status,
-                           "error": error, "seconds": round(seconds, 3)})
-        if self.provenance is not None:
-            self.write_manifest()
+        self.manifest.record(case, source, status, error, seconds, outputs, write=self.provenance is not None)
+
+    @property
+    def cases(self) -> list[dict[str, Any]]:
+        """This run's case records (:class:`pipeline.outputs.manifest.Manifest`)."""
+        return self.manifest.cases
+
+    @cases.setter
+    def cases(self, cases: list[dict[str, Any]]) -> None:
+        self.manifest.cases = cases
 
     def write_manifest(self) -> Path:
-        """``manifest.json``: the run's provenance and, per case, its input, outputs, status and seconds (atomic).
-
-        Cases an earlier run wrote into the same folder (other names) stay listed, with that run's provenance."""
-        from pipeline.distributed import get_rank, get_world_size
-
-        path = self.output_dir / MANIFEST
-        if get_world_size() > 1 and get_rank() > 0:  # under torchrun: this rank's cases, merged by rank 0 at the end
-            return write_json_atomic({"run": self.provenance or {}, "runs": [self.provenance or {}],
-                                      "cases": [{**case, "run": 0} for case in self.cases]},
-                                     self.output_dir / f"manifest.rank{get_rank()}.json")
-        if self._earlier is None:
-            self._earlier = latest_records(self.output_dir)
-        current = {c["case"] for c in self.cases}
-        kept = [(case, run) for case, run in self._earlier if case.get("case") not in current]
-        runs = [self.provenance or {}]
-        cases = [{**case, "run": 0} for case in self.cases]
-        for case, run in kept:
-            if run not in runs:
-                runs.append(run)
-            cases.append({**case, "run": runs.index(run)})
-        return write_json_atomic({"run": runs[0], "runs": runs, "cases": cases}, path)
+        """``manifest.json`` now (:meth:`pipeline.outputs.manifest.Manifest.write`)."""
+        return self.manifest.write()
 
     def __call__(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
@@ -198,13 +104,15 @@ class ImportanceExporter:
                                          resampled=meta.get("resampled_from") is not None,
                                          aux_file=MANIFEST if self.provenance else None)
             if self.overlay:
-                written.append(self._write_overlay(case, item))
+                try:
+                    written.append(self._write_overlay(case, item))
+                except Exception:  # all of a case or none of it
+                    remove_written(written)
+                    raise
             logger.info("%s: wrote %s", case, ", ".join(p.name for p in written))
-            self.cases.append({"case": case, "input": source_path,
-                               "outputs": [p.name for p in written], "status": "done", "error": None,
-                               "seconds": round(time.perf_counter() - self._started, 3)})
-            if self.provenance is not None:
-                self.write_manifest()  # after every case: an interrupted run's manifest lists what it finished
+            # after every case: an interrupted run's manifest lists what it finished
+            self.manifest.record(case, source_path, "done", None, time.perf_counter() - self._started,
+                                 [p.name for p in written], write=self.provenance is not None)
 
     def _write_overlay(self, case: str, item: dict[str, Any]) -> Path:
         import matplotlib
@@ -238,5 +146,4 @@ class ImportanceExporter:
         return path
 
 
-__all__ = ["MANIFEST", "ImportanceExporter", "latest_records", "manifest_parts", "maps_from_prediction", "read_manifest",
-           "write_case_maps", "write_case_outputs"]
+__all__ = ["ImportanceExporter"]

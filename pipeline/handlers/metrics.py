@@ -13,7 +13,7 @@ from ignite.engine import Engine
 from ignite.metrics import Metric
 
 from pipeline.distributed import gather_objects, sum_over_ranks
-from pipeline.metrics import compute_region_share
+from pipeline.noise.regions import compute_region_share
 
 
 class VolumeDice(Metric):

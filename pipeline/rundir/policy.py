@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoints import check_resume, load_checkpoint, reconcile_best
+from pipeline.networks.checkpoints import check_resume, load_checkpoint, reconcile_best
 from pipeline.distributed import is_main_process
 from pipeline.errors import ConfigError
 from pipeline.fileio import write_json_atomic

@@ -4,7 +4,7 @@ DICOM SEG and the importance map as a DICOM Parametric Map, frame for frame on t
 Both reference the source series and carry its patient and study modules (highdicom copies them, as the standard
 requires of a derived object, so PACS files them with the study); NIfTI outputs carry no patient data.
 
-Arrays arrive as the exporter writes them to NIfTI: (X, Y, Z) on the grid :func:`pipeline.data.dicom.read_dicom_series`
+Arrays arrive as the exporter writes them to NIfTI: (X, Y, Z) on the grid :func:`pipeline.dicom.read.read_dicom_series`
 read, slice ``k`` being the ``k``-th source slice along the slice normal. Frame ``k`` of each object is that slice,
 rows = Y, columns = X, as DICOM stores a slice. Before anything is written, the map's affine is checked against every
 source slice's position and orientation (a map on another grid is refused, never written on the wrong slices).
@@ -62,8 +62,7 @@ def source_headers(folder: str | os.PathLike, series: str | None = None) -> list
     """The headers (no pixel data) of the series read from ``folder``, in the order of its voxel slices."""
     import pydicom
 
-    from pipeline.data.dicom import sort_by_position
-    from pipeline.data.files import choose_dicom_series
+    from pipeline.dicom.read import choose_dicom_series, sort_by_position
 
     ordered, _ = sort_by_position(choose_dicom_series(folder, series).files, folder)
     with warnings.catch_warnings():
@@ -82,7 +81,7 @@ def check_frames_geometry(headers: Sequence[Any], affine: np.ndarray, shape: Seq
     if (len(headers), int(first.Rows), int(first.Columns)) != (slices, rows, columns):
         raise DataError(f"{folder}: the map is {columns} x {rows} x {slices} voxels but the series has {len(headers)} "
                         f"slices of {first.Columns} x {first.Rows}; DICOM outputs need the map on the series' own grid.")
-    from pipeline.data.dicom import SPACING_TOLERANCE
+    from pipeline.dicom.read import SPACING_TOLERANCE
 
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]  # (3, 4) voxel -> LPS mm
     # the reader accepts steps within 1% of the median and lays the map on the even grid of that median step, while
@@ -104,7 +103,7 @@ def _algorithm(provenance: dict[str, Any] | None) -> Any:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from pipeline.provenance import short_provenance, tool_version
+    from pipeline.outputs.provenance import short_provenance, tool_version
 
     provenance = provenance or {}
     hashes = {f"{role}_sha256": entry["sha256"] for role, entry in provenance.get("checkpoints", {}).items()
@@ -117,7 +116,7 @@ def _algorithm(provenance: dict[str, Any] | None) -> Any:
 def _common(provenance: dict[str, Any] | None) -> dict[str, Any]:
     import highdicom as hd
 
-    from pipeline.provenance import short_provenance, tool_version
+    from pipeline.outputs.provenance import short_provenance, tool_version
 
     return {"sop_instance_uid": hd.UID(), "instance_number": 1, "manufacturer": MANUFACTURER,
             "manufacturer_model_name": "U-Noise", "software_versions": tool_version(), "device_serial_number": "0",

@@ -185,13 +185,13 @@ def load_network_from_checkpoint(
 
     Raises:
         CheckpointError: unreadable file, wrong kind, no network record to build from, or the weights of a
-            model-zoo bundle's network (those load only with that bundle, :func:`pipeline.zoo.load_utility`).
+            model-zoo bundle's network (those load only with that bundle, :func:`pipeline.networks.zoo.load_utility`).
     """
     content = load_checkpoint(path, map_location)
     meta = dict(content.get("meta", {}))
     if kind is not None:
         check_kind(meta, path, kind, role or f"--{kind}")
-    if meta.get("bundle"):  # a bundle network's weights (the sanity check's randomised copy): built by pipeline.zoo only
+    if meta.get("bundle"):  # a bundle network's weights (the sanity check's randomised copy): built by pipeline.networks.zoo only
         raise CheckpointError(f"{path}: holds weights of the bundle {meta['bundle']}; a checkpoint never chooses code to "
                               "run: pass that bundle as --utility-bundle (utility_bundle) too.")
     if "network_config" not in meta and "preset" not in meta:

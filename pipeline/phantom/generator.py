@@ -10,19 +10,14 @@ so craniocaudal positions are fractions ``zeta`` of that coverage (0 = lowest sl
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
 from pipeline.errors import ConfigError
-from pipeline.fileio import save_nifti, write_json_atomic
-from pipeline.phantom_cue import SHORTCUTS, CueSettings, cue_positions, draw_cue, plant_twin_gland
-
-logger = logging.getLogger(__name__)
+from pipeline.phantom.cue import SHORTCUTS, CueSettings, cue_positions, draw_cue, plant_twin_gland
 
 PANCREAS_LABEL = 1
 TUMOUR_LABEL = 2
@@ -41,7 +36,7 @@ class PhantomCase:
         label: uint8, same shape: 0 background, ``PANCREAS_LABEL`` pancreas, ``TUMOUR_LABEL`` tumour.
         affine: (4, 4) float64 voxel -> RAS+ world (NIfTI convention), mm.
         case_id: name of the case, e.g. ``"pancreas_003"``.
-        cue: shortcut phantoms only: uint8 mask of the planted cue, same shape (see :mod:`pipeline.phantom_cue`).
+        cue: shortcut phantoms only: uint8 mask of the planted cue, same shape (see :mod:`pipeline.phantom.cue`).
         image_nocue: shortcut phantoms only: the same CT without the cue (the twin), int16 HU.
     """
 
@@ -377,7 +372,7 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
         tumour: add a hypodense tumour (label 2) inside the pancreas; None lets the seed decide (about
             half the seeds). The rest of the anatomy does not depend on it.
         case_id: name stored in the returned case.
-        shortcut: ``"marker"`` adds the shortcut benchmark's twin gland and cue (:mod:`pipeline.phantom_cue`)
+        shortcut: ``"marker"`` adds the shortcut benchmark's twin gland and cue (:mod:`pipeline.phantom.cue`)
             and returns the cue mask and the twin without it; None (default) draws the plain phantom.
 
     Returns:
@@ -429,76 +424,3 @@ def generate_case(seed: int, size: int = 128, slices: int = 48, orientation: str
     image, label = arrays[0], arrays[len(images)]
     extra = {"cue": arrays[-1], "image_nocue": arrays[1]} if cue is not None else {}
     return PhantomCase(image, label, _affine(size, slices, spacing, thickness, orientation), case_id, **extra)
-
-
-def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128, slices: int = 48,
-                          seed: int = 0, test_cases: int = 0, shortcut: str | None = None) -> Path:
-    """Write a synthetic pancreas CT set in the MSD Task07 layout; return the path of its dataset.json.
-
-    Files: ``imagesTr/pancreas_000.nii.gz`` and ``labelsTr/pancreas_000.nii.gz`` per training case,
-    ``imagesTs/pancreas_NNN.nii.gz`` (no label) per test case, numbered after the training ones. Odd
-    numbers are stored in LPS voxel order, even ones RAS, so readers must reorient. Case i comes from
-    ``SeedSequence(seed).spawn(n)[i]``: the same seed rewrites identical arrays, and adding test cases
-    leaves the training cases unchanged. Every file is written atomically, dataset.json last.
-
-    Args:
-        out_dir: folder to create or fill (files of the same name are replaced).
-        cases: number of training cases (image + label), >= 1.
-        size: in-plane matrix, >= 32 and divisible by 16.
-        slices: axial slices per volume, >= 8.
-        seed: non-negative integer.
-        test_cases: number of unlabelled test images, >= 0.
-        shortcut: ``"marker"``: the shortcut benchmark's phantoms (:mod:`pipeline.phantom_cue`). Each
-            case also gets ``shortcutsTr/<case>`` (the cue's mask) and ``imagesTr_nocue/<case>`` (its
-            twin without the cue; ``imagesTs_nocue/`` and ``shortcutsTs/`` for test cases), named in
-            ``dataset.json`` as ``shortcut`` and ``image_nocue``.
-
-    Returns:
-        Path of ``dataset.json``, loadable with ``monai.data.load_decathlon_datalist``.
-
-    Raises:
-        ValueError: if an argument is out of range.
-    """
-    cases = _check_int("cases", cases, 1, "Ask for at least one training case.")
-    seed, size, slices = _check_grid(seed, size, slices)
-    test_cases = _check_int("test_cases", test_cases, 0, "Use 0 for no test images.")
-    if shortcut is not None and shortcut not in SHORTCUTS:
-        raise ConfigError(f"shortcut must be one of {SHORTCUTS} or None; received {shortcut!r}.")
-    root = Path(out_dir)
-    folders = ("imagesTr", "labelsTr", "imagesTs") + (("shortcutsTr", "imagesTr_nocue", "shortcutsTs", "imagesTs_nocue")
-                                                      if shortcut else ())
-    for folder in folders:
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    children = np.random.SeedSequence(seed).spawn(cases + test_cases)
-    training, test = [], []
-    for index, child in enumerate(children):
-        name, split = f"pancreas_{index:03d}.nii.gz", "training" if index < cases else "test"
-        case = generate_case(int(child.generate_state(1, np.uint64)[0]), size, slices,
-                             "LPS" if index % 2 else "RAS", case_id=name[:-7], shortcut=shortcut)
-        part = "Ts" if split == "test" else "Tr"
-        if shortcut:
-            save_nifti(case.cue, case.affine, root / f"shortcuts{part}" / name)
-            save_nifti(case.image_nocue, case.affine, root / f"images{part}_nocue" / name)
-        save_nifti(case.image, case.affine, root / f"images{part}" / name)
-        if split == "test":
-            test.append(f"./imagesTs/{name}")
-        else:
-            save_nifti(case.label, case.affine, root / "labelsTr" / name)
-            entry = {"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"}
-            if shortcut:
-                entry.update(shortcut=f"./shortcutsTr/{name}", image_nocue=f"./imagesTr_nocue/{name}")
-            training.append(entry)
-        logger.debug("phantom %d/%d %s (%s): %d pancreas voxels, %d tumour voxels", index + 1, len(children),
-                    name, split, int((case.label > 0).sum()), int((case.label == TUMOUR_LABEL).sum()))
-    dataset = {"name": "Pancreas (synthetic phantom)" + (", shortcut benchmark" if shortcut else ""),
-               "description": "Synthetic contrast-enhanced abdominal CT phantoms in the MSD Task07 layout",
-               "reference": "Generated by pipeline.phantom; no patient data", "licence": "Apache-2.0",
-               "release": f"seed {seed}", "tensorImageSize": "3D", "modality": {"0": "CT"},
-               "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
-               "numTraining": cases, "numTest": test_cases, "training": training, "test": test}
-    if shortcut:
-        dataset["shortcut"] = {"kind": shortcut, "cue": "shortcutsTr/ (mask)", "twin": "imagesTr_nocue/ (same CT without the cue)",
-                               **{k: v for k, v in vars(CueSettings()).items()}}
-    path = root / "dataset.json"
-    write_json_atomic(dataset, path)
-    return path

@@ -1,4 +1,5 @@
-"""2D UNets for the utility (segmentation) and the noise (explainer) models, by named preset.
+"""UNets (2D, or 3D with ``spatial_dims`` 3) for the utility (segmentation) and the noise (explainer) models, by
+named preset.
 
 Every preset is the authors' UNet: per level two 3x3 conv + BatchNorm + ReLU, max-pool down, nearest
 up-sampling + conv up, skip concatenation, 1x1 conv to logits. :class:`LevelUNet` builds it from MONAI's

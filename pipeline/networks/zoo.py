@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
+from pipeline.networks.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
 from pipeline.errors import ConfigError
-from pipeline.utility import TargetLogit
+from pipeline.networks.utility import TargetLogit
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 
@@ -104,7 +104,7 @@ def load_bundle_utility(
     target_channel: int | str | None = None,
     weights: bool = True,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build a model-zoo bundle's network as a one-logit utility (:class:`pipeline.utility.TargetLogit`).
+    """Build a model-zoo bundle's network as a one-logit utility (:class:`pipeline.networks.utility.TargetLogit`).
 
     Args:
         bundle_dir: the bundle folder.

@@ -1,4 +1,5 @@
-"""A DICOM series read on the grid ITK, SimpleITK and 3D Slicer read from it: slices sorted by their position along
+"""A DICOM series found in a folder (one chosen when several are there, from headers only), then read on the
+grid ITK, SimpleITK and 3D Slicer read from it: slices sorted by their position along
 the slice normal (never by InstanceNumber, which may run against it or be shuffled), an even spacing checked
 first, and SimpleITK's ``ImageSeriesReader`` doing the reading (rescale slope and intercept applied).
 
@@ -11,12 +12,15 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 
 from pipeline.errors import DataError
+from pipeline.fileio import MAX_VOXELS
 
 SPACING_TOLERANCE = 0.01  # relative: slices more than 1% off the median step are a gap or an uneven series
 
@@ -133,7 +137,6 @@ def read_dicom_series(files: Sequence[str], folder: str | os.PathLike, resample_
     ordered, along, step = slice_layout(files, folder, allow_uneven=resample_uneven)
     resampled_from = None
     if resample_uneven and len(ordered) > 2 and is_uneven(along, step):  # an even series is read as it is, below
-        from pipeline.data.files import MAX_VOXELS
 
         first = _read(ordered[:1], folder)
         size, count = first.GetSize(), len(even_positions(along, step))  # (X, Y, 1)
@@ -162,3 +165,83 @@ def read_dicom_series(files: Sequence[str], folder: str | os.PathLike, resample_
 
 __all__ = ["SPACING_TOLERANCE", "even_positions", "is_uneven", "read_dicom_series", "resample_even", "slice_layout",
            "sort_by_position"]
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder: its UID, files, and what helps a user tell series apart."""
+
+    uid: str
+    files: tuple[str, ...]
+    description: str
+    slice_thickness: str
+    rows: int = 0
+    columns: int = 0
+
+    @property
+    def voxels(self) -> int:
+        return self.rows * self.columns * len(self.files)
+
+    def describe(self) -> str:
+        text = f"{self.uid} ({len(self.files)} files"
+        if self.slice_thickness:
+            text += f", {self.slice_thickness} mm"
+        if self.description:
+            text += f", '{self.description}'"
+        return text + ")"
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series directly inside ``folder``, headers only (no pixel data is read).
+
+    Raises:
+        DataError: the folder holds no readable DICOM file.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    groups: dict[str, list[str]] = {}
+    info: dict[str, tuple[str, str]] = {}
+    for child in sorted(folder.iterdir()):
+        if not child.is_file():
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = pydicom.dcmread(str(child), stop_before_pixels=True,
+                                         specific_tags=["SeriesInstanceUID", "SeriesDescription", "SliceThickness", "Rows", "Columns"])
+        except Exception:  # not DICOM (a README, a thumbnail): the folder scan ignores it too
+            continue
+        uid = str(getattr(header, "SeriesInstanceUID", "") or "unknown")
+        groups.setdefault(uid, []).append(str(child))
+        description = " ".join(str(getattr(header, "SeriesDescription", "") or "").split())  # one line in messages
+        info.setdefault(uid, (description, str(getattr(header, "SliceThickness", "") or ""),
+                              int(getattr(header, "Rows", 0) or 0), int(getattr(header, "Columns", 0) or 0)))
+    if not groups:
+        raise DataError(f"{folder}: holds no readable DICOM file; pass the folder of one CT series.")
+    return [DicomSeries(uid, tuple(files), *info[uid]) for uid, files in sorted(groups.items())]
+
+
+def choose_dicom_series(folder: str | os.PathLike, series: str | None = None, max_voxels: int = MAX_VOXELS) -> DicomSeries:
+    """The one series to read from a DICOM folder: the only one, or the one ``series`` names.
+
+    Raises:
+        DataError: several series and none chosen (they are listed), ``series`` is not in the folder, or
+            the series holds more than ``max_voxels`` voxels (from its headers, before any pixel is read).
+    """
+    found = list_dicom_series(folder)
+    chosen = None
+    if series is not None:
+        chosen = next((item for item in found if item.uid == str(series)), None)
+        if chosen is None:
+            raise DataError(f"{folder}: holds no series {series}; it holds {'; '.join(s.describe() for s in found)}.")
+    elif len(found) > 1:
+        raise DataError(
+            f"{folder}: holds {len(found)} DICOM series, which would be merged into one wrong volume: "
+            f"{'; '.join(s.describe() for s in found)}; pick one with --series UID or move each into its own folder."
+        )
+    chosen = chosen or found[0]
+    if chosen.voxels > max_voxels:
+        raise DataError(f"{folder}: series {chosen.uid} holds {chosen.rows} x {chosen.columns} x {len(chosen.files)} = "
+                        f"{chosen.voxels:,} voxels, over the limit of {max_voxels:,}; crop or resample it.")
+    return chosen
