@@ -15,16 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, UNoiseError
+from pipeline.locations import COMMON_CONFIG, default_bundle_root
 
 logger = logging.getLogger("pipeline")
 
 
-def default_bundle_root() -> Path:
-    """The bundle shipped with this checkout (``$UNOISE_BUNDLE`` overrides it)."""
-    return Path(os.environ.get("UNOISE_BUNDLE", Path(__file__).resolve().parent.parent / "bundles" / "pancreas_ct_unoise"))
-
-
-COMMON_CONFIG = "common.json"  # layered under every run config: the preprocessing chain
 
 
 def config_files(root: str | os.PathLike, config: str, overlays: Sequence[str] = ()) -> list[Path]:

@@ -29,14 +29,14 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_patches_are_3d_of_the_roi_and_centred_on_the_label_when_asked(volumes: Path) -> None:
     entries = load_datalist(volumes)[:2]
-    dataset = build_patch_dataset(entries, build_volume_transforms(with_body=True), ROI, samples_per_volume=3, pos=1.0, neg=0.0,
+    dataset = build_patch_dataset(entries, build_volume_transforms(), ROI, samples_per_volume=3, pos=1.0, neg=0.0,
                                   progress=False)
     patches = dataset[0]
     assert len(dataset) == 2 and len(patches) == 3
     for patch in patches:
         assert tuple(patch["image"].shape) == (1, *ROI) and tuple(patch["label"].shape) == (1, *ROI)
         assert float(patch["label"].sum()) > 0  # pos only: every patch holds pancreas
-    unlabelled = build_patch_dataset(entries, build_volume_transforms(with_label=False, with_body=True), ROI, 2,
+    unlabelled = build_patch_dataset(entries, build_volume_transforms(), ROI, 2,
                                      use_labels=False, progress=False)
     assert all("label" not in p and tuple(p["image"].shape) == (1, *ROI) for p in unlabelled[1])
     with pytest.raises(ConfigError, match="roi_size is a 3D patch size"):

@@ -221,7 +221,7 @@ def test_body_mask_fills_holes_and_drops_the_table() -> None:
 
 def test_volume_chain_adds_the_body_from_hu_before_the_window(msd_dir: Path) -> None:
     entry = load_datalist(msd_dir)[0]
-    volume = build_volume_transforms(window="pancreas", spatial_size=16, with_body=True)(entry)
+    volume = build_volume_transforms(window="pancreas", spatial_size=16)(entry)
     body = volume["body"]
     assert body.shape == (1, 16, 16, SHAPE[2]) and set(torch.unique(body).tolist()) == {0.0, 1.0}
     assert float(body[0, :1].max()) == 0.0  # the fixture's air rows (x = 0, 1)
@@ -268,7 +268,7 @@ def test_label_free_slices_follow_the_reference_and_carry_no_label(msd_dir: Path
     entries = load_datalist(msd_dir)[:2]
     unlabelled = [{k: v for k, v in e.items() if k != "label"} for e in entries]
     reference = PredictedMask(Threshold(), batch_size=3)
-    masks = [reference(build_volume_transforms(with_label=False)({"image": e["image"]})["image"]) for e in unlabelled]
+    masks = [reference(build_volume_transforms()({"image": e["image"]})["image"]) for e in unlabelled]
     expected = sum(int(m.flatten(0, 2).any(0).sum()) for m in masks)
     assert expected == len(build_slice_dataset(entries, policy="pancreas", progress=False))  # the gland's slices
     for datalist in (unlabelled, entries):  # labels present but not used: ignored alike

@@ -11,7 +11,7 @@ ENTRY_POINTS = {"pipeline.cli", "pipeline.__main__"}
 # specific name decides (provenance imports nothing, so every layer may record it).
 LAYERS = [
     ["pipeline", "pipeline.errors", "pipeline.fileio", "pipeline.device", "pipeline.distributed", "pipeline.display",
-     "pipeline.engines", "pipeline.outputs.provenance"],
+     "pipeline.engines", "pipeline.locations", "pipeline.outputs.provenance"],
     ["pipeline.dicom", "pipeline.phantom"],
     ["pipeline.data"],
     ["pipeline.networks", "pipeline.noise"],

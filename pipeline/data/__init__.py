@@ -119,8 +119,7 @@ def build_slice_dataset(
     """
     with_label, datalist = resolve_labels(datalist, use_labels)
     if volume_transform is None:
-        volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, with_label=with_label, with_body=True,
-                                                   extra_images=extra_images, extra_masks=extra_masks)
+        volume_transform = build_volume_transforms(window, spatial_size, pancreas_labels, extra_images=extra_images, extra_masks=extra_masks)
     volumes = build_volume_dataset(datalist, volume_transform, cache, cache_dir, num_workers, progress)
     return SliceDataset(volumes, policy=policy, other_fraction=other_fraction, seed=seed, transform=transform,
                         reference=None if with_label else reference)

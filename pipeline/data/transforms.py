@@ -160,61 +160,46 @@ def build_volume_transforms(
     window: str | Sequence[float] = "pancreas",
     spatial_size: int | None = None,
     pancreas_labels: Sequence[int] = (1, 2),
-    with_label: bool = True,
-    with_body: bool = False,
     extra_images: Sequence[str] = (),
     extra_masks: Sequence[str] = (),
+    config_file: str | os.PathLike | None = None,
 ) -> Compose:
-    """Deterministic chain: load -> channel first -> RAS -> body mask -> window to [0, 1] -> binary label -> size.
+    """The bundle's ``preprocessing`` chain (``configs/common.json``), parsed with these values: load -> RAS -> body
+    mask -> window to [0, 1] -> binary label -> size.
 
-    The bundle configs write this chain in JSON (``configs/common.json`` ``preprocessing``, where a user
-    adds ``Spacingd`` or changes the window); this is its Python form for notebooks and the evaluation,
-    pinned equal to the JSON one by the tests.
+    The JSON is the chain's one definition: a step a user adds there (``Spacingd``, another window) reaches the
+    training runs, ``explain``, the evaluation and this function alike. A data dict without ``label`` (label-free
+    runs, :func:`pipeline.data.without_labels`) is read as the image alone: the label steps skip a missing key.
 
     Args:
         window: HU window preset name or ``[lower, upper]``; HU outside are clipped, then scaled to [0, 1].
         spatial_size: in-plane size S (the volume becomes S x S x Z, Z unchanged); None keeps the size.
         pancreas_labels: label values merged into the pancreas class (MSD: 1 pancreas, 2 tumour).
-        with_label: the data dicts carry a ``label`` key.
-        with_body: add ``body``, the body mask from HU (:class:`BodyMaskd`), float32 (1, S, S, Z) in {0, 1}.
         extra_images: more CT keys on the image's grid, windowed like it (e.g. ``image_nocue``, the
             shortcut benchmark's twin without the cue).
         extra_masks: more mask keys on the image's grid, binarised (> 0) like a label (e.g. ``shortcut``,
             the cue's mask).
+        config_file: the ``common.json`` to read (default: the shipped bundle's, or ``$UNOISE_BUNDLE``'s).
 
     Returns:
         A Compose mapping ``{"image": path, "label": path, ...}`` to ``image`` float32 (1, S, S, Z) in
-        [0, 1], ``label`` float32 (1, S, S, Z) in {0, 1} (and ``body`` likewise), MetaTensors with a
-        RAS affine.
+        [0, 1], ``label`` and ``body`` (the body mask from HU, :class:`BodyMaskd`) float32 (1, S, S, Z) in
+        {0, 1}, MetaTensors with a RAS affine.
     """
-    lower, upper = resolve_window(window)
-    resize_to = resize_shape(spatial_size)
+    import pipeline
+    from monai.bundle import ConfigParser
+
+    from pipeline.locations import COMMON_CONFIG, default_bundle_root
+
     if not pancreas_labels:
         raise ConfigError("pancreas_labels must name at least one label value, e.g. [1, 2] for MSD Task07.")
-    images = ["image", *extra_images]
-    masks = (["label"] if with_label else []) + list(extra_masks)
-    chain = [
-        LoadVolumed([*images, *masks]),
-        Orientationd([*images, *masks], axcodes="RAS"),
-    ]
-    if with_body:
-        chain.append(BodyMaskd("image", "body"))
-        masks.append("body")
-    chain += [
-        ScaleIntensityRanged(images, a_min=lower, a_max=upper, b_min=0.0, b_max=1.0, clip=True),
-    ]
-    if with_label:
-        chain += [
-            LabelFilterd("label", applied_labels=[int(v) for v in pancreas_labels]),
-            AsDiscreted("label", threshold=0.5),
-        ]
-    if extra_masks:
-        chain.append(AsDiscreted(list(extra_masks), threshold=0.5))
-    keys = [*images, *masks]
-    if spatial_size is not None:
-        chain.append(Resized(keys, spatial_size=resize_to, mode=[*["area"] * len(images), *["nearest"] * len(masks)]))
-    chain.append(EnsureTyped(keys, dtype="float32", track_meta=True))
-    return Compose(chain)
+    resolve_window(window)  # refused here with the setting's name
+    parser = ConfigParser(globals={"pipeline": pipeline})
+    parser.read_config(str(config_file or default_bundle_root() / "configs" / COMMON_CONFIG))
+    parser.update({"data_window": window, "data_spatial_size": spatial_size,
+                   "pancreas_labels": [int(v) for v in pancreas_labels], "image_keys": ["image", *extra_images],
+                   "mask_keys": ["label", *extra_masks]})
+    return parser.get_parsed_content("preprocessing")
 
 
 def build_slice_augmentation(

@@ -69,7 +69,7 @@ def whole_volume_baselines(baselines: Sequence[str]) -> list[str]:
 
 def evaluation_transform(utility_meta: dict[str, Any], pancreas_labels: Sequence[int]) -> Callable:
     """The Python form of the bundle's preprocessing for a 3D evaluation (image, label and body; no resizing)."""
-    return build_volume_transforms(utility_meta.get("window", "pancreas"), None, pancreas_labels, with_label=True, with_body=True)
+    return build_volume_transforms(utility_meta.get("window", "pancreas"), None, pancreas_labels)
 
 
 KEYS = ("image", "label", "body")
