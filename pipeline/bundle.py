@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,15 @@ def config_files(root: str | os.PathLike, config: str, overlays: Sequence[str] =
     return [common, *files]
 
 
+BUNDLE_PATH = re.compile(r"^\$@bundle_root\s*\+\s*(['\"])[^'\"@$]*\1$")  # "$@bundle_root + '/models/model.pt'"
+
+
 def is_setting(value: Any) -> bool:
     """A setting is a plain value written in the config: a number, a bool, null, a string that is not an
-    expression (``$``), a reference (``@``) or a macro (``%``), or a list / dict of those (no ``_target_``)."""
+    expression (``$``), a reference (``@``) or a macro (``%``), or a list / dict of those (no ``_target_``); or a
+    path inside the bundle written as model-zoo bundles write it (``"$@bundle_root + '/models/model.pt'"``)."""
     if isinstance(value, str):
-        return not value.startswith(("$", "@", "%"))
+        return bool(BUNDLE_PATH.match(value)) or not value.startswith(("$", "@", "%"))
     if isinstance(value, dict):
         return "_target_" not in value and all(is_setting(item) for item in value.values())
     if isinstance(value, (list, tuple)):
@@ -81,9 +86,30 @@ def run_settings() -> dict[str, Any]:
         if isinstance(resolver, ReferenceResolver):
             top = {item_id: item.get_config() for item_id, item in resolver.items.items()
                    if item_id and "::" not in item_id and "#" not in item_id}
-            return {name: top[name] for name in setting_names(top)}
+            return {name: resolver.get_resolved_content(name) for name in setting_names(top)}
         frame = frame.f_back
     raise RuntimeError("run_settings() reads the settings of the config being parsed; call it from a bundle config.")
+
+
+def call_with_settings(function: Callable[..., Any], settings: dict[str, Any], /, **components: Any) -> Any:
+    """Call ``function`` with each of its parameters taken from ``settings`` (the run's: :func:`run_settings`) or from
+    ``components`` (what the config built), so a config passes one settings object instead of a reference per
+    parameter. A parameter found in neither is refused: the config must define it (a default in Python would be
+    a second source).
+
+    Raises:
+        ConfigError: ``function`` needs a parameter that is neither a setting nor a component.
+    """
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    missing = [name for name, parameter in parameters.items() if name not in settings and name not in components
+               and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    if missing:
+        raise ConfigError(f"{function.__module__}.{function.__qualname__} needs settings the config does not define: "
+                          f"{', '.join(missing)}; add them to the bundle config.")
+    chosen = {name: settings[name] for name in parameters if name in settings and name not in components}
+    return function(**chosen, **components)
 
 
 def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any]) -> None:
@@ -169,5 +195,5 @@ def user_error(err: BaseException) -> UNoiseError | None:
     return None
 
 
-__all__ = ["COMMON_CONFIG", "bundle_logging_file", "check_override_keys", "config_files", "default_bundle_root", "is_setting",
+__all__ = ["COMMON_CONFIG", "bundle_logging_file", "check_override_keys", "config_files", "call_with_settings", "default_bundle_root", "is_setting",
            "run_bundle", "run_settings", "set_log_mode", "setting_names", "user_error"]

@@ -50,11 +50,18 @@ def test_run_folder_is_complete(one_epoch_run: Path) -> None:
     assert len(split["validation"]) == 2 and len(split["training"]) == 3
 
 
-def test_run_config_lists_every_experiment_value() -> None:
-    config = json.loads((BUNDLE / "configs" / "train_utility.json").read_text())
-    values = {k for k, v in config.items() if not isinstance(v, (dict, list)) or k in ("pancreas_labels",)}
-    values = {k for k in values if not str(config[k]).startswith(("$", "@")) or k in ("dataset_dir", "output_dir")}
-    assert values - {"bundle_root"} <= set(config["run_config"])
+def test_config_json_and_the_meta_record_every_setting_with_the_runs_values(one_epoch_run: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    from pipeline.bundle import config_files, default_bundle_root, setting_names
+    from pipeline.networks.checkpoints import load_checkpoint
+
+    names = setting_names(ConfigParser.load_config_files([str(f) for f in config_files(default_bundle_root(), "train_utility")]))
+    assert {"epochs", "learning_rate", "preset", "dataset_dir", "output_dir"} <= set(names)  # paths in the bundle count too
+    recorded = json.loads((one_epoch_run / "config.json").read_text())
+    assert set(names) <= set(recorded) and recorded["epochs"] == 1 and recorded["config"] == "train_utility"  # the override
+    meta = load_checkpoint(one_epoch_run / "checkpoints" / "last.pt")["meta"]
+    assert set(names) <= set(meta) and (meta["kind"], meta["epochs"], meta["preset"]) == ("utility", 1, "small")
 
 
 def test_tensorboard_holds_scalars_and_images(one_epoch_run: Path) -> None:
