@@ -132,7 +132,7 @@ def check_override_keys(config_file: Path | list[Path], overrides: dict[str, Any
             else:
                 known = sorted(setting_names(config))  # the settings; components are reachable too (a#b)
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean --{close[0]}? " if close else ""
+                hint = f"did you mean --{close[0].replace('_', '-')}? " if close else ""
                 raise ConfigError(
                     f"unknown config key {key!r} for {config_file.name}; {hint}keys: {', '.join(known)}."
                 )
