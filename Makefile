@@ -26,8 +26,9 @@ DEMO_NOISE ?= --noise_preset large --epochs 9 --batch_size 8 --learning_rate 0.0
 # methods; SmoothGrad, |logit| and the oracle run in the bundle's defaults.
 DEMO_EVALUATE ?= --slices-per-case 3 --occlusion-stride 8 --sanity-slices-per-case 1 --sanity-occlusion-stride 8 \
 	--baselines "['occlusion', 'gradcam', 'saliency', 'segmentation', 'random']"
-# The shortcut benchmark (make shortcut-demo): its own phantoms, utility, noise model and evaluation (about 13 minutes;
-# occlusion once, blur-filled: the benchmark reads the cue share and the pointing game, judged under every infill all the same).
+# The shortcut benchmark (make shortcut-demo): its own phantoms, utility, noise model and evaluation (the evaluation took
+# 16 minutes; occlusion once, blur-filled: the benchmark reads the cue share and the pointing game; every map is still
+# judged under every infill).
 SHORTCUT_DATA ?= data/phantom_shortcut
 SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train_slices all
 # The demo hands on the utility of its last epoch (the end of the cosine schedule): with 4 validation
@@ -117,7 +118,7 @@ demo-3d: $(STAMP)
 	@echo "  report: $(DEMO3D_RUN)/evaluation/report/report.html"
 
 # The shortcut benchmark: a utility trained where a planted cue is the only way to tell the labelled gland from
-# its twin; does U-Noise show the cue? (About 13 minutes on 2 CPU cores.)
+# its twin; does U-Noise show the cue? (About half an hour on 2 CPU cores.)
 SHORTCUT_RUN := $(DEMO_RUN:runs/demo-%=runs/shortcut-%)
 shortcut-demo: $(STAMP)
 	@echo "== 1/4 shortcut phantoms (cue, twin gland, twins without the cue) -> $(SHORTCUT_DATA)"
