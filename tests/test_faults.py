@@ -442,11 +442,13 @@ def test_kill_mid_epoch_then_resume(drill_data: Path, tmp_path: Path) -> None:
     assert not list(run.rglob(".tmp-*"))
 
 
-def _trained_pair(data: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A 1-epoch utility and noise model on ``data``, trained as a user would: the two run folders."""
-    utility, noise = tmp_path / "utility", tmp_path / "noise"
-    for args in (["train-utility", "--dataset", str(data), "--output", str(utility), *TINY, "--epochs", "1"],
-                 ["train-noise", "--dataset", str(data), "--utility", str(utility / "checkpoints" / "best.pt"), "--output",
+@pytest.fixture(scope="module")
+def drill_pair(drill_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 1-epoch utility and noise model on the drill data, trained as a user would (once for the module)."""
+    root = tmp_path_factory.mktemp("drill_pair")
+    utility, noise = root / "utility", root / "noise"
+    for args in (["train-utility", "--dataset", str(drill_data), "--output", str(utility), *TINY, "--epochs", "1"],
+                 ["train-noise", "--dataset", str(drill_data), "--utility", str(utility / "checkpoints" / "best.pt"), "--output",
                   str(noise), "--noise_preset", "small", "--batch_size", "4", "--device", "cpu", "--val_fraction", "0.34",
                   "--test_fraction", "0.0", "--other_fraction", "0.5", "--epochs", "1"]):
         process = _unoise(*args)
@@ -456,8 +458,8 @@ def _trained_pair(data: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_kill_explain_then_rerun(drill_data: Path, tmp_path: Path) -> None:
-    utility, noise = _trained_pair(drill_data, tmp_path)
+def test_kill_explain_then_rerun(drill_data: Path, drill_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    utility, noise = drill_pair
     explain = ["explain", "--input", str(drill_data / "imagesTs"), "--output", str(tmp_path / "maps"), "--noise",
                str(noise / "checkpoints" / "best.pt"), "--utility", str(utility / "checkpoints" / "best.pt"), "--device", "cpu"]
     killed = _unoise(*explain, fault="pancreas_004_importance.nii.gz")
@@ -481,9 +483,9 @@ def _cases(folder: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.slow
-def test_explain_with_a_corrupt_case_killed_mid_case_then_rerun_ends_as_an_uninterrupted_run(drill_data: Path,
-                                                                                             tmp_path: Path) -> None:
-    utility, noise = _trained_pair(drill_data, tmp_path)
+def test_explain_with_a_corrupt_case_killed_mid_case_then_rerun_ends_as_an_uninterrupted_run(
+        drill_data: Path, drill_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    utility, noise = drill_pair
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     shutil.copy(drill_data / "imagesTs" / "pancreas_004.nii.gz", inputs / "a_case.nii.gz")
