@@ -24,10 +24,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from pipeline.bundle import check_override_keys, config_files, default_bundle_root, user_error
+from pipeline.bundle import bundle_workflow
 from pipeline.networks.checkpoints import check_pair, check_spatial_dims, load_checkpoint
 from pipeline.data import LoadVolumed, collect_inputs
-from pipeline.errors import DataError
+from pipeline.errors import DataError, user_error
 from pipeline.outputs.maps import maps_from_prediction, write_case_outputs
 
 logger = logging.getLogger(__name__)
@@ -71,21 +71,13 @@ class Explainer:
             overrides: other keys of ``inference.json`` (e.g. ``window``, ``sw_batch_size``, ``target_channel``);
                 an unknown key is refused as ``unoise explain`` refuses it.
         """
-        from monai.bundle import ConfigParser
-
         dims = int(dict(load_checkpoint(noise).get("meta", {})).get("spatial_dims", 2))
-        root = Path(bundle_root or default_bundle_root())
-        files = config_files(root, "inference", ["inference_3d"] if dims == 3 else [])
         values = {"noise_checkpoint": str(noise), "utility_checkpoint": None if utility is None else str(utility),
                   "utility_bundle": None if utility_bundle is None else str(utility_bundle), "device": device, **overrides}
-        check_override_keys(files, values)
-        parser = ConfigParser()
-        parser.read_config([str(path) for path in files])
-        parser.update({"bundle_root": str(root), **values})
-        parser.parse()
-        try:
-            parser.get_parsed_content("imports")  # the config's own imports (pipeline, monai...) for its expressions
-            return cls(parser)
+        try:  # explain's own workflow, initialised with the config's imports only: no input is read, no folder made
+            workflow = bundle_workflow("inference", values, Path(bundle_root) if bundle_root else None,
+                                       ["inference_3d"] if dims == 3 else [], logging_file=False, init_id="imports")
+            return cls(workflow.parser)
         except Exception as err:  # our refusal inside MONAI's "Failed to evaluate" wrappers: raise it as it is
             ours = user_error(err)
             if ours is None:

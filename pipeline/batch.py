@@ -1,8 +1,7 @@
-"""Batches of cases that survive a bad one: ``explain`` runs its evaluator once per case, so a case that cannot
-be read or processed is recorded (file and reason) and skipped while the rest finish, and a re-run skips the
-cases already done with the same models and settings.
-
-The per-case record lives in ``OUTPUT_DIR/manifest.json`` (:class:`pipeline.handlers.ImportanceExporter`).
+"""Batches of cases across runs and processes: which cases a re-run skips (done before with the same models and
+settings), and how ``torchrun`` shares them out. Within a run, a case that cannot be read or processed is recorded
+and skipped while the rest finish (:mod:`pipeline.engines.cases` and :class:`pipeline.handlers.ImportanceExporter`,
+which keeps ``OUTPUT_DIR/manifest.json`` through :mod:`pipeline.outputs.manifest`).
 
 Under ``torchrun`` (``configs/multi_gpu_inference.json``) the cases are shared out over the ranks (:func:`shard`):
 rank 0 checks and locks the output folder for all (:func:`prepare_shared_output`), each rank explains its own
@@ -12,20 +11,16 @@ into the one ``manifest.json`` (:func:`merge_shards`). In a single process each 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai.data import DataLoader, Dataset
 
 from pipeline import distributed
-from pipeline.bundle import user_error
 from pipeline.data.validate import ON_ERROR, resolve_on_error  # one rule for explain, inspect and evaluate
-from pipeline.errors import ConfigError, WriteError
+from pipeline.errors import ConfigError
 from pipeline.outputs.manifest import MANIFEST, latest_records, manifest_parts
 
 logger = logging.getLogger(__name__)
@@ -62,50 +57,6 @@ def finished_cases(output_dir: str | os.PathLike, datalist: Sequence[dict[str, A
         if outputs_there and required and _same_outputs(run, provenance):
             done.append(str(record["case"]))
     return done
-
-
-def run_cases(evaluator: Any, entries: Sequence[dict[str, Any]], transform: Any, exporter: Any, on_error: str = "skip",
-              num_workers: int = 0, done: Sequence[str] = (), check: Any = None, suffixes: Sequence[str] = ()) -> dict[str, int]:
-    """Run ``evaluator`` (its handlers attached, the exporter among them) over each entry in turn.
-
-    ``check(entry)`` (the input checks) runs first for each case. With ``on_error`` ``skip``, a case whose check,
-    loading or inference raises is recorded as failed with its reason and the next one runs; with ``stop`` the
-    error stops the batch (earlier cases stay written). ``done`` cases are recorded as skipped. Returns the counts.
-    """
-    if on_error not in ("skip", "stop"):
-        raise ConfigError(f"on_error must be skip or stop here, got {on_error!r}.")
-    done_set = set(done)
-    for entry in entries:
-        case = str(entry["case"])
-        if case in done_set:
-            kept = [f"{case}{suffix}" for suffix in suffixes if (Path(exporter.output_dir) / f"{case}{suffix}").is_file()]
-            exporter.record(case, entry.get("image"), "skipped", "done before with the same checkpoints and settings", 0.0,
-                            kept)
-            logger.info("%s: done before with the same models and settings; skipped (--overwrite redoes it)", case)
-            continue
-        started = time.perf_counter()
-        try:
-            if check is not None:
-                check(entry)
-            evaluator.data_loader = DataLoader(Dataset([entry], transform), batch_size=1, shuffle=False, num_workers=num_workers)
-            state = evaluator.state  # a fresh one-case run each time (also after a failed case)
-            state.iteration, state.epoch, state.epoch_length = 0, 0, 1
-            evaluator.run()
-        except Exception as err:  # a bad case must not stop the others (skip); ours carry the file and the reason
-            # no half-written case: the exporter removed what this attempt wrote (it tracks its files as it writes them)
-            ours = user_error(err)
-            reason = str(ours) if ours is not None else f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
-            if isinstance(ours, WriteError):  # the disk, not the case: every next case would fail the same way
-                with contextlib.suppress(WriteError):
-                    exporter.record(case, entry.get("image"), "failed", reason, time.perf_counter() - started)
-                raise
-            exporter.record(case, entry.get("image"), "failed", reason, time.perf_counter() - started)
-            if on_error == "stop":
-                raise
-            logger.error("%s: failed, skipped: %s", case, reason)
-    counts = {status: sum(1 for c in exporter.cases if c["status"] == status) for status in ("done", "skipped", "failed")}
-    logger.info("batch: %d done, %d skipped (done before), %d failed", counts["done"], counts["skipped"], counts["failed"])
-    return counts
 
 
 def shard(entries: Sequence[dict[str, Any]], done: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -165,4 +116,4 @@ def merge_shards(exporter: Any, datalist: Sequence[dict[str, Any]] = (), device:
     distributed.barrier(device)
 
 
-__all__ = ["ON_ERROR", "finished_cases", "merge_shards", "prepare_shared_output", "resolve_on_error", "run_cases", "shard"]
+__all__ = ["ON_ERROR", "finished_cases", "merge_shards", "prepare_shared_output", "resolve_on_error", "shard"]

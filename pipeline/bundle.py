@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, UNoiseError
+from pipeline.errors import ConfigError, user_error
 from pipeline.locations import COMMON_CONFIG, default_bundle_root
 
 logger = logging.getLogger("pipeline")
@@ -154,24 +154,34 @@ def bundle_logging_file(root: str | Path) -> str | bool:
     return str(Path(root) / "configs" / "logging.conf") if _LOG_MODE["mode"] == "full" else False
 
 
-def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = ()) -> None:
-    """Run ``configs/<config>.json`` (on ``common.json``, under ``overlays``) with overrides, exactly as
-    ``python -m monai.bundle run`` (its logging config applied unless :func:`set_log_mode` said ``quiet``)."""
-    from monai.bundle import run
+def bundle_workflow(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = (),
+                    logging_file: str | bool | None = None, init_id: str = "initialize") -> Any:
+    """MONAI's ``ConfigWorkflow`` for ``configs/<config>.json`` (on ``common.json``, under ``overlays``) with
+    ``overrides`` checked against the configs' keys first; initialised (``init_id`` run), ready to ``run()`` and
+    ``finalize()``. ``logging_file`` None: the bundle's ``logging.conf`` under the current log mode
+    (:func:`set_log_mode`)."""
+    from monai.bundle import ConfigWorkflow
 
     root = Path(bundle_root or default_bundle_root())
     files = config_files(root, config, overlays)
     check_override_keys(files, overrides)
+    workflow = ConfigWorkflow(config_file=[str(path) for path in files], meta_file=str(root / "configs" / "metadata.json"),
+                              logging_file=bundle_logging_file(root) if logging_file is None else logging_file,
+                              init_id=init_id, bundle_root=str(root), **overrides)
+    workflow.initialize()
+    return workflow
+
+
+def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = ()) -> None:
+    """Run ``configs/<config>.json`` (on ``common.json``, under ``overlays``) with overrides, as
+    ``python -m monai.bundle run`` does (:func:`bundle_workflow`: initialize, run, finalize); a refusal of the
+    user's input rolls back the folders the run created, and the run folder's lock goes, on errors too."""
     from pipeline.rundir import forget_created, release_all, roll_back
 
     try:
-        run(
-            config_file=[str(path) for path in files],
-            meta_file=str(root / "configs" / "metadata.json"),
-            logging_file=bundle_logging_file(root),
-            bundle_root=str(root),
-            **overrides,
-        )
+        workflow = bundle_workflow(config, overrides, bundle_root, overlays)
+        workflow.run()
+        workflow.finalize()
     except Exception as err:
         if user_error(err) is not None:  # a refusal: leave the disk as it was
             for path in roll_back():
@@ -182,18 +192,8 @@ def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None 
         release_all()  # the run folder's lock, on errors too
 
 
-def user_error(err: BaseException) -> UNoiseError | None:
-    """Our own error (the user's input) inside MONAI's "Failed to evaluate ..." wrappers, if any.
-
-    Only :class:`~pipeline.errors.UNoiseError` counts: any other exception is a bug and keeps its traceback.
-    """
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, UNoiseError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-__all__ = ["COMMON_CONFIG", "bundle_logging_file", "check_override_keys", "config_files", "call_with_settings", "default_bundle_root", "is_setting",
-           "run_bundle", "run_settings", "set_log_mode", "setting_names", "user_error"]
+__all__ = [
+    "COMMON_CONFIG", "bundle_logging_file", "bundle_workflow", "call_with_settings", "check_override_keys",
+    "config_files", "default_bundle_root", "is_setting", "run_bundle", "run_settings", "set_log_mode",
+    "setting_names"
+]

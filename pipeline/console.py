@@ -33,9 +33,9 @@ def _not_the_skipped_logging_notice(record: logging.LogRecord) -> bool:
 
 def _not_a_user_error_echo(record: logging.LogRecord) -> bool:
     """The engines' own report of an exception that ``unoise`` prints itself as one ``error:`` line (ours, the user's
-    input: :func:`pipeline.bundle.user_error`): Ignite's "terminating due to exception" and a handler's logged
+    input: :func:`pipeline.errors.user_error`): Ignite's "terminating due to exception" and a handler's logged
     traceback are dropped; a bug's traceback is printed by the command as before."""
-    from pipeline.bundle import user_error
+    from pipeline.errors import user_error
 
     if record.getMessage().startswith("Engine run is terminating due to exception"):
         return False

@@ -23,3 +23,25 @@ def check_choice(name: str, value: object, choices: tuple) -> None:
 
 class WriteError(UNoiseError, OSError):
     """A file could not be written (disk full, no permission, read-only folder); what was written before stays whole."""
+
+
+def user_error(err: BaseException) -> UNoiseError | None:
+    """Our own error (the user's input) inside MONAI's "Failed to evaluate ..." wrappers, if any.
+
+    Only :class:`UNoiseError` counts: any other exception is a bug and keeps its traceback.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, UNoiseError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for a case's record: our own message (the file and the fix), or the exception's type and first line."""
+    ours = user_error(err)
+    if ours is not None:
+        return str(ours)
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+

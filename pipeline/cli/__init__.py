@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pipeline.bundle import user_error
+from pipeline.errors import user_error
 from pipeline.cli.parser import build_parser, parse_overrides, parse_value
 
 

@@ -77,9 +77,7 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     and a bundle utility's ``utility_bundle`` / ``target_channel``), so the retraining accepts exactly the data
     the evaluation accepted and rebuilds the same utility network.
     """
-    from monai.bundle import run
-
-    from pipeline.bundle import bundle_logging_file, config_files
+    from pipeline.bundle import bundle_logging_file, bundle_workflow
 
     root = Path(bundle_root)
     overlays = ["train_noise_3d"] if int(meta.get("spatial_dims", 2)) == 3 else []
@@ -94,9 +92,10 @@ def retrain_noise(meta: dict[str, Any], utility_path: Path, output_dir: Path, ep
     try:
         for item in chatty if quiet else ():
             item.setLevel(logging.WARNING)
-        run(config_file=[str(path) for path in config_files(root, "train_noise", overlays)],
-            meta_file=str(root / "configs" / "metadata.json"), bundle_root=str(root), logging_file=bundle_logging_file(root),
-            **overrides)
+        # the training workflow of `unoise train-noise` (train_noise.json), in this process, into its own folder
+        workflow = bundle_workflow("train_noise", overrides, root, overlays)
+        workflow.run()
+        workflow.finalize()
     finally:
         for item, level in zip(chatty, levels):
             item.setLevel(level)

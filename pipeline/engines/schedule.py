@@ -1,8 +1,5 @@
-"""Settings of the MONAI engines the configs build (``SupervisedTrainer`` / ``SupervisedEvaluator``).
-
-The engines, losses, optimizers and schedulers are ``_target_`` entries in the JSON configs; this module
-holds the checks that need code (early stopping reads Ignite's ``Checkpoint.get_default_score_fn``).
-"""
+"""The training schedule's check: the engines, losses, optimizers and schedulers are ``_target_`` entries in the
+JSON configs (torch's and MONAI's own classes); this module holds the check that needs code."""
 
 from __future__ import annotations
 
