@@ -76,3 +76,18 @@ def test_region_share_metric_counts_the_body_when_the_batch_has_it() -> None:
     body = torch.zeros(1, 1, 4, 4)
     body[..., :2, :2] = 1  # 4 body pixels
     assert _one_pixel_metric({"body": body}).compute() == pytest.approx(4.0)
+
+
+def test_dice_is_monai_dice_with_both_empty_as_nan() -> None:
+    """Ours is MONAI's formula vectorised over the batch (``monai.metrics.compute_dice`` loops over it in Python,
+    and occlusion scores thousands of masks per map); both empty is NaN (left out of means), one empty is 0."""
+    from monai.metrics import compute_dice as monai_dice
+
+    from pipeline.noise.regions import compute_dice
+
+    generator = torch.Generator().manual_seed(0)
+    pred = (torch.rand(12, 1, 9, 7, generator=generator) > 0.6).float()
+    reference = (torch.rand(12, 1, 9, 7, generator=generator) > 0.5).float()
+    pred[10], reference[10], pred[11] = 0, 0, 0  # both empty; the prediction alone empty
+    ours, theirs = compute_dice(pred, reference), monai_dice(pred, reference, include_background=True, ignore_empty=False)[:, 0]
+    assert torch.allclose(ours[:10], theirs[:10]) and torch.isnan(ours[10]) and ours[11] == theirs[11] == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.layers import gaussian_1d, separable_filtering
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
@@ -35,27 +36,20 @@ DEFAULT_ROAD_NOISE = 0.01  # std in [0, 1] intensity units
 def apply_blur(image: torch.Tensor, sigma: float = DEFAULT_BLUR_SIGMA) -> torch.Tensor:
     """Separable Gaussian blur of each channel, replicate padding: (B, C, H, W) or (B, C, X, Y, Z), same shape out.
 
+    MONAI's ``separable_filtering`` with its sampled, normalised ``gaussian_1d`` kernel reaching 3 sigma.
+
     Args:
         image: slices (2D) or patches (3D), any range.
-        sigma: standard deviation in pixels or voxels (> 0); the kernel reaches 3 sigma.
+        sigma: standard deviation in pixels or voxels (> 0).
     """
     if sigma <= 0:
         raise ConfigError(f"blur sigma must be > 0 pixels, got {sigma}.")
     spatial = image.ndim - 2
     if spatial not in (2, 3):
         raise ValueError(f"apply_blur takes (B, C, H, W) or (B, C, X, Y, Z), got {tuple(image.shape)}.")
-    radius = max(1, int(round(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()  # (2r + 1,)
-    channels = image.shape[1]
-    convolve = F.conv2d if spatial == 2 else F.conv3d
-    out = F.pad(image, (radius,) * (2 * spatial), mode="replicate")
-    for axis in range(spatial):  # one axis at a time, the first spatial axis first
-        shape = [1] * spatial
-        shape[axis] = -1
-        out = convolve(out, kernel.view(1, 1, *shape).repeat(channels, 1, *([1] * spatial)), groups=channels)
-    return out
+    kernel_dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
+    kernel = gaussian_1d(torch.tensor(float(sigma), dtype=kernel_dtype), truncated=3.0, approx="sampled", normalize=True)
+    return separable_filtering(image, [kernel.to(image.device)] * spatial, mode="replicate")
 
 
 def _body_stats(image: torch.Tensor, body: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,10 @@ def compute_region_share(
 
 
 def compute_dice(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Dice per slice of binary (B, 1, H, W) masks; NaN where both are empty (excluded from means)."""
+    """Dice per slice of binary (B, 1, H, W) masks; NaN where both are empty (excluded from means).
+
+    ``monai.metrics.compute_dice``'s formula, vectorised over the batch (MONAI's loops over it in Python, about 3x
+    slower on 256 slices, and occlusion scores thousands of masks per map); a test checks the two agree."""
     inter = (pred * reference).flatten(1).sum(1)
     total = pred.flatten(1).sum(1) + reference.flatten(1).sum(1)
     return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.full_like(total, float("nan")))
