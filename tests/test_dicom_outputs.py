@@ -169,3 +169,59 @@ def test_phantom_dicom_copies_read_back_as_their_nifti(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(copy), np.rint(np.asarray(original)))  # HU rounded to int16, same voxels
         assert np.allclose(np.asarray(copy.affine), np.asarray(original.affine), atol=1e-4)
         assert pydicom.dcmread(next(series.glob("*.dcm"))).PatientID == f"PHANTOM-{series.name}"
+
+
+def _scanner_series(folder: Path, blank: str = "", shape: tuple[int, int, int] = (10, 7, 6)) -> Path:
+    """A series as anonymising exports of a scanner leave it: vendor private blocks, an empty SOPClassUID (in the file
+    meta too), no specimen module, single-frame CT images; and optionally one more identifier ``blank``."""
+    write_dicom_series(folder, np.random.default_rng(3).integers(-1000, 400, size=shape).astype(np.int16), AFFINE)
+    for path in sorted(folder.glob("*.dcm")):
+        header = pydicom.dcmread(path)
+        header.SOPClassUID = ""
+        header.file_meta.MediaStorageSOPClassUID = ""
+        block = header.private_block(0x0019, "SIEMENS CT VA0  COAD", create=True)
+        block.add_new(0x08, "DS", "1.5")
+        block.add_new(0x10, "LO", "vendor specific")
+        header.add_new(0x00291010, "OB", b"\x00\x01" * 40)  # an opaque private CSA-like element without its creator
+        if blank:
+            setattr(header, blank, "")
+        header.save_as(path)
+    return folder
+
+
+def test_a_blank_sop_class_of_a_ct_series_is_inferred_and_vendor_tags_do_not_matter(tmp_path: Path, caplog) -> None:
+    from pipeline.dicom.write import CT_IMAGE_STORAGE
+
+    folder = _scanner_series(tmp_path / "scanner")
+    volume = load_volume(folder)
+    affine = np.asarray(volume.affine)
+    with caplog.at_level("WARNING"):
+        written = write_case_dicom(tmp_path / "out", "case", _maps(tuple(volume.shape)), affine, folder)
+    assert "SOPClassUID from CT Image Storage (Modality CT)" in caplog.text
+    for path in written:
+        derived = hd.imread(str(path)) if path.name.endswith("_seg.dcm") else pydicom.dcmread(path)
+        referenced = derived.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert referenced.ReferencedSOPClassUID == CT_IMAGE_STORAGE
+    assert np.array_equal(_on_the_grid(pydicom.dcmread(written[1]), affine, volume.shape[2])[0], _maps(tuple(volume.shape))["seg"])
+
+
+@pytest.mark.slow
+def test_a_blank_frame_of_reference_refuses_dicom_in_one_line_and_both_keeps_the_nifti(tiny_pair: dict[str, Path],
+                                                                                         tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main
+
+    folder = _scanner_series(tmp_path / "scanner", blank="FrameOfReferenceUID", shape=(32, 32, 12))
+    volume = load_volume(folder)
+    with pytest.raises(DataError, match="FrameOfReferenceUID is blank"):
+        write_case_dicom(tmp_path / "direct", "case", _maps(tuple(volume.shape)), np.asarray(volume.affine), folder)
+    assert not (tmp_path / "direct").exists() or not list((tmp_path / "direct").iterdir())
+
+    out = tmp_path / "maps"
+    status = main(["explain", "--input", str(folder), "--output", str(out), "--output-format", "both", "--noise",
+                   str(tiny_pair["noise"]), "--utility", str(tiny_pair["utility"]), "--device", "cpu", "--spatial-size", "32"])
+    printed = capsys.readouterr()
+    assert status == 1 and "Traceback" not in printed.err + printed.out  # exit status: not everything asked for was written
+    assert "1 with NIfTI maps only" in printed.out and "FrameOfReferenceUID is blank" in printed.out
+    assert sorted(p.name for p in out.glob("scanner*")) == ["scanner_importance.nii.gz", "scanner_seg.nii.gz"]
+    record = json.loads((out / "manifest.json").read_text())["cases"][0]
+    assert record["status"] == "done" and "FrameOfReferenceUID" in record["note"]

@@ -93,17 +93,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _explain_summary(args: argparse.Namespace) -> int:
-    """Print this run's cases from manifest.json; 1 when any failed."""
+    """Print this run's cases from manifest.json; 1 when any failed or lacks outputs it asked for (a DICOM input's
+    DICOM objects under ``--output-format both``)."""
     from pipeline.outputs.manifest import this_run_cases
 
     cases = this_run_cases(args.output)  # earlier runs' cases stay listed in the file
     counts = {status: sum(1 for c in cases if c["status"] == status) for status in ("done", "skipped", "failed")}
-    print(f"explained {counts['done']} volume(s), {counts['skipped']} skipped (done before), {counts['failed']} failed: "
-          f"{args.output} (manifest.json)")
+    partial = sum(1 for c in cases if c.get("note"))
+    print(f"explained {counts['done']} volume(s), {counts['skipped']} skipped (done before), {counts['failed']} failed"
+          + (f", {partial} with NIfTI maps only" if partial else "") + f": {args.output} (manifest.json)")
     for case in cases:
         detail = f"{case['seconds']:.1f} s" if case["status"] == "done" else (case["error"] or "")
-        print(f"  {case['case']:24s} {case['status']:8s} {detail}")
-    return 1 if counts["failed"] else 0
+        print(f"  {case['case']:24s} {case['status']:8s} {detail}" + (f"; {case['note']}" if case.get("note") else ""))
+    return 1 if counts["failed"] or partial else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

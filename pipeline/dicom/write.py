@@ -12,6 +12,7 @@ source slice's position and orientation (a map on another grid is refused, never
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -27,8 +28,16 @@ OUTPUT_FORMATS = ("nifti", "dicom", "both")
 DICOM_SUFFIXES = ("_importance.dcm", "_seg.dcm")
 NIFTI_SUFFIXES = ("_importance.nii.gz", "_seg.nii.gz")
 MANUFACTURER = "unoise-pipeline"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# what a derived object copies and cannot do without: blank in the source, the object cannot say what it derives from
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+# type 2 (required, may be empty) attributes of the patient and study modules that highdicom copies
+EMPTY_ALLOWED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+                 "ReferringPhysicianName", "StudyID")
 SEG_SERIES_NUMBER, MAP_SERIES_NUMBER = 9901, 9902  # derived series sort after the scanner's own
 POSITION_TOLERANCE_MM = 1e-3
+
+logger = logging.getLogger(__name__)
 
 
 def output_suffixes(output_format: str) -> list[str]:
@@ -67,7 +76,37 @@ def source_headers(folder: str | os.PathLike, series: str | None = None) -> list
     ordered, _ = sort_by_position(choose_dicom_series(folder, series).files, folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return [pydicom.dcmread(path, stop_before_pixels=True) for path in ordered]
+        return complete_headers([pydicom.dcmread(path, stop_before_pixels=True) for path in ordered], folder)
+
+
+def complete_headers(headers: Sequence[Any], folder: Any) -> list[Any]:
+    """The source headers with what derived objects need and the standard lets us infer: a blank or missing
+    SOPClassUID from the file meta's MediaStorageSOPClassUID, else CT Image Storage for a CT modality (anonymising
+    exports often blank it); missing type 2 patient and study attributes as empty values. A blank identifier a
+    derived object must reference (study, series, instance, frame of reference) is refused in one line."""
+    inferred: set[str] = set()
+    for header in headers:
+        if not str(getattr(header, "SOPClassUID", "") or "").strip():
+            meta_class = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "") or "").strip()
+            if meta_class:
+                header.SOPClassUID, reason = meta_class, "the file meta's MediaStorageSOPClassUID"
+            elif str(getattr(header, "Modality", "")).upper() == "CT":
+                header.SOPClassUID, reason = CT_IMAGE_STORAGE, "CT Image Storage (Modality CT)"
+            else:
+                raise DataError(f"{folder}: SOPClassUID is blank and Modality is {getattr(header, 'Modality', '')!r}, so "
+                                "the image's storage class is unknown and no DICOM SEG / Parametric Map can reference it: "
+                                "re-export the series with its SOP Class UID, or pass --output-format nifti.")
+            inferred.add(f"SOPClassUID from {reason}")
+        for name in REQUIRED_UIDS:
+            if not str(getattr(header, name, "") or "").strip():
+                raise DataError(f"{folder}: {name} is blank in {getattr(header, 'filename', 'a slice')}; a DICOM SEG / "
+                                "Parametric Map must reference it: re-export the series with it, or pass --output-format nifti.")
+        for name in EMPTY_ALLOWED:
+            if name not in header:
+                setattr(header, name, "")
+    if inferred:
+        logger.warning("%s: %s (blank in the series)", folder, "; ".join(sorted(inferred)))
+    return list(headers)
 
 
 def check_frames_geometry(headers: Sequence[Any], affine: np.ndarray, shape: Sequence[int], folder: Any) -> None:
@@ -170,6 +209,15 @@ def write_parametric_map(headers: Sequence[Any], importance: np.ndarray, path: s
     return _save(dataset, path)
 
 
+def _raised_in_dicom_library(err: BaseException) -> bool:
+    """True when highdicom or pydicom raised ``err`` (what it refused is in the source headers, not in our code)."""
+    frame, last = err.__traceback__, None
+    while frame is not None:
+        last, frame = frame, frame.tb_next
+    filename = last.tb_frame.f_code.co_filename if last is not None else ""
+    return any(f"{os.sep}{name}{os.sep}" in filename for name in ("highdicom", "pydicom"))
+
+
 def _save(dataset: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -189,12 +237,17 @@ def write_case_dicom(output_dir: str | os.PathLike, case: str, maps: dict[str, n
     try:
         written.append(write_parametric_map(headers, maps["importance"], output_dir / f"{case}{DICOM_SUFFIXES[0]}", provenance))
         written.append(write_dicom_seg(headers, maps["seg"], output_dir / f"{case}{DICOM_SUFFIXES[1]}", provenance))
-    except Exception:  # both or neither: a Parametric Map without its SEG is not left behind
+    except Exception as err:  # both or neither: a Parametric Map without its SEG is not left behind
         for path in written:
             path.unlink(missing_ok=True)
+        if _raised_in_dicom_library(err) and not isinstance(err, DataError):
+            # highdicom's refusal of something in the source headers: the series', not ours; one line, NIfTI still with both
+            raise DataError(f"{folder}: highdicom cannot derive a DICOM SEG / Parametric Map from this series "
+                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
+                            "pass --output-format nifti, or both (NIfTI maps for it).") from err
         raise
     return written
 
 
-__all__ = ["DICOM_SUFFIXES", "OUTPUT_FORMATS", "check_dicom_inputs", "check_frames_geometry", "output_suffixes", "source_headers",
+__all__ = ["DICOM_SUFFIXES", "OUTPUT_FORMATS", "check_dicom_inputs", "complete_headers", "check_frames_geometry", "output_suffixes", "source_headers",
            "write_case_dicom", "write_dicom_seg", "write_parametric_map"]

@@ -142,11 +142,11 @@ class ImportanceExporter:
         pred = torch.as_tensor(item["pred"]).detach().float().cpu().numpy()  # (2, X, Y, Z)
         if pred.shape[1:] != shape:
             raise RuntimeError(f"{case}: inverted prediction {pred.shape[1:]} does not match the input grid {shape}.")
-        source_path = str(meta.get("filename_or_obj", ""))
+        source_path, notes = str(meta.get("filename_or_obj", "")), []
         written = write_case_outputs(self.output_dir, case, maps_from_prediction(pred), affine, source_path,
                                      self.output_format, source.get("series"), self.provenance,
                                      resampled=meta.get("resampled_from") is not None,
-                                     aux_file=MANIFEST if self.provenance else None)
+                                     aux_file=MANIFEST if self.provenance else None, notes=notes)
         if self.overlay:
             try:
                 written.append(self._write_overlay(case, item))
@@ -156,7 +156,7 @@ class ImportanceExporter:
         logger.info("%s: wrote %s", case, ", ".join(p.name for p in written))
         # after every case: an interrupted run's manifest lists what it finished
         self.manifest.record(case, source_path, "done", None, time.perf_counter() - self._started,
-                             [p.name for p in written], write=self.provenance is not None)
+                             [p.name for p in written], write=self.provenance is not None, note="; ".join(notes) or None)
 
     def _write_overlay(self, case: str, item: dict[str, Any]) -> Path:
         import matplotlib

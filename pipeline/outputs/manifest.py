@@ -72,12 +72,14 @@ class Manifest:
         self._earlier: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
 
     def record(self, case: str, source: Any, status: str, error: str | None, seconds: float,
-               outputs: list[str] | None = None, write: bool = True) -> None:
+               outputs: list[str] | None = None, write: bool = True, note: str | None = None) -> None:
         """One case's record (``done``, ``skipped`` or ``failed``), replacing an earlier one of this run; with
-        ``write`` the manifest is rewritten at once, so an interrupted run lists what it finished."""
+        ``write`` the manifest is rewritten at once, so an interrupted run lists what it finished. ``note``: what a
+        done case lacks of what was asked (a DICOM input's DICOM objects under ``both``)."""
         self.cases = [c for c in self.cases if c["case"] != case]
-        self.cases.append({"case": case, "input": str(source), "outputs": list(outputs or []), "status": status,
-                           "error": error, "seconds": round(seconds, 3)})
+        record = {"case": case, "input": str(source), "outputs": list(outputs or []), "status": status, "error": error,
+                  "seconds": round(seconds, 3)}
+        self.cases.append({**record, "note": note} if note else record)
         if write:
             self.write()
 

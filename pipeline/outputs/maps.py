@@ -46,12 +46,14 @@ def remove_written(paths: list[Path]) -> None:
 
 def write_case_outputs(output_dir: str | Path, case: str, maps: dict[str, np.ndarray], affine: np.ndarray, source: Any,
                        output_format: str = "nifti", series: str | None = None, provenance: dict[str, Any] | None = None,
-                       resampled: bool = False, aux_file: str | None = None) -> list[Path]:
+                       resampled: bool = False, aux_file: str | None = None, notes: list[str] | None = None) -> list[Path]:
     """One case's maps in ``output_format``: NIfTI (``nifti``), DICOM SEG + Parametric Map of a DICOM series ``source``
     (``dicom``), or both (DICOM where ``source`` is a series). The DICOM objects come first: their checks refuse before
     any file. A series ``resampled`` onto an even grid gets no DICOM objects (refused with ``dicom``; with ``both``
-    NIfTI and a warning, as for any DICOM failure). NIfTI headers carry the short ``provenance``; the written paths.
+    NIfTI and a warning, as for any DICOM failure; the one-line reason is appended to ``notes``). NIfTI headers carry
+    the short ``provenance``; the written paths.
     """
+    notes = [] if notes is None else notes
     from pipeline.dicom.write import check_dicom_inputs, write_case_dicom
     from pipeline.outputs.provenance import short_provenance
 
@@ -62,14 +64,16 @@ def write_case_outputs(output_dir: str | Path, case: str, maps: dict[str, np.nda
                         "not lie on the series' own slices, as DICOM SEG and Parametric Map frames must: pass "
                         "--output_format nifti (or both: NIfTI for it, DICOM for the others).")
     if resampled and output_format == "both":
-        logger.warning("%s: resampled onto an even grid: NIfTI maps only (no DICOM SEG / Parametric Map)", case)
+        notes.append("NIfTI maps only: resampled onto an even grid, so no DICOM SEG / Parametric Map")
+        logger.warning("%s: %s", case, notes[-1])
     elif output_format != "nifti" and isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         try:
             written += write_case_dicom(output_dir, case, maps, affine, source, series, provenance)
         except DataError as err:
             if output_format == "dicom":
                 raise
-            logger.warning("%s: NIfTI maps only, no DICOM outputs: %s", case, err)
+            notes.append(f"NIfTI maps only, no DICOM outputs: {err}")
+            logger.warning("%s: %s", case, notes[-1])
     if output_format != "dicom":
         description = short_provenance(provenance) if provenance else None
         try:
