@@ -16,9 +16,9 @@ endif
 # Demo settings (CPU, 2 cores, a few minutes each); the bundle's defaults are for real CT at 256 px.
 # Every stage must split the patients alike: same fractions and seed (32 cases: 20 training, 4 validation, 8 test).
 DEMO_CASES ?= 32
-DEMO_SPLIT ?= --val_fraction 0.125 --test_fraction 0.25 --seed 0
-DEMO_UTILITY ?= --preset demo --spatial_size 128 --epochs 20 --batch_size 8 --learning_rate 0.003
-DEMO_NOISE ?= --noise_preset large --epochs 9 --batch_size 8 --learning_rate 0.003
+DEMO_SPLIT ?= --val-fraction 0.125 --test-fraction 0.25 --seed 0
+DEMO_UTILITY ?= --preset demo --spatial-size 128 --epochs 20 --batch-size 8 --learning-rate 0.003
+DEMO_NOISE ?= --noise-preset large --epochs 9 --batch-size 8 --learning-rate 0.003
 # The 3 slices with most pancreas per test case (default: every pancreas slice); occlusion once per infill (5 maps
 # per slice) at stride 8 (the paper: 2 at twice the resolution; one map at stride 4 cost as much as these five),
 # the sanity check's retraining on a third of the 9 epochs. Every map is judged under 4 infills and 2 held-out
@@ -30,7 +30,7 @@ DEMO_EVALUATE ?= --slices-per-case 3 --occlusion-stride 8 --sanity-slices-per-ca
 # 16 minutes; occlusion once, blur-filled: the benchmark reads the cue share and the pointing game; every map is still
 # judged under every infill).
 SHORTCUT_DATA ?= data/phantom_shortcut
-SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train_slices all
+SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train-slices all
 # The demo hands on the utility of its last epoch (the end of the cosine schedule): with 4 validation
 # patients, the epoch of the best 3D dice can be an early spike of an unconverged model.
 DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
@@ -87,10 +87,10 @@ demo: $(STAMP)
 # window; the utility's dice and each method's cost per volume too), with the sanity check in 3D.
 DEMO3D_DATA ?= data/phantom3d
 DEMO3D_RUN := $(DEMO_RUN:runs/demo-%=runs/demo3d-%)
-DEMO3D_UTILITY ?= --preset demo --roi_size "[48, 48, 16]" --epochs 30 --batch_size 4 --learning_rate 0.003
+DEMO3D_UTILITY ?= --preset demo --roi-size "[48, 48, 16]" --epochs 30 --batch-size 4 --learning-rate 0.003
 # 20 epochs at lr 0.01, chosen on the validation split for the earlier blur-only objective (README "3D networks");
 # the curves objective toward the infill mixture keeps them (not re-chosen for it: said in the README).
-DEMO3D_NOISE ?= --noise_preset small --epochs 20 --batch_size 4 --learning_rate 0.01
+DEMO3D_NOISE ?= --noise-preset small --epochs 20 --batch-size 4 --learning-rate 0.01
 # The whole-volume protocol costs a sliding-window pass of the utility per curve point and occluded copy (0.4 s on
 # 2 cores at overlap 0, 0.9 s at 0.25), so the demo judges blur and mean (blur:8 held out), at 6 visible shares,
 # windows without overlap, occlusion with a cube of 16 voxels every 16 (every 32 in the sanity check's), and
@@ -131,7 +131,7 @@ shortcut-demo: $(STAMP)
 	@echo "== 4/4 evaluate, with the shortcut measures -> $(SHORTCUT_RUN)/evaluation"
 	$(UNOISE) evaluate --dataset $(SHORTCUT_DATA) --utility $(SHORTCUT_RUN)/utility/checkpoints/last.pt \
 		--noise $(SHORTCUT_RUN)/noise/checkpoints/best.pt --output $(SHORTCUT_RUN)/evaluation $(DEMO_SPLIT) \
-		--shortcut true --sanity false --slices_per_case 3 --occlusion_stride 4 --occlusion-per-infill false \
+		--shortcut true --sanity false --slices-per-case 3 --occlusion-stride 4 --occlusion-per-infill false \
 		--baselines "['occlusion', 'gradcam', 'saliency', 'segmentation', 'random']"
 	@echo "shortcut demo finished: $(SHORTCUT_RUN)/evaluation/report/report.html"
 

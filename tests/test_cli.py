@@ -88,3 +88,25 @@ def test_override_keys_take_hyphens_or_underscores() -> None:
 
     assert parse_overrides(["--noise-preset", "small", "--held_out_infills", "['road']", "--val-fraction=0.2"]) == {
         "noise_preset": "small", "held_out_infills": ["road"], "val_fraction": 0.2}
+
+
+def test_help_shows_one_spelling_and_the_underscore_form_still_works(msd_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # every subcommand's help, as `unoise X --help` prints it
+    for name, command in {"": parser, **commands}.items():
+        options = re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", command.format_help())
+        assert [option for option in options if "_" in option] == [], name
+    assert main(["inspect", "--dataset", str(msd_dir), "--pancreas_labels", "[1, 2]", "--on_error", "stop"]) == 0
+    assert main(["inspect", "--dataset", str(msd_dir), "--pancreas-labels=[1, 2]", "--on-error=stop"]) == 0
+
+
+@pytest.mark.parametrize("spelling", ["--bundle-root", "--bundle_root"])
+def test_bundle_root_after_the_subcommand_is_the_option_not_a_config_key(spelling: str, tmp_path: Path, capsys) -> None:
+    status = main(["train-utility", "--dataset", str(tmp_path), "--output", str(tmp_path / "run"), spelling,
+                   str(tmp_path / "no_bundle")])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and error.count("\n") == 0 and "no_bundle" in error, error

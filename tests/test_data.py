@@ -44,7 +44,7 @@ def test_json_list_paths_are_relative_to_the_json(msd_dir: Path, tmp_path: Path)
                                     "label": "../Task07_Mini/labelsTr/pancreas_001.nii.gz"}]))
     (entry,) = load_datalist(listing, allow_outside_paths=True)
     assert Path(entry["image"]) == (msd_dir / "imagesTr" / "pancreas_001.nii.gz").resolve()
-    with pytest.raises(DataError, match="lies outside the dataset folder .*--allow_outside_paths true"):
+    with pytest.raises(DataError, match="lies outside the dataset folder .*--allow-outside-paths "):
         load_datalist(listing)
 
 

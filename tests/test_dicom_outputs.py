@@ -154,7 +154,7 @@ def test_explain_writes_dicom_beside_nifti_and_refuses_dicom_for_a_nifti_input(t
     assert main(["explain", "--input", str(next(nifti_input.glob("*.nii.gz"))), "--output", str(tmp_path / "nifti"),
                  "--output-format", "dicom", *common]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "not a DICOM series folder" in error and "--output_format nifti" in error
+    assert error.count("\n") == 0 and "not a DICOM series folder" in error and "--output-format nifti" in error
     assert not list((tmp_path / "nifti").glob("*.dcm")) if (tmp_path / "nifti").exists() else True
 
 

@@ -206,7 +206,7 @@ def test_a_validation_split_without_pancreas_is_refused() -> None:
 
 
 def test_a_training_set_smaller_than_one_batch_is_refused() -> None:
-    with pytest.raises(DataError, match=r"data: the training split gives 3 slice\(s\), fewer than one batch of 8.*--batch_size 3"):
+    with pytest.raises(DataError, match=r"data: the training split gives 3 slice\(s\), fewer than one batch of 8.*--batch-size 3"):
         check_batch_count(3, 8, "data")
     check_batch_count(8, 8, "data")
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.errors import user_error
-from pipeline.cli.parser import build_parser, parse_overrides, parse_value
+from pipeline.cli.parser import build_parser, hyphenate, parse_overrides, parse_value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.console import configure_console
 
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(hyphenate(sys.argv[1:] if argv is None else argv))
     if extra and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     configure_console(args.verbose)

@@ -231,7 +231,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     print(f"{path}: " + ", ".join(f"{name} {len(cases)}" for name, cases in splits.items()) + " cases (split by patient)")
     folder = Path(path).resolve().parent
     if any(folder not in Path(path).parents for part in splits.values() for e in part for path in image_paths(e)):
-        print(f"note: its paths leave {folder}; commands reading it need --allow_outside_paths (or write it inside the dataset folder)")
+        print(f"note: its paths leave {folder}; commands reading it need --allow-outside-paths (or write it inside the dataset folder)")
     return 0
 
 

@@ -49,9 +49,9 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pancreas_labels", "--pancreas-labels", type=parse_value, default=[1, 2],
+    parser.add_argument("--pancreas-labels", type=parse_value, default=[1, 2],
                         help='label values that mean pancreas, merged into one class (default "[1, 2]": MSD)')
-    parser.add_argument("--label_values", "--label-values", type=parse_value, default=None,
+    parser.add_argument("--label-values", type=parse_value, default=None,
                         help='all values a label may hold (default: 0 plus pancreas_labels; "any": no check)')
     parser.add_argument("--key", default="training", help="datalist key to read (training, validation, test)")
     _add_check_options(parser)
@@ -69,12 +69,12 @@ def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> 
     """The input checks' switches (``strict``, ``allow_outside_paths``, ``series``) of every command that reads data."""
     parser.add_argument("--strict", action="store_true",
                         help="refuse volumes whose intensities do not look like CT in HU (default: warn, naming the case)")
-    parser.add_argument("--allow-outside-paths", "--allow_outside_paths", dest="allow_outside_paths", action="store_true",
+    parser.add_argument("--allow-outside-paths", dest="allow_outside_paths", action="store_true",
                         help="accept datalist paths outside the datalist's folder (.., absolute paths)")
     if series:
         parser.add_argument("--series", default=None, metavar="UID",
                             help="SeriesInstanceUID to read from a DICOM folder holding several series")
-        parser.add_argument("--resample-uneven", "--resample_uneven", dest="resample_uneven", type=_parse_bool,
+        parser.add_argument("--resample-uneven", dest="resample_uneven", type=_parse_bool,
                             default=False, metavar="BOOL",
                             help="true: a DICOM series with a missing slice or uneven steps is resampled linearly onto "
                                  "an even grid at its median step (maps then lie on that grid: NIfTI only), not refused")
@@ -83,24 +83,24 @@ def _add_check_options(parser: argparse.ArgumentParser, series: bool = True) -> 
 def _add_utility_options(parser: argparse.ArgumentParser) -> None:
     """``--utility CHECKPOINT``, ``--utility-bundle DIR`` (a model-zoo bundle) or ``--utility-torchscript FILE``, and the class."""
     parser.add_argument("--utility", default=None, help="utility checkpoint (train-utility RUN_DIR/checkpoints/best.pt)")
-    parser.add_argument("--utility-bundle", "--utility_bundle", dest="utility_bundle", default=None, metavar="DIR",
+    parser.add_argument("--utility-bundle", dest="utility_bundle", default=None, metavar="DIR",
                         help="a MONAI model-zoo bundle as the utility (configs/metadata.json, configs/inference.json, models/model.pt)")
-    parser.add_argument("--utility-torchscript", "--utility_torchscript", dest="utility_torchscript", default=None, metavar="FILE",
+    parser.add_argument("--utility-torchscript", dest="utility_torchscript", default=None, metavar="FILE",
                         help="a TorchScript segmentation network (torch.jit.save) as the utility; give its CT window "
-                             "with --window and its input size with --spatial_size")
-    parser.add_argument("--target-channel", "--target_channel", dest="target_channel", type=parse_value, default=None,
+                             "with --window and its input size with --spatial-size")
+    parser.add_argument("--target-channel", dest="target_channel", type=parse_value, default=None,
                         help="the explained output channel of a bundle or TorchScript utility: an index (or a bundle's "
                              "channel_def name); default the first class that is not the background")
 
 
 def _add_dims_option(parser: argparse.ArgumentParser) -> None:
     """``--spatial-dims 3``: the 3D configs layered over the 2D ones (see :data:`pipeline.cli.commands.OVERLAYS_3D`)."""
-    parser.add_argument("--spatial-dims", "--spatial_dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
+    parser.add_argument("--spatial-dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
                         help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
 
 
 def _add_on_error_option(command: argparse.ArgumentParser, what: str) -> None:
-    command.add_argument("--on-error", "--on_error", dest="on_error", choices=["auto", "skip", "stop"], default="auto",
+    command.add_argument("--on-error", dest="on_error", choices=["auto", "skip", "stop"], default="auto",
                          help=f"{what} (default auto: skip in a batch of several cases, stop on a single one)")
 
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--size", type=int, default=128, help="in-plane size in pixels (default 128)")
     phantom.add_argument("--slices", type=int, default=48, help="axial slices per volume (default 48)")
     phantom.add_argument("--seed", type=int, default=0, help="same seed, same volumes (default 0)")
-    phantom.add_argument("--test-cases", "--test_cases", type=int, default=0, dest="test_cases",
+    phantom.add_argument("--test-cases", type=int, default=0, dest="test_cases",
                          help="extra unlabelled cases in imagesTs/ (default 0)")
     phantom.add_argument("--shortcut", choices=["marker"], default=None,
                          help="the shortcut benchmark: copy the gland onto other slices (a coin toss labels one), plant "
@@ -142,17 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--test", type=float, default=0.1, help="test share of patients (default 0.1)")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--key", default="training", help="datalist key to split (default training)")
-    split.add_argument("--allow-outside-paths", "--allow_outside_paths", dest="allow_outside_paths", action="store_true",
+    split.add_argument("--allow-outside-paths", dest="allow_outside_paths", action="store_true",
                        help="accept datalist paths outside the datalist's folder")
     split.set_defaults(func=cmd_split)
 
     presets = sub.add_parser("presets", help="list the network presets with their parameter counts")
-    presets.add_argument("--in-channels", "--in_channels", type=int, default=1, dest="in_channels")
+    presets.add_argument("--in-channels", type=int, default=1, dest="in_channels")
     presets.set_defaults(func=cmd_presets)
 
     train = sub.add_parser("train-utility", help="train the pancreas segmentation UNet (configs/train_utility.json)",
                            epilog="Any other --key value overrides that config key, as with `python -m monai.bundle "
-                                  "run`, e.g. --epochs 2 --spatial_size 64 --device cpu --preset demo.")
+                                  "run`, e.g. --epochs 2 --spatial-size 64 --device cpu --preset demo.")
     train.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder (dataset_dir)")
     _add_dims_option(train)
     train.add_argument("--output", required=True, help="run folder (output_dir)")
@@ -161,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train_utility, takes_overrides=True)
 
     noise = sub.add_parser("train-noise", help="train the U-Noise model against a frozen utility (configs/train_noise.json)",
-                           epilog="Any other --key value overrides that config key, e.g. --noise_preset small "
-                                  "--noise_weight 0.03 --target label --perturbation additive --max_scale 0.4 --epochs 5.")
+                           epilog="Any other --key value overrides that config key, e.g. --noise-preset small "
+                                  "--noise-weight 0.03 --target label --perturbation additive --max-scale 0.4 --epochs 5.")
     noise.add_argument("--dataset", required=True, help="dataset the utility was trained on (same split by seed)")
     _add_utility_options(noise)
     _add_dims_option(noise)
     noise.add_argument("--output", required=True, help="run folder (output_dir)")
-    noise.add_argument("--init-from", "--init_from", dest="init_from", default=None,
+    noise.add_argument("--init-from", dest="init_from", default=None,
                        help="start the noise model from a checkpoint of the same shape ('pretrained' variant)")
     noise.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
     _add_check_options(noise, series=False)
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--noise", required=True, help="noise-model checkpoint (train-noise RUN_DIR/checkpoints/best.pt)")
     _add_utility_options(explain)
     explain.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png")
-    explain.add_argument("--output-format", "--output_format", dest="output_format", choices=["nifti", "dicom", "both"],
+    explain.add_argument("--output-format", dest="output_format", choices=["nifti", "dicom", "both"],
                          default="nifti", help="nifti (default); dicom: <case>_seg.dcm (DICOM SEG) and "
                          "<case>_importance.dcm (Parametric Map) of DICOM series inputs, which carry the source's "
                          "patient and study; both: NIfTI for every case and DICOM where the input is a DICOM series")
@@ -209,17 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("benchmark", help="time training steps, explainers and the data path; writes benchmark.json",
                            epilog="Any other --key value overrides a train_noise.json key of the dice check's runs "
-                                  "(e.g. the split of the utility's run: --val_fraction 0.15 --test_fraction 0.15).")
+                                  "(e.g. the split of the utility's run: --val-fraction 0.15 --test-fraction 0.15).")
     bench.add_argument("--output", type=Path, default=Path("benchmark.json"), help="JSON to write (default benchmark.json)")
     bench.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     bench.add_argument("--table", default=None, metavar="JSON", help="only print the table of an existing benchmark.json")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    bench.add_argument("--spatial-size", "--spatial_size", dest="spatial_size", type=int, default=256,
+    bench.add_argument("--spatial-size", dest="spatial_size", type=int, default=256,
                        help="slice size in pixels (default 256)")
-    bench.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8, help="default 8")
-    bench.add_argument("--utility-preset", "--utility_preset", dest="utility_preset", default="paper",
+    bench.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="default 8")
+    bench.add_argument("--utility-preset", dest="utility_preset", default="paper",
                        help="utility network of the steps (default paper)")
-    bench.add_argument("--noise-preset", "--noise_preset", dest="noise_preset", default="large",
+    bench.add_argument("--noise-preset", dest="noise_preset", default="large",
                        help="noise model of the steps and the ratios (default large)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -227,14 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slices", type=int, default=16, help="slices per phantom case (default 16)")
     bench.add_argument("--utility", default=None, help="trained utility checkpoint for the dice check (with --dataset)")
     bench.add_argument("--dataset", default=None, help="the utility's dataset, for the dice check")
-    bench.add_argument("--dice-epochs", "--dice_epochs", dest="dice_epochs", type=int, default=9,
+    bench.add_argument("--dice-epochs", dest="dice_epochs", type=int, default=9,
                        help="noise-training epochs per precision in the dice check (default 9, the demo's schedule)")
-    bench.add_argument("--work-dir", "--work_dir", dest="work_dir", type=Path, default=None,
+    bench.add_argument("--work-dir", dest="work_dir", type=Path, default=None,
                        help="keep the phantom set and the benchmark's runs here (default: a temporary folder)")
     bench.set_defaults(func=cmd_benchmark, takes_overrides=True)
     for command in sub.choices.values():  # "--target" must reach the config, not be read as --target-channel
         command.allow_abbrev = False
+        # after the subcommand too (unoise train-utility --bundle-root DIR); absent there, the top-level value stands
+        command.add_argument("--bundle-root", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
-__all__ = ["build_parser", "parse_overrides", "parse_value"]
+def hyphenate(argv: Sequence[str]) -> list[str]:
+    """Option names in their one spelling: ``--output_format x`` -> ``--output-format x``, ``--noise_preset=small``
+    -> ``--noise-preset=small`` (options and config overrides alike; values are left as they are)."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            key, sep, value = token[2:].partition("=")
+            token = "--" + key.replace("_", "-") + sep + value
+        out.append(token)
+    return out
+
+
+__all__ = ["build_parser", "hyphenate", "parse_overrides", "parse_value"]

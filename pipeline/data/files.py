@@ -54,7 +54,7 @@ def check_inside(entry: str | os.PathLike, root: str | os.PathLike, allow_outsid
     Args:
         entry: an image or label path as the datalist holds it.
         root: the dataset folder (the datalist file's folder).
-        allow_outside: accept paths outside it (``--allow_outside_paths true``).
+        allow_outside: accept paths outside it (``--allow-outside-paths``).
         source: the datalist file, named in the error.
 
     Returns:
@@ -67,7 +67,7 @@ def check_inside(entry: str | os.PathLike, root: str | os.PathLike, allow_outsid
     if not allow_outside and joined != base and base not in joined.parents:
         raise DataError(
             f"{source}: entry {entry} lies outside the dataset folder {base}; move the file into the dataset "
-            "folder, or pass --allow_outside_paths true if paths outside it are intended."
+            "folder, or pass --allow-outside-paths (config key allow_outside_paths: true) if paths outside it are intended."
         )
     resolve_input(joined)  # a symlink loop is refused here
     return joined

@@ -199,7 +199,7 @@ def _check_label_values(label: torch.Tensor, path: str, allowed: set[int] | None
         if unknown:
             raise DataError(
                 f"{path}: label values {unknown} are outside the configured set {sorted(allowed)}; set "
-                "`pancreas_labels` to the values that mean pancreas (e.g. --pancreas_labels \"[7]\") and "
+                "`pancreas_labels` to the values that mean pancreas (e.g. --pancreas-labels \"[7]\") and "
                 "`label_values` to all values the labels may hold (or \"any\")."
             )
     return found
@@ -373,14 +373,14 @@ def check_training_split(
         entries = split.get(part, [])
         if not entries:
             raise DataError(f"{source}: the {part} split is empty ({len(summary.cases)} cases in all); add cases or "
-                            "change --val_fraction / --test_fraction so that it gets at least one patient.")
+                            "change --val-fraction / --test-fraction so that it gets at least one patient.")
         names = [str(entry["case"]) for entry in entries]
         if require_pancreas and sum(by_case[name].pancreas_slices for name in names if name in by_case) == 0:
             shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
             raise DataError(
                 f"{source}: the {part} split ({len(names)} cases: {shown}) holds no pancreas voxel (label values "
                 f"{list(summary.pancreas_labels)}); {'validation dice would be 1.0 for an empty prediction' if part == 'validation' else 'nothing to learn'}: "
-                "check --pancreas_labels, or change --seed / --val_fraction so that labelled cases land there."
+                "check --pancreas-labels, or change --seed / --val-fraction so that labelled cases land there."
             )
 
 
@@ -404,6 +404,6 @@ def check_batch_count(slices: int, batch_size: int, source: str | Path, part: st
         per = f" ({share} per process over {world_size})" if world_size > 1 else ""
         raise DataError(
             f"{source}: the {part} split gives {slices} slice(s){per}, fewer than one batch of {batch_size}, so no "
-            f"training step would run; pass --batch_size {max(1, share)} or less, add cases, or keep more slices "
-            "(--train_slices all)."
+            f"training step would run; pass --batch-size {max(1, share)} or less, add cases, or keep more slices "
+            "(--train-slices all)."
         )

@@ -75,7 +75,7 @@ def slice_layout(files: Sequence[str], folder: str | os.PathLike,
         uneven = np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)
         shown = ", ".join(f"{along[i]:.2f} -> {along[i + 1]:.2f} mm" for i in uneven[:3]) + (" ..." if len(uneven) > 3 else "")
         raise DataError(f"{folder}: uneven slice spacing (median {step:.2f} mm; {shown}): a missing slice or a mixed "
-                        "series; re-export the complete series, or pass --resample_uneven true to resample it onto an "
+                        "series; re-export the complete series, or pass --resample-uneven true to resample it onto an "
                         "even grid.")
     return [path for _, path in ordered], along, step
 

@@ -64,7 +64,7 @@ def check_dicom_inputs(datalist: Sequence[dict[str, Any]], output_format: str) -
         image = entry.get("image")
         if not (isinstance(image, (str, os.PathLike)) and Path(image).is_dir()):
             raise DataError(f"{image}: not a DICOM series folder; DICOM SEG and Parametric Map outputs are derived from a "
-                            "source series: pass --output_format nifti, or both (DICOM where the input is DICOM).")
+                            "source series: pass --output-format nifti, or both (DICOM where the input is DICOM).")
 
 
 def source_headers(folder: str | os.PathLike, series: str | None = None) -> list[Any]:
@@ -135,7 +135,7 @@ def check_frames_geometry(headers: Sequence[Any], affine: np.ndarray, shape: Seq
                 or not np.allclose(lps[:, :2], axes, atol=1e-4)):
             raise DataError(f"{folder}: slice {k} of the map lies at {np.round(position, 3).tolist()} (LPS mm) but the "
                             f"series' slice {k} at {[float(v) for v in header.ImagePositionPatient]}; the map is not on "
-                            "the series' grid: write NIfTI (--output_format nifti) or explain the series itself.")
+                            "the series' grid: write NIfTI (--output-format nifti) or explain the series itself.")
 
 
 def _algorithm(provenance: dict[str, Any] | None) -> Any:

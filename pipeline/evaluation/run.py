@@ -175,7 +175,7 @@ def run_evaluation(
         result["methods"][name]["blank_maps"] = blank
         if blank:
             logger.warning("%s: %d of %d maps hold no importance anywhere (all zero)%s", name, blank, len(maps[name]),
-                           "; Grad-CAM at another layer may not (--gradcam_layer, e.g. a shallower encoder stage)"
+                           "; Grad-CAM at another layer may not (--gradcam-layer, e.g. a shallower encoder stage)"
                            if name == "gradcam" else "")
     for name, explainer in explainers.items():
         if isinstance(explainer, OcclusionMap):

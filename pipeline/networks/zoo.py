@@ -85,7 +85,7 @@ def _channel(metadata: dict[str, Any], target_channel: int | str | None, source:
             return int(next(k for k, v in sorted(names.items()) if v != "background"))
         if channels > 1:
             raise ConfigError(f"{source}: the network outputs {channels} channels and no channel_def names them; pass "
-                              "--target_channel N.")
+                              "--target-channel N.")
         return 0
     if isinstance(target_channel, int) or str(target_channel).isdigit():
         if channels and int(target_channel) >= channels:
@@ -94,7 +94,7 @@ def _channel(metadata: dict[str, Any], target_channel: int | str | None, source:
     for key, name in channel_def.items():
         if str(name).lower() == str(target_channel).lower():
             return int(key)
-    raise ConfigError(f"{source}: no class {target_channel!r} in channel_def {channel_def}; pass --target_channel N or a "
+    raise ConfigError(f"{source}: no class {target_channel!r} in channel_def {channel_def}; pass --target-channel N or a "
                       "name listed there.")
 
 

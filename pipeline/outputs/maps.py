@@ -60,9 +60,9 @@ def write_case_outputs(output_dir: str | Path, case: str, maps: dict[str, np.nda
     check_dicom_inputs([{"image": source}], output_format)
     written: list[Path] = []
     if resampled and output_format == "dicom":
-        raise DataError(f"{source}: the series was resampled onto an even grid (--resample_uneven true), so its maps do "
+        raise DataError(f"{source}: the series was resampled onto an even grid (--resample-uneven true), so its maps do "
                         "not lie on the series' own slices, as DICOM SEG and Parametric Map frames must: pass "
-                        "--output_format nifti (or both: NIfTI for it, DICOM for the others).")
+                        "--output-format nifti (or both: NIfTI for it, DICOM for the others).")
     if resampled and output_format == "both":
         notes.append("NIfTI maps only: resampled onto an even grid, so no DICOM SEG / Parametric Map")
         logger.warning("%s: %s", case, notes[-1])
