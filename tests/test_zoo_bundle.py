@@ -257,3 +257,31 @@ def test_a_3d_bundle_is_explained_by_sliding_window_at_its_own_patch_size(zoo: d
     source = nib.load(str(data / "imagesTs" / "pancreas_006.nii.gz"))
     written = nib.load(str(root / "maps_3d" / "pancreas_006_importance.nii.gz"))
     assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
+
+
+def test_the_readme_first_screen_commands_run_on_a_tiny_bundle(zoo: dict[str, Path], tmp_path: Path) -> None:
+    """The "Explain your own segmentation model" block of the README, as written, with the tiny settings a test
+    can afford appended (the placeholders become the tiny bundle, a folder of images and a labelled set)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- own-model", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert readme.index("<!-- own-model") < len("\n".join(readme.splitlines()[:80]))  # on the first screen
+    places = {"my_ct/": str(zoo["images"]), "my_labelled_ct/": str(zoo["data"]), "my_bundle/": str(zoo["bundle"]),
+              "runs/": f"{tmp_path}/"}
+    tiny = {"train-noise": [*SPLIT, "--noise-preset", "small", "--spatial-size", "32", "--batch-size", "4", "--epochs", "1",
+                            "--device", "cpu"],
+            "explain": ["--device", "cpu"],
+            "evaluate": [*SPLIT, "--slices-per-case", "1", "--occlusion-stride", "8", "--bootstrap", "50", "--device", "cpu",
+                         "--sanity-epochs", "1", "--sanity-slices-per-case", "1"]}
+    commands = [line for line in block.splitlines() if line.startswith("unoise ")]
+    assert [shlex.split(line)[1] for line in commands] == ["train-noise", "explain", "evaluate"]
+    for line in commands:
+        for placeholder, path in places.items():
+            line = re.sub(rf"(?<![\w/]){re.escape(placeholder)}", path + ("/" if not path.endswith("/") else ""), line)
+        argv = shlex.split(line)[1:]
+        assert main([*argv, *tiny[argv[0]]]) == 0, line
+    maps = sorted(p.name for p in (tmp_path / "my_maps").iterdir())
+    assert "manifest.json" in maps and any(name.endswith("_importance.nii.gz") for name in maps)
+    assert (tmp_path / "my_eval" / "evaluation.json").is_file()
