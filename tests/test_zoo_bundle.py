@@ -246,13 +246,15 @@ def test_a_3d_bundle_is_explained_by_sliding_window_at_its_own_patch_size(zoo: d
     assert utility(torch.rand(1, 1, 32, 32, 8)).shape == (1, 1, 32, 32, 8)
     train = ["train-noise", "--dataset", str(zoo["images"]), "--utility-bundle", str(bundle), *SPLIT, "--noise_preset", "small",
              "--batch_size", "2", "--epochs", "1", "--device", "cpu"]
-    assert main([*train, "--output", str(root / "noise_2d_for_3d")]) == 2  # a 3D network in the 2D configs
+    # forced into the 2D configs, a 3D network is refused naming the fix
+    assert main([*train[:1], "--spatial-dims", "2", *train[1:], "--output", str(root / "noise_2d_for_3d")]) == 2
     assert "--spatial-dims 3" in capsys.readouterr().err and not (root / "noise_2d_for_3d").exists()
-    assert main([*train[:1], "--spatial-dims", "3", *train[1:], "--samples_per_volume", "2", "--output", str(root / "noise_3d")]) == 0
+    # without the option the bundle's metadata chooses the 3D configs, for train-noise and (from the checkpoint) explain
+    assert main([*train, "--samples_per_volume", "2", "--output", str(root / "noise_3d")]) == 0
     noise = root / "noise_3d" / "checkpoints" / "best.pt"
     noise_meta = torch.load(noise, weights_only=True)["meta"]
     assert (noise_meta["spatial_dims"], noise_meta["roi_size"], noise_meta["utility_preset"]) == (3, [32, 32, 8], "bundle:tiny_zoo")
-    assert main(["explain", "--spatial-dims", "3", "--input", str(data / "imagesTs"), "--output", str(root / "maps_3d"),
+    assert main(["explain", "--input", str(data / "imagesTs"), "--output", str(root / "maps_3d"),
                  "--noise", str(noise), "--utility-bundle", str(bundle), "--device", "cpu"]) == 0
     source = nib.load(str(data / "imagesTs" / "pancreas_006.nii.gz"))
     written = nib.load(str(root / "maps_3d" / "pancreas_006_importance.nii.gz"))

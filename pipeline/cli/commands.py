@@ -39,8 +39,37 @@ OVERLAYS_3D = {"train_utility": "train_3d", "train_noise": "train_noise_3d", "in
 
 
 def _overlays(config: str, args: argparse.Namespace) -> list[str]:
-    """The configs layered over ``config``: the 3D one with ``--spatial-dims 3``."""
-    return [OVERLAYS_3D[config]] if getattr(args, "spatial_dims", 2) == 3 else []
+    """The configs layered over ``config``: the 3D one with ``--spatial-dims 3``, or, without the option, when the
+    models say so (:func:`_spatial_dims`)."""
+    dims = getattr(args, "spatial_dims", None)
+    return [OVERLAYS_3D[config]] if (dims if dims is not None else _spatial_dims(config, args)) == 3 else []
+
+
+def _spatial_dims(config: str, args: argparse.Namespace) -> int:
+    """The dimensionality the models give: ``explain`` the noise checkpoint's, ``train-noise`` the utility's (a
+    bundle's metadata, a checkpoint's meta); 2 for a new utility, a TorchScript file or what cannot be read (the
+    run then refuses it naming the file)."""
+    import logging
+
+    from pipeline.errors import UNoiseError
+
+    source = args.noise if config == "inference" else (args.utility_bundle or args.utility) if config == "train_noise" else None
+    if not source:
+        return 2
+    try:
+        if config == "train_noise" and args.utility_bundle:
+            from pipeline.networks.zoo import bundle_spatial_dims
+
+            dims = bundle_spatial_dims(source)
+        else:
+            from pipeline.networks.checkpoints import load_checkpoint
+
+            dims = int(dict(load_checkpoint(source).get("meta", {})).get("spatial_dims", 2))
+    except (UNoiseError, OSError, ValueError):
+        return 2
+    if dims == 3:
+        logging.getLogger(__name__).info("%s holds a 3D network: the 3D configs (--spatial-dims 3)", source)
+    return dims
 
 
 def _run_training(config: str, args: argparse.Namespace, overrides: dict[str, Any]) -> int:

@@ -95,8 +95,9 @@ def _add_utility_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_dims_option(parser: argparse.ArgumentParser) -> None:
     """``--spatial-dims 3``: the 3D configs layered over the 2D ones (see :data:`pipeline.cli.commands.OVERLAYS_3D`)."""
-    parser.add_argument("--spatial-dims", dest="spatial_dims", type=int, choices=(2, 3), default=2,
-                        help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json)")
+    parser.add_argument("--spatial-dims", dest="spatial_dims", type=int, choices=(2, 3), default=None,
+                        help="3: volumetric networks on patches, sliding-window inference (layers configs/*_3d.json); "
+                             "default: what the utility (train-noise) or noise checkpoint (explain) holds, 2 otherwise")
 
 
 def _add_on_error_option(command: argparse.ArgumentParser, what: str) -> None:

@@ -98,6 +98,17 @@ def _channel(metadata: dict[str, Any], target_channel: int | str | None, source:
                       "name listed there.")
 
 
+def bundle_spatial_dims(bundle_dir: str | os.PathLike) -> int:
+    """3 for a bundle whose metadata gives its input image a 3-long ``spatial_shape``, else 2 (also when the
+    metadata cannot be read: :func:`load_bundle_utility` then refuses it naming the file)."""
+    try:
+        metadata = json.loads((Path(bundle_dir).expanduser() / "configs" / "metadata.json").read_text())
+        shape = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape")
+    except (OSError, ValueError, AttributeError):
+        return 2
+    return 3 if isinstance(shape, (list, tuple)) and len(shape) == 3 else 2
+
+
 def load_bundle_utility(
     bundle_dir: str | os.PathLike,
     device: torch.device | str = "cpu",
@@ -274,4 +285,5 @@ def check_explainable(utility_meta: dict[str, Any], baselines: Sequence[str], sa
                           "drop gradcam from --baselines and pass --sanity false, or give the network as a checkpoint or bundle.")
 
 
-__all__ = ["check_explainable", "is_torchscript", "load_bundle_utility", "load_torchscript_utility", "load_utility", "read_window"]
+__all__ = ["bundle_spatial_dims", "check_explainable", "is_torchscript", "load_bundle_utility", "load_torchscript_utility",
+           "load_utility", "read_window"]
