@@ -197,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "(configs/evaluate.json); writes evaluation.json and report/",
                               epilog="Any other --key value overrides that config key, e.g. --split validation "
                                      "--slices-per-case 3 --infills \"['blur', 'floor']\" --held-out-infills \"['road']\" --shortcut true "
-                                     "--sanity false; with a 3D utility --volume-protocol roi (one volume of interest per "
+                                     "--sanity false, --sanity-dataset DIR (where the sanity check retrains); "
+                                     "with a 3D utility --volume-protocol roi (one volume of interest per "
                                      "case instead of every whole volume).")
-    evaluate.add_argument("--dataset", required=True, help="dataset the models were trained on (same split by seed)")
+    evaluate.add_argument("--dataset", required=True, help="labelled cases: every one for a bundle or TorchScript utility; "
+                          "for a utility trained here, the test part of the split it trained on (same seed and fractions)")
     _add_utility_options(evaluate)
     evaluate.add_argument("--noise", required=True, nargs="+", help="one or more noise-model checkpoints")
     evaluate.add_argument("--output", required=True, help="run folder for evaluation.json and report/")

@@ -23,7 +23,8 @@ from pipeline.device import resolve_device
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.criteria import compute_criteria, matched_method
 from pipeline.evaluation.protocols import check_fractions
-from pipeline.evaluation.settings import BASELINES, NULL_MAPS, unoise_name, with_input_settings, check_settings, load_split
+from pipeline.evaluation.settings import (BASELINES, NULL_MAPS, check_settings, load_split, resolve_split, sanity_source,
+                                         unoise_name, with_input_settings)
 from pipeline.evaluation.slices import load_evaluation_slices
 from pipeline.evaluation.volumes import (WholeVolume, check_volume_settings, evaluation_transform,
                                          load_evaluation_volumes, load_whole_volumes, middle_slices, orthogonal_planes,
@@ -51,7 +52,7 @@ def run_evaluation(
     test_fraction: float = 0.1,
     seed: int = 0,
     pancreas_labels: Sequence[int] = (1, 2),
-    split: str = "test",
+    split: str | None = "test",
     slices_per_case: int | None = None,
     infills: Sequence[str] = ("blur", "mean", "noise", "floor"),
     held_out_infills: Sequence[str] = ("road", "blur:8"),
@@ -88,12 +89,15 @@ def run_evaluation(
     failed_cases: Sequence[dict[str, str]] = (),
     volume_protocol: str = "whole",
     fractions: Sequence[float] | None = None,
+    sanity_dataset: str | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
     ``gradcam_layer`` and ``sanity_decoder`` (the module names the sanity check's decoder stage
     re-initialises) default to what the utility's module tree says (:mod:`pipeline.explain.layers`).
-    The split is the one training used (same datalist, fractions and seed). ``sanity_occlusion_stride``
+    The split is the one training used (same datalist, fractions and seed); ``split`` None evaluates its test part
+    for a utility trained here and every case (``all``) for a bundle or TorchScript utility (:func:`resolve_split`);
+    the sanity check retrains where :func:`sanity_source` says (``sanity_dataset``). ``sanity_occlusion_stride``
     (default ``occlusion_stride``) lets the sanity check's occlusion run coarser. ``volume_transform`` is
     the bundle's ``preprocessing`` (evaluate.json passes it; None builds the same chain in Python), and
     ``utility_loaded`` the ``(utility, meta)`` the config loaded for it (None loads it here). With a 3D utility
@@ -107,6 +111,7 @@ def run_evaluation(
     :func:`pipeline.evaluation.protocols.check_fractions`). Returns the written content.
     """
     limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split, fractions, volume_protocol)
+    split = resolve_split(split, utility_bundle, utility_checkpoint)
     fractions = check_fractions(fractions)
     torch.manual_seed(seed)
     device = resolve_device(device)
@@ -232,13 +237,16 @@ def run_evaluation(
     if sanity:
         from pipeline.evaluation.sanity import run_sanity_check
 
+        retrain = sanity_source(sanity_dataset, split, dataset_dir, datalist_key, val_fraction, test_fraction, seed,
+                                noise_checkpoints)
         if (out / "sanity").exists():  # an interrupted evaluation's retrainings: this run redoes them
             shutil.rmtree(out / "sanity")
 
         result.update(run_sanity_check(
             utility, utility_meta, noise_metas, maps, data, explainers, out / "sanity", sanity_epochs,
-            sanity_slices_per_case, dataset_dir, datalist_key, seed, device, bundle_root, layer, occlusion_window,
-            sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples, val_fraction, test_fraction,
+            sanity_slices_per_case, retrain["dataset_dir"], retrain["datalist_key"], retrain["seed"], device, bundle_root, layer,
+            occlusion_window, sanity_occlusion_stride or occlusion_stride, ring_mm, blur_sigma, smoothgrad_samples,
+            retrain["val_fraction"], retrain["test_fraction"],
             decoder_prefixes=decoder, wrap=wrap,
             extra_overrides={"label_values": label_values, "strict": strict, "allow_outside_paths": allow_outside_paths,
                              **({"utility_bundle": utility_bundle, "target_channel": utility_meta.get("target_channel")}

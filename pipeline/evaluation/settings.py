@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 BASELINES = ("occlusion", "gradcam", "saliency", "smoothgrad")
 NULL_MAPS = ("segmentation", "prediction_logits", "random", "oracle")
-SPLITS = ("test", "validation", "training")
+SPLITS = ("test", "validation", "training", "all")
 
 
 def unoise_name(meta: dict[str, Any]) -> str:
@@ -75,9 +75,39 @@ def check_settings(slices_per_case: Any, infills: Sequence[str], held_out_infill
     unknown = [b for b in baselines if b not in (*BASELINES, *NULL_MAPS)]
     if unknown:
         raise ConfigError(f"unknown baselines {unknown}; choose from {[*BASELINES, *NULL_MAPS]}.")
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (choose settings on 'validation', report on 'test').")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS} or null (test for a utility trained here, all for a bundle or "
+                          f"TorchScript utility), got {split!r} (choose settings on 'validation', report on 'test').")
     return limit
+
+
+def resolve_split(split: str | None, utility_bundle: str | None, utility_checkpoint: str | None) -> str:
+    """The evaluated part: ``split`` as given; None: ``test`` of the split training used for a utility trained here,
+    ``all`` (every case of the labelled set) for a model-zoo bundle or a TorchScript file, trained elsewhere."""
+    if split is not None:
+        return split
+    foreign = bool(utility_bundle) or bool(utility_checkpoint and is_torchscript(utility_checkpoint))
+    return "all" if foreign else "test"
+
+
+def sanity_source(sanity_dataset: str | None, split: str, dataset_dir: str, datalist_key: str, val_fraction: float,
+                  test_fraction: float, seed: int, noise_checkpoints: Sequence[str]) -> dict[str, Any]:
+    """Where the sanity check retrains U-Noise: the training part of ``sanity_dataset`` (this run's fractions and
+    seed); without it, of the evaluated set's split training used, or, when every case is evaluated (``all``), of the
+    set the first noise model was trained on (as its checkpoint records it)."""
+    if sanity_dataset:
+        return {"dataset_dir": str(sanity_dataset), "datalist_key": datalist_key, "val_fraction": val_fraction,
+                "test_fraction": test_fraction, "seed": seed}
+    if split != "all":
+        return {"dataset_dir": dataset_dir, "datalist_key": datalist_key, "val_fraction": val_fraction,
+                "test_fraction": test_fraction, "seed": seed}
+    meta = dict(load_checkpoint(noise_checkpoints[0]).get("meta", {})) if noise_checkpoints else {}
+    if not meta.get("dataset_dir"):
+        raise ConfigError(f"{noise_checkpoints[0] if noise_checkpoints else 'the noise checkpoint'}: records no training "
+                          "set for the sanity check's retraining when every case is evaluated; pass --sanity-dataset DIR "
+                          "(images the utility can segment) or --sanity false.")
+    return {key: meta.get(key, default) for key, default in (("dataset_dir", None), ("datalist_key", "training"),
+                                                              ("val_fraction", 0.1), ("test_fraction", 0.1), ("seed", 0))}
 
 
 def load_split(dataset_dir: str, datalist_key: str, val_fraction: float, test_fraction: float, seed: int, split: str,
@@ -87,7 +117,8 @@ def load_split(dataset_dir: str, datalist_key: str, val_fraction: float, test_fr
     Raises:
         ConfigError: the evaluated part is empty.
     """
-    splits = split_datalist(load_datalist(dataset_dir, datalist_key, allow_outside_paths), val_fraction, test_fraction, seed)
+    datalist = load_datalist(dataset_dir, datalist_key, allow_outside_paths)
+    splits = {**split_datalist(datalist, val_fraction, test_fraction, seed), "all": list(datalist)}
     if not splits[split]:
         raise ConfigError(f"{dataset_dir}: the {split} split is empty with val_fraction {val_fraction} and test_fraction "
                           f"{test_fraction}; raise the fraction or evaluate another split.")
@@ -113,13 +144,14 @@ def check_inputs(
     target_channel: int | str | None = None,
     baselines: Sequence[str] = (),
     on_error: str = "auto",
+    sanity_dataset: str | None = None,
 ) -> list[dict[str, str]]:
     """Every check of an evaluation, before its run folder is created; returns the evaluated split's failing cases.
 
     Checkpoints are of the right kind (``--utility`` a utility, ``--noise`` noise models trained
     against that utility's network), the split exists and is not empty, and its cases pass
     :func:`pipeline.data.validate_datalist` with labels and hold pancreas. With ``sanity`` the training
-    and validation parts, which the sanity check retrains on, pass the training checks too; with
+    and validation parts the sanity check retrains on (:func:`sanity_source`) pass the training checks too; with
     ``shortcut`` every case has its cue mask and twin, whose headers are checked.
 
     With ``on_error`` ``skip`` (``auto``: when the split holds several cases) a case of the evaluated split that
@@ -147,8 +179,21 @@ def check_inputs(
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")
         check_pair(utility_meta, noise_meta, utility_bundle or utility_checkpoint, path)
+    split = resolve_split(split, utility_bundle, utility_checkpoint)
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
-    parts = tuple(dict.fromkeys([split, *(("training", "validation") if sanity else ())]))
+    retrain = sanity_source(sanity_dataset, split, dataset_dir, datalist_key, val_fraction, test_fraction, seed,
+                            noise_checkpoints) if sanity else None
+    if retrain is not None and retrain["dataset_dir"] != dataset_dir:  # another set: its own training checks
+        retrain_splits = load_split(retrain["dataset_dir"], retrain["datalist_key"], retrain["val_fraction"],
+                                    retrain["test_fraction"], retrain["seed"], "training", allow_outside_paths)
+        check_channels(retrain_splits["training"] + retrain_splits["validation"], int(utility_meta.get("in_channels", 1)),
+                       retrain["dataset_dir"])
+        summary = validate_datalist(retrain_splits["training"] + retrain_splits["validation"], pancreas_labels, label_values,
+                                    require_labels=False, progress=False, strict=strict)
+        check_training_split(summary, retrain_splits, retrain["dataset_dir"], parts=("training", "validation"),
+                             require_pancreas=any("label" in entry for entry in retrain_splits["training"]))
+        retrain = None  # checked: the evaluated set's own parts need no training checks
+    parts = tuple(dict.fromkeys([split, *(("training", "validation") if retrain is not None else ())]))
     others = [entry for part in parts if part != split for entry in splits[part]]
     check_channels(others, int(utility_meta.get("in_channels", 1)), dataset_dir)
     skip = resolve_on_error(on_error, splits[split]) == "skip"
@@ -180,4 +225,5 @@ def check_inputs(
     return evaluated.failed
 
 
-__all__ = ["BASELINES", "NULL_MAPS", "SPLITS", "unoise_name", "with_input_settings", "check_settings", "load_split", "check_inputs"]
+__all__ = ["BASELINES", "NULL_MAPS", "SPLITS", "unoise_name", "with_input_settings", "check_settings", "load_split", "check_inputs", "resolve_split",
+           "sanity_source"]
