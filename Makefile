@@ -88,8 +88,8 @@ demo: $(STAMP)
 DEMO3D_DATA ?= data/phantom3d
 DEMO3D_RUN := $(DEMO_RUN:runs/demo-%=runs/demo3d-%)
 DEMO3D_UTILITY ?= --preset demo --roi-size "[48, 48, 16]" --epochs 30 --batch-size 4 --learning-rate 0.003
-# 20 epochs at lr 0.01, chosen on the validation split for the earlier blur-only objective (README "3D networks");
-# the curves objective toward the infill mixture keeps them (not re-chosen for it: said in the README).
+# 20 epochs at lr 0.01, chosen on the validation split for the earlier blur-only objective (docs/3d.md);
+# the curves objective toward the infill mixture keeps them (not re-chosen for it: said in docs/3d.md).
 DEMO3D_NOISE ?= --noise-preset small --epochs 20 --batch-size 4 --learning-rate 0.01
 # The whole-volume protocol costs a sliding-window pass of the utility per curve point and occluded copy (0.4 s on
 # 2 cores at overlap 0, 0.9 s at 0.25), so the demo judges blur and mean (blur:8 held out), at 6 visible shares,
@@ -135,7 +135,7 @@ shortcut-demo: $(STAMP)
 		--baselines "['occlusion', 'gradcam', 'saliency', 'segmentation', 'random']"
 	@echo "shortcut demo finished: $(SHORTCUT_RUN)/evaluation/report/report.html"
 
-# Benchmarks (not tests; about 20 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the README's table.
+# Benchmarks (not tests; about 20 minutes on 2 CPU cores): writes $(BENCH_OUT) and prints the table of docs/benchmarks.md.
 # After `make demo`, the latest demo utility is used for the fp32 / fast-path dice check.
 BENCH_OUT ?= benchmark.json
 BENCH_UTILITY ?= $(lastword $(sort $(wildcard runs/demo-*/utility/checkpoints/last.pt)))

@@ -31,7 +31,7 @@ from pipeline.fileio import write_json_atomic
 
 MIX = ["blur", "mean", "noise", "floor"]
 CURVES = {"objective": "curves", "baseline": MIX, "deletion_weight": 1.0, "noise_weight": 0.01}
-# The grid behind the bundle's defaults (README, "Choosing the noise settings"): the blur-only blend default of
+# The grid behind the bundle's defaults (docs/unoise.md, "Choosing the noise settings"): the blur-only blend default of
 # earlier releases, then the curves objective toward the mixture of infills with the deletion term, over
 # the soft top-p's edge (rank_temperature).
 DEFAULT_GRID: list[dict[str, Any]] = [

@@ -1,4 +1,4 @@
-"""The Python API (pipeline.api.Explainer): the README's example, and the same maps as `unoise explain`."""
+"""The Python API (pipeline.api.Explainer): the example of docs/pipelines.md, and the same maps as `unoise explain`."""
 
 from __future__ import annotations
 

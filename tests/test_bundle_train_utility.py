@@ -126,7 +126,7 @@ def test_unknown_config_key_is_refused() -> None:
 
 def test_monai_bundle_run_command(phantom: Path, tmp_path: Path) -> None:
     configs = BUNDLE / "configs"
-    layered = str([str(configs / "common.json"), str(configs / "train_utility.json")])  # as the README writes it
+    layered = str([str(configs / "common.json"), str(configs / "train_utility.json")])  # as the bundle docs write it
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", layered,
                "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
                "--bundle_root", str(BUNDLE), "--dataset_dir", str(phantom), "--output_dir", str(tmp_path / "run"),

@@ -1,4 +1,4 @@
-"""The README's benchmark table, generated from ``benchmark.json``."""
+"""The benchmark table of docs/benchmarks.md, generated from ``benchmark.json``."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ preset      channels per level      downsamplings   use
 ==========  ======================  ==============  =============================================
 
 Inputs must have H and W divisible by 2 ** downsamplings (16 for 4 down-samplings);
-``count_parameters(build_unet(p))`` gives the real sizes (the README lists them).
+``count_parameters(build_unet(p))`` gives the real sizes (docs/training.md lists them).
 """
 
 from __future__ import annotations
