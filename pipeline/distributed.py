@@ -186,9 +186,10 @@ def gather_objects(value: Any) -> list[Any]:
     """
     if not is_distributed():
         return [value]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
+    import ignite.distributed as idist
+
+    # wrapped, so that any value (None, a number, a string) takes Ignite's object path and comes back as it went
+    return [item[0] for item in idist.all_gather((value,))]
 
 
 def sum_over_ranks(values: Mapping[str, float]) -> dict[str, float]:

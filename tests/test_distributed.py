@@ -181,7 +181,8 @@ def _reduction_worker(rank: int, world_size: int, port: int, out_dir: str) -> No
         share = _slices()[rank::world_size]  # DistributedSampler's split: a case's slices land on both ranks
         dice = VolumeDice()
         result = {"dice": _feed(dice, share), "per_case": dice.per_case, "mean": _feed(OutputMean(key="pred_tolerance"), share),
-                  "sums": sum_over_ranks({"x": float(rank + 1), f"only_{rank}": 1.0})}
+                  "sums": sum_over_ranks({"x": float(rank + 1), f"only_{rank}": 1.0}),
+                  "gathered": [gather_objects(None if rank == 0 else 2.5), gather_objects(f"rank {rank}")]}
         norm = torch.nn.BatchNorm2d(2)
         norm.running_mean.fill_(float(rank + 1))
         BroadcastBuffers(norm)(None)
@@ -206,6 +207,7 @@ def test_metrics_are_reduced_over_two_gloo_processes(no_torchrun: None, tmp_path
         assert result["per_case"] == pytest.approx(single.per_case, abs=1e-12), rank
         assert result["mean"] == pytest.approx(expected_mean, abs=1e-12), rank
         assert result["sums"] == {"x": 3.0, "only_0": 1.0, "only_1": 1.0}
+        assert result["gathered"] == [[None, 2.5], ["rank 0", "rank 1"]]  # any value, in rank order, as it went
         assert result["running_mean"] == [1.0, 1.0]  # rank 0's statistics everywhere
 
 
