@@ -116,10 +116,12 @@ def test_3d_noise_training_and_sliding_window_explain_keep_the_lps_input_grid(vo
     explain = ["explain", "--input", str(source), "--noise", str(noise), "--utility", str(utility), "--device", "cpu"]
     assert main([*explain, "--spatial-dims", "3", "--output", str(tmp_path / "cli_maps")]) == 0  # the same through unoise
     assert (tmp_path / "cli_maps" / "pancreas_001_importance.nii.gz").is_file()
-    assert main([*explain, "--output", str(tmp_path / "maps_2d")]) == 2  # a 3D noise model in the 2D configs
+    assert main([*explain, "--output", str(tmp_path / "maps_inferred")]) == 0  # no flag: the checkpoint says 3D
+    assert (tmp_path / "maps_inferred" / "pancreas_001_importance.nii.gz").is_file()
+    assert main([*explain, "--spatial-dims", "2", "--output", str(tmp_path / "maps_2d")]) == 2  # 3D model, 2D configs
     assert not (tmp_path / "maps_2d").exists()
-    assert main(["train-noise", "--dataset", str(volumes), "--utility", str(utility), "--output", str(tmp_path / "n2d"),
-                 "--device", "cpu", "--epochs", "1"]) == 2
+    assert main(["train-noise", "--spatial-dims", "2", "--dataset", str(volumes), "--utility", str(utility), "--output",
+                 str(tmp_path / "n2d"), "--device", "cpu", "--epochs", "1"]) == 2
     assert not (tmp_path / "n2d").exists()
 
 
