@@ -76,7 +76,8 @@ class Explainer:
                   "utility_bundle": None if utility_bundle is None else str(utility_bundle), "device": device, **overrides}
         try:  # explain's own workflow, initialised with the config's imports only: no input is read, no folder made
             workflow = bundle_workflow("inference", values, Path(bundle_root) if bundle_root else None,
-                                       ["inference_3d"] if dims == 3 else [], logging_file=False, init_id="imports")
+                                       ["inference_3d"] if dims == 3 else [], logging_file=False, init_id="imports",
+                                       quiet=True)
             return cls(workflow.parser)
         except Exception as err:  # our refusal inside MONAI's "Failed to evaluate" wrappers: raise it as it is
             ours = user_error(err)

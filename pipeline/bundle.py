@@ -155,21 +155,33 @@ def bundle_logging_file(root: str | Path) -> str | bool:
 
 
 def bundle_workflow(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = (),
-                    logging_file: str | bool | None = None, init_id: str = "initialize") -> Any:
-    """MONAI's ``ConfigWorkflow`` for ``configs/<config>.json`` (on ``common.json``, under ``overlays``) with
-    ``overrides`` checked against the configs' keys first; initialised (``init_id`` run), ready to ``run()`` and
-    ``finalize()``. ``logging_file`` None: the bundle's ``logging.conf`` under the current log mode
-    (:func:`set_log_mode`)."""
-    from monai.bundle import ConfigWorkflow
+                    logging_file: str | bool | None = None, init_id: str = "initialize", quiet: bool = False) -> Any:
+    """MONAI's ``ConfigWorkflow`` for ``configs/<config>.json`` (on ``common.json``, under ``overlays``), built by
+    ``monai.bundle.create_workflow`` as ``monai.bundle run`` builds it, with ``overrides`` checked against the configs'
+    keys first; initialised (``init_id`` run), ready to ``run()`` and ``finalize()``. ``logging_file`` None: the
+    bundle's ``logging.conf`` under the current log mode (:func:`set_log_mode`). ``quiet``: without MONAI's input
+    summary and logging notices (the Python API builds its explainer this way)."""
+    import warnings
+
+    from monai.bundle import create_workflow
 
     root = Path(bundle_root or default_bundle_root())
     files = config_files(root, config, overlays)
     check_override_keys(files, overrides)
-    workflow = ConfigWorkflow(config_file=[str(path) for path in files], meta_file=str(root / "configs" / "metadata.json"),
-                              logging_file=bundle_logging_file(root) if logging_file is None else logging_file,
-                              init_id=init_id, bundle_root=str(root), **overrides)
-    workflow.initialize()
-    return workflow
+    loggers = [logging.getLogger(name) for name in ("monai.bundle.scripts", "monai.bundle.workflows")] if quiet else []
+    levels = [item.level for item in loggers]
+    try:
+        for item in loggers:
+            item.setLevel(logging.ERROR)
+        with warnings.catch_warnings():  # MONAI's notice that configs run code: the bundle's own, run on purpose
+            warnings.filterwarnings("ignore", message="parsing config_file")
+            return create_workflow(config_file=[str(path) for path in files],
+                                   meta_file=str(root / "configs" / "metadata.json"),
+                                   logging_file=bundle_logging_file(root) if logging_file is None else logging_file,
+                                   init_id=init_id, bundle_root=str(root), **overrides)
+    finally:
+        for item, level in zip(loggers, levels):
+            item.setLevel(level)
 
 
 def run_bundle(config: str, overrides: dict[str, Any], bundle_root: Path | None = None, overlays: Sequence[str] = ()) -> None:

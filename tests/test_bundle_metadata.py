@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-METADATA = json.loads((ROOT / "bundles" / "pancreas_ct_unoise" / "configs" / "metadata.json").read_text())
+METADATA = json.loads((ROOT / "bundles" / "pancreas_ct_unoise" / "configs" / "metadata.json").read_text(encoding="utf-8"))
 
 
 def test_the_version_is_the_newest_changelog_entry() -> None:

@@ -267,7 +267,7 @@ def test_the_readme_first_screen_commands_run_on_a_tiny_bundle(zoo: dict[str, Pa
     import re
     import shlex
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- own-model", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     assert readme.index("<!-- own-model") < len("\n".join(readme.splitlines()[:80]))  # on the first screen
     places = {"my_ct/": str(zoo["images"]), "my_labelled_ct/": str(zoo["data"]), "my_bundle/": str(zoo["bundle"]),
