@@ -123,3 +123,15 @@ def test_whole_volumes_of_different_shapes_are_padded_outside_the_body_and_centr
     np.testing.assert_allclose(data["spacing"].numpy(), [[1.0, 1.0, 2.5], [0.8, 0.8, 2.5]])
     shown, _ = middle_slices(data, {})
     assert [float(shown["label"][i].sum()) for i in range(2)] == [16.0, 16.0]  # each axial slice cuts its pancreas
+
+
+def test_what_3d_does_not_run_is_skipped_with_a_note_not_refused(caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.evaluation.volumes import volume_settings
+
+    with caplog.at_level("WARNING"):
+        kept = volume_settings(True, ["blur", "road"], ["road", "blur:8"], "u3d.pt")
+    assert kept == (False, ["blur"], ["blur:8"])
+    assert "shortcut benchmark is 2D-only and is skipped" in caplog.text and "judges blur" in caplog.text
+    with pytest.raises(ConfigError, match="road, the only judged infill, is 2D-only"):
+        volume_settings(False, ["road"], [], "u3d.pt")

@@ -26,7 +26,7 @@ from pipeline.evaluation.protocols import check_fractions
 from pipeline.evaluation.settings import (BASELINES, NULL_MAPS, check_settings, load_split, resolve_split, sanity_source,
                                          unoise_name, with_input_settings)
 from pipeline.evaluation.slices import load_evaluation_slices
-from pipeline.evaluation.volumes import (WholeVolume, check_volume_settings, evaluation_transform,
+from pipeline.evaluation.volumes import (WholeVolume, volume_settings, evaluation_transform,
                                          load_evaluation_volumes, load_whole_volumes, middle_slices, orthogonal_planes,
                                          whole_volume_baselines)
 from pipeline.explain import OcclusionMap, build_explainers
@@ -121,11 +121,8 @@ def run_evaluation(
     check_explainable(utility_meta, baselines, sanity, utility_bundle or utility_checkpoint)
     volumes = int(utility_meta.get("spatial_dims", 2)) == 3
     if volumes:
-        check_volume_settings(baselines, sanity, shortcut, infills, str(utility_bundle or utility_checkpoint))
-        if "road" in held_out_infills:  # the default held-out list: ROAD's imputation is built for 2D slices
-            logger.warning("the road infill is 2D-only: this 3D evaluation holds out %s only",
-                           ", ".join(spec for spec in held_out_infills if spec != "road") or "nothing")
-            held_out_infills = [spec for spec in held_out_infills if spec != "road"]
+        shortcut, infills, held_out_infills = volume_settings(shortcut, infills, held_out_infills,
+                                                              str(utility_bundle or utility_checkpoint))
     utility.eval()
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     left_out = {str(item["case"]) for item in failed_cases}

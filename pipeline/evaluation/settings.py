@@ -13,7 +13,7 @@ from pipeline.data import check_channels, check_training_split, load_datalist, s
 from pipeline.data.validate import DatasetSummary, record_failure, resolve_on_error
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.protocols import check_fractions
-from pipeline.evaluation.volumes import (VOLUME_PROTOCOLS, check_volume_settings)
+from pipeline.evaluation.volumes import VOLUME_PROTOCOLS, volume_settings
 from pipeline.noise.infill import INFILLS, parse_infill
 from pipeline.networks.zoo import check_explainable, is_torchscript, load_utility
 
@@ -173,8 +173,8 @@ def check_inputs(
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
     check_explainable(utility_meta, baselines, sanity, str(utility_bundle or utility_checkpoint))  # TorchScript: no module tree
-    if int(utility_meta.get("spatial_dims", 2)) == 3:
-        check_volume_settings(baselines, sanity, shortcut, (), str(utility_bundle or utility_checkpoint))
+    if int(utility_meta.get("spatial_dims", 2)) == 3:  # skipped there (said by the run), so not checked here
+        shortcut = volume_settings(shortcut, ["blur"], [], str(utility_bundle or utility_checkpoint), say=False)[0]
     for path in noise_checkpoints:
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")

@@ -49,13 +49,24 @@ class WholeVolume(torch.nn.Module):
         return self.inferer(image, self.network)
 
 
-def check_volume_settings(baselines: Sequence[str], sanity: bool, shortcut: bool, infills: Sequence[str], source: str) -> None:
-    """Refuse, in one line, what the 3D evaluation does not run (the shortcut benchmark, ROAD: both 2D-only)."""
-    missing = ["the shortcut benchmark"] if shortcut else []
-    missing += ["the road infill"] if "road" in infills else []
-    if missing:
-        raise ConfigError(f"{source}: a 3D utility; the 3D evaluation does not run {', '.join(missing)}: pass no "
-                          "--shortcut and no road in --infills.")
+def volume_settings(shortcut: bool, infills: Sequence[str], held_out_infills: Sequence[str], source: str,
+                    say: bool = True) -> tuple[bool, list[str], list[str]]:
+    """What a 3D evaluation runs of the settings: the shortcut benchmark and the road infill are 2D-only, so they
+    are skipped with a one-line note each (``say``), never refused; a judged list left empty is refused.
+
+    Returns ``(shortcut, infills, held_out_infills)``."""
+    judged = [spec for spec in infills if spec != "road"]
+    held_out = [spec for spec in held_out_infills if spec != "road"]
+    if say and shortcut:
+        logger.warning("%s: a 3D utility; the shortcut benchmark is 2D-only and is skipped", source)
+    if say and len(judged) < len(infills):
+        logger.warning("the road infill is 2D-only: this 3D evaluation judges %s", ", ".join(judged) or "nothing")
+    if say and len(held_out) < len(held_out_infills):
+        logger.warning("the road infill is 2D-only: this 3D evaluation holds out %s only", ", ".join(held_out) or "nothing")
+    if not judged:
+        raise ConfigError(f"{source}: a 3D utility, and road, the only judged infill, is 2D-only: give --infills another "
+                          "(e.g. \"['blur', 'mean']\").")
+    return False, judged, held_out
 
 
 def whole_volume_baselines(baselines: Sequence[str]) -> list[str]:
@@ -172,5 +183,5 @@ def orthogonal_planes(data: dict[str, Any], maps: dict[str, torch.Tensor], cases
             "maps": {name: [planes(m[i, 0], centres[i]) for i in range(count)] for name, m in maps.items()}}
 
 
-__all__ = ["ROI_ONLY", "VOLUME_PROTOCOLS", "WholeVolume", "check_volume_settings", "evaluation_transform",
+__all__ = ["ROI_ONLY", "VOLUME_PROTOCOLS", "WholeVolume", "volume_settings", "evaluation_transform",
            "load_evaluation_volumes", "load_whole_volumes", "middle_slices", "orthogonal_planes", "whole_volume_baselines"]
