@@ -2,19 +2,20 @@
 
 A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or ``.yaml``) with a
 ``network_def``, optionally ``scripts/`` (importable as the bundle's own code) and ``models/model.pt``
-(a state dict, or ``{"model": state_dict}``; TorchScript-only bundles are refused for now). This module builds
-the network on our device, loads the weights with ``weights_only=True``, picks the explained class from
-``target_channel`` or a name in the metadata's ``channel_def``, and reads the intensity window from the
-bundle's ``ScaleIntensityRanged`` so the noise model sees the utility's own input.
+(a state dict, or ``{"model": state_dict}``; a bundle with only ``models/model.ts`` runs that TorchScript
+network). This module builds the network on our device, loads the weights with ``weights_only=True``, picks the
+explained class from ``target_channel`` or a name in the metadata's ``channel_def``, and reads the intensity
+window from the bundle's ``ScaleIntensityRanged`` so the noise model sees the utility's own input.
 
-Not read yet: spatial transforms of the bundle's preprocessing (``Spacingd``, ``Resized``...): slices
-keep their own grid. A 3D bundle (a 3-long ``spatial_shape``) gives ``spatial_dims`` 3 and its patch size
-(the inferer's ``roi_size``): run it with ``--spatial-dims 3``.
+Not read yet: the rest of the bundle's preprocessing (``Spacingd``, crops, other normalisations) and its
+inferer: slices keep their own grid. :func:`transforms_not_run` names what a bundle's preprocessing does that is
+not run, and :func:`load_bundle_utility` says so once per bundle. A 3D bundle (a 3-long ``spatial_shape``) gives
+``spatial_dims`` 3 and its patch size (the inferer's ``roi_size``); ``unoise`` then takes the 3D configs.
 """
-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import zipfile
@@ -27,6 +28,8 @@ import torch
 from pipeline.networks.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
 from pipeline.errors import ConfigError
 from pipeline.networks.utility import TargetLogit
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 
@@ -73,6 +76,24 @@ def read_window(preprocessing: Any, source: Path) -> tuple[float, float]:
             return lower, upper
     raise ConfigError(f"{source}: its preprocessing has no ScaleIntensityRanged, so the CT window is unknown; pass "
                       "--window \"[lower, upper]\" in HU.")
+
+
+# what our own chain does equally (loading, channels first, types, RAS, the window) or what changes no voxel
+SAME_AS_OURS = {"LoadImage", "EnsureChannelFirst", "AddChannel", "EnsureType", "ToTensor", "CastToType", "Compose",
+                "ScaleIntensityRange", "DataStats", "Identity", "SaveImage", "Orientation"}
+_SAID: set[str] = set()
+
+
+def transforms_not_run(preprocessing: Any) -> list[str]:
+    """The transforms of a bundle's preprocessing that our chain does not run (``Spacingd``, ``CropForegroundd``,
+    ``NormalizeIntensityd``...), and an ``Orientationd`` to other axes than RAS, by class name in order."""
+    names = []
+    for item in _transforms(preprocessing):
+        name = str(item["_target_"]).rsplit(".", 1)[-1]
+        if name.removesuffix("d") not in SAME_AS_OURS or (name.startswith("Orientation")
+                                                           and str(item.get("axcodes", "RAS")).upper() != "RAS"):
+            names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def _channel(metadata: dict[str, Any], target_channel: int | str | None, source: Path) -> int:
@@ -164,6 +185,12 @@ def load_bundle_utility(
     in_channels = int(image_format.get("num_channels", 1))
     channel = _channel(metadata, target_channel, meta_file)
     window = read_window(parser.get("preprocessing", {}), config_file)
+    skipped = transforms_not_run(parser.get("preprocessing", {}))
+    if skipped and str(config_file) not in _SAID:
+        _SAID.add(str(config_file))
+        logger.warning("%s: its preprocessing also runs %s, which this release does not: the utility sees your CT on "
+                       "its own grid with the bundle's window (resample the CT as the bundle does first, or add the same "
+                       "transforms to configs/common.json)", config_file, ", ".join(skipped))
     utility = TargetLogit(network, channel).to(device)
     meta = {"kind": "utility", "preset": f"bundle:{metadata.get('name', root.name)}", "in_channels": in_channels,
             "out_channels": 1, "window": list(window), "spatial_size": None, "bundle": str(root),
@@ -285,5 +312,5 @@ def check_explainable(utility_meta: dict[str, Any], baselines: Sequence[str], sa
                           "drop gradcam from --baselines and pass --sanity false, or give the network as a checkpoint or bundle.")
 
 
-__all__ = ["bundle_spatial_dims", "check_explainable", "is_torchscript", "load_bundle_utility", "load_torchscript_utility",
-           "load_utility", "read_window"]
+__all__ = ["SAME_AS_OURS", "bundle_spatial_dims", "check_explainable", "is_torchscript", "load_bundle_utility",
+           "load_torchscript_utility", "load_utility", "read_window", "transforms_not_run"]
