@@ -225,3 +225,12 @@ def test_a_blank_frame_of_reference_refuses_dicom_in_one_line_and_both_keeps_the
     assert sorted(p.name for p in out.glob("scanner*")) == ["scanner_importance.nii.gz", "scanner_seg.nii.gz"]
     record = json.loads((out / "manifest.json").read_text())["cases"][0]
     assert record["status"] == "done" and "FrameOfReferenceUID" in record["note"]
+
+    inferred = _scanner_series(tmp_path / "inferred", shape=(32, 32, 12))  # only the SOP class blank: inferred, all written
+    out = tmp_path / "maps_inferred"
+    status = main(["explain", "--input", str(inferred), "--output", str(out), "--output-format", "both", "--noise",
+                   str(tiny_pair["noise"]), "--utility", str(tiny_pair["utility"]), "--device", "cpu", "--spatial-size", "32"])
+    printed = capsys.readouterr()
+    assert status == 0 and "Traceback" not in printed.err + printed.out and "NIfTI maps only" not in printed.out
+    assert sorted(p.name for p in out.glob("inferred*")) == ["inferred_importance.dcm", "inferred_importance.nii.gz",
+                                                             "inferred_seg.dcm", "inferred_seg.nii.gz"]
