@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from pipeline.bundle import bundle_workflow
-from pipeline.networks.checkpoints import check_pair, check_spatial_dims, load_checkpoint
+from pipeline.networks.checkpoints import check_pair, check_spatial_dims, checkpoint_spatial_dims
 from pipeline.data import LoadVolumed, collect_inputs
 from pipeline.errors import DataError, user_error
 from pipeline.outputs.maps import maps_from_prediction, write_case_outputs
@@ -71,7 +71,7 @@ class Explainer:
             overrides: other keys of ``inference.json`` (e.g. ``window``, ``sw_batch_size``, ``target_channel``);
                 an unknown key is refused as ``unoise explain`` refuses it.
         """
-        dims = int(dict(load_checkpoint(noise).get("meta", {})).get("spatial_dims", 2))
+        dims = checkpoint_spatial_dims(noise)
         values = {"noise_checkpoint": str(noise), "utility_checkpoint": None if utility is None else str(utility),
                   "utility_bundle": None if utility_bundle is None else str(utility_bundle), "device": device, **overrides}
         try:  # explain's own workflow, initialised with the config's imports only: no input is read, no folder made

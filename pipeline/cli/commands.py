@@ -62,9 +62,9 @@ def _spatial_dims(config: str, args: argparse.Namespace) -> int:
 
             dims = bundle_spatial_dims(source)
         else:
-            from pipeline.networks.checkpoints import load_checkpoint
+            from pipeline.networks.checkpoints import checkpoint_spatial_dims
 
-            dims = int(dict(load_checkpoint(source).get("meta", {})).get("spatial_dims", 2))
+            dims = checkpoint_spatial_dims(source)
     except (UNoiseError, OSError, ValueError):
         return 2
     if dims == 3:
@@ -124,10 +124,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_summary(args: argparse.Namespace) -> int:
     """Print this run's cases from manifest.json; 1 when any failed or lacks outputs it asked for (a DICOM input's
     DICOM objects under ``--output-format both``)."""
-    from pipeline.outputs.manifest import this_run_cases
+    from pipeline.outputs.manifest import status_counts, this_run_cases
 
     cases = this_run_cases(args.output)  # earlier runs' cases stay listed in the file
-    counts = {status: sum(1 for c in cases if c["status"] == status) for status in ("done", "skipped", "failed")}
+    counts = status_counts(cases)
     partial = sum(1 for c in cases if c.get("note"))
     print(f"explained {counts['done']} volume(s), {counts['skipped']} skipped (done before), {counts['failed']} failed"
           + (f", {partial} with NIfTI maps only" if partial else "") + f": {args.output} (manifest.json)")

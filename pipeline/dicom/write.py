@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, failure_reason
 from pipeline.fileio import atomic_path
 
 OUTPUT_FORMATS = ("nifti", "dicom", "both")
@@ -243,8 +243,7 @@ def write_case_dicom(output_dir: str | os.PathLike, case: str, maps: dict[str, n
         if _raised_in_dicom_library(err) and not isinstance(err, DataError):
             # highdicom's refusal of something in the source headers: the series', not ours; one line, NIfTI still with both
             raise DataError(f"{folder}: highdicom cannot derive a DICOM SEG / Parametric Map from this series "
-                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
-                            "pass --output-format nifti, or both (NIfTI maps for it).") from err
+                            f"({failure_reason(err)}); pass --output-format nifti, or both (NIfTI maps for it).") from err
         raise
     return written
 

@@ -235,7 +235,7 @@ def run_evaluation(
         from pipeline.evaluation.sanity import run_sanity_check
 
         retrain = sanity_source(sanity_dataset, split, dataset_dir, datalist_key, val_fraction, test_fraction, seed,
-                                noise_checkpoints)
+                                next(iter(noise_metas.values())))
         if (out / "sanity").exists():  # an interrupted evaluation's retrainings: this run redoes them
             shutil.rmtree(out / "sanity")
 

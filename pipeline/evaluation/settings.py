@@ -13,7 +13,7 @@ from pipeline.data import check_channels, check_training_split, load_datalist, s
 from pipeline.data.validate import DatasetSummary, record_failure, resolve_on_error
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.protocols import check_fractions
-from pipeline.evaluation.volumes import VOLUME_PROTOCOLS, volume_settings
+from pipeline.evaluation.volumes import VOLUME_PROTOCOLS
 from pipeline.noise.infill import INFILLS, parse_infill
 from pipeline.networks.zoo import check_explainable, is_torchscript, load_utility
 
@@ -91,21 +91,17 @@ def resolve_split(split: str | None, utility_bundle: str | None, utility_checkpo
 
 
 def sanity_source(sanity_dataset: str | None, split: str, dataset_dir: str, datalist_key: str, val_fraction: float,
-                  test_fraction: float, seed: int, noise_checkpoints: Sequence[str]) -> dict[str, Any]:
+                  test_fraction: float, seed: int, noise: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     """Where the sanity check retrains U-Noise: the training part of ``sanity_dataset`` (this run's fractions and
     seed); without it, of the evaluated set's split training used, or, when every case is evaluated (``all``), of the
-    set the first noise model was trained on (as its checkpoint records it)."""
-    if sanity_dataset:
-        return {"dataset_dir": str(sanity_dataset), "datalist_key": datalist_key, "val_fraction": val_fraction,
-                "test_fraction": test_fraction, "seed": seed}
-    if split != "all":
-        return {"dataset_dir": dataset_dir, "datalist_key": datalist_key, "val_fraction": val_fraction,
-                "test_fraction": test_fraction, "seed": seed}
-    meta = dict(load_checkpoint(noise_checkpoints[0]).get("meta", {})) if noise_checkpoints else {}
+    set the first noise model (``noise``: its checkpoint path and meta) was trained on, as its checkpoint records it."""
+    if sanity_dataset or split != "all":
+        return {"dataset_dir": str(sanity_dataset) if sanity_dataset else dataset_dir, "datalist_key": datalist_key,
+                "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    path, meta = noise
     if not meta.get("dataset_dir"):
-        raise ConfigError(f"{noise_checkpoints[0] if noise_checkpoints else 'the noise checkpoint'}: records no training "
-                          "set for the sanity check's retraining when every case is evaluated; pass --sanity-dataset DIR "
-                          "(images the utility can segment) or --sanity false.")
+        raise ConfigError(f"{path}: records no training set for the sanity check's retraining when every case is "
+                          "evaluated; pass --sanity-dataset DIR (images the utility can segment) or --sanity false.")
     return {key: meta.get(key, default) for key, default in (("dataset_dir", None), ("datalist_key", "training"),
                                                               ("val_fraction", 0.1), ("test_fraction", 0.1), ("seed", 0))}
 
@@ -173,16 +169,18 @@ def check_inputs(
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
     check_explainable(utility_meta, baselines, sanity, str(utility_bundle or utility_checkpoint))  # TorchScript: no module tree
-    if int(utility_meta.get("spatial_dims", 2)) == 3:  # skipped there (said by the run), so not checked here
-        shortcut = volume_settings(shortcut, ["blur"], [], str(utility_bundle or utility_checkpoint), say=False)[0]
+    if int(utility_meta.get("spatial_dims", 2)) == 3:  # 3D skips the shortcut benchmark (volume_settings says so), so not checked
+        shortcut = False
+    noise_metas = []
     for path in noise_checkpoints:
         noise_meta = dict(load_checkpoint(path).get("meta", {}))
         check_kind(noise_meta, path, "noise", "--noise")
         check_pair(utility_meta, noise_meta, utility_bundle or utility_checkpoint, path)
+        noise_metas.append((str(path), noise_meta))
     split = resolve_split(split, utility_bundle, utility_checkpoint)
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     retrain = sanity_source(sanity_dataset, split, dataset_dir, datalist_key, val_fraction, test_fraction, seed,
-                            noise_checkpoints) if sanity else None
+                            noise_metas[0]) if sanity else None
     if retrain is not None and retrain["dataset_dir"] != dataset_dir:  # another set: its own training checks
         retrain_splits = load_split(retrain["dataset_dir"], retrain["datalist_key"], retrain["val_fraction"],
                                     retrain["test_fraction"], retrain["seed"], "training", allow_outside_paths)

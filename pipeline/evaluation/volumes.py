@@ -49,19 +49,19 @@ class WholeVolume(torch.nn.Module):
         return self.inferer(image, self.network)
 
 
-def volume_settings(shortcut: bool, infills: Sequence[str], held_out_infills: Sequence[str], source: str,
-                    say: bool = True) -> tuple[bool, list[str], list[str]]:
+def volume_settings(shortcut: bool, infills: Sequence[str], held_out_infills: Sequence[str],
+                    source: str) -> tuple[bool, list[str], list[str]]:
     """What a 3D evaluation runs of the settings: the shortcut benchmark and the road infill are 2D-only, so they
-    are skipped with a one-line note each (``say``), never refused; a judged list left empty is refused.
+    are skipped with a one-line note each, never refused; a judged list left empty is refused.
 
     Returns ``(shortcut, infills, held_out_infills)``."""
     judged = [spec for spec in infills if spec != "road"]
     held_out = [spec for spec in held_out_infills if spec != "road"]
-    if say and shortcut:
+    if shortcut:
         logger.warning("%s: a 3D utility; the shortcut benchmark is 2D-only and is skipped", source)
-    if say and len(judged) < len(infills):
+    if len(judged) < len(infills):
         logger.warning("the road infill is 2D-only: this 3D evaluation judges %s", ", ".join(judged) or "nothing")
-    if say and len(held_out) < len(held_out_infills):
+    if len(held_out) < len(held_out_infills):
         logger.warning("the road infill is 2D-only: this 3D evaluation holds out %s only", ", ".join(held_out) or "nothing")
     if not judged:
         raise ConfigError(f"{source}: a 3D utility, and road, the only judged infill, is 2D-only: give --infills another "

@@ -21,7 +21,7 @@ from pipeline.display import radiological_view
 from pipeline.engines.cases import is_marker, marker
 from pipeline.errors import ConfigError, WriteError, user_error
 from pipeline.fileio import atomic_path
-from pipeline.outputs.manifest import MANIFEST, Manifest
+from pipeline.outputs.manifest import MANIFEST, Manifest, status_counts
 from pipeline.outputs.maps import maps_from_prediction, remove_written, write_case_outputs
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class ImportanceExporter:
 
     def counts(self) -> dict[str, int]:
         """This run's cases by status."""
-        return {status: sum(1 for c in self.cases if c["status"] == status) for status in ("done", "skipped", "failed")}
+        return status_counts(self.cases)
 
     def _log_counts(self, engine: Engine) -> None:
         logger.info("batch: %(done)d done, %(skipped)d skipped (done before), %(failed)d failed", self.counts())

@@ -291,6 +291,11 @@ def init_noise_from(
     return noise_net
 
 
+def checkpoint_spatial_dims(path: str | os.PathLike) -> int:
+    """The dimensionality a checkpoint's meta records (2 when absent, as in checkpoints from before 3D)."""
+    return int(dict(load_checkpoint(path).get("meta", {})).get("spatial_dims", 2))
+
+
 def check_spatial_dims(meta: dict[str, Any], spatial_dims: int, path: str | os.PathLike | None, role: str = "--utility") -> None:
     """Refuse a network of the other dimensionality (a 3D utility in a 2D run, or the reverse), naming the fix.
 

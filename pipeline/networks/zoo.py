@@ -119,12 +119,17 @@ def _channel(metadata: dict[str, Any], target_channel: int | str | None, source:
                       "name listed there.")
 
 
+def _image_format(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata's description of the network's input image (``network_data_format.inputs.image``)."""
+    return metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+
+
 def bundle_spatial_dims(bundle_dir: str | os.PathLike) -> int:
     """3 for a bundle whose metadata gives its input image a 3-long ``spatial_shape``, else 2 (also when the
     metadata cannot be read: :func:`load_bundle_utility` then refuses it naming the file)."""
     try:
         metadata = json.loads((Path(bundle_dir).expanduser() / "configs" / "metadata.json").read_text())
-        shape = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape")
+        shape = _image_format(metadata).get("spatial_shape")
     except (OSError, ValueError, AttributeError):
         return 2
     return 3 if isinstance(shape, (list, tuple)) and len(shape) == 3 else 2
@@ -174,7 +179,7 @@ def load_bundle_utility(
         raise ConfigError(f"{config_file}: has no network_def; a bundle names its network there.")
     if str(root) not in sys.path:
         sys.path.insert(1, str(root))  # the bundle's scripts/ are imported as `scripts.<module>` (as MONAI does)
-    image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+    image_format = _image_format(metadata)
     roi_size = _roi_size(image_format.get("spatial_shape"), parser, meta_file, config_file)
     try:
         network = parser.get_parsed_content("network_def", instantiate=True)

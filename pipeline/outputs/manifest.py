@@ -58,6 +58,11 @@ def this_run_cases(output_dir: str | Path) -> list[dict[str, Any]]:
     return [case for case in manifest["cases"] if case.get("run", 0) == 0]
 
 
+def status_counts(cases: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of ``cases`` (manifest records) are ``done``, ``skipped`` and ``failed``."""
+    return {status: sum(1 for c in cases if c["status"] == status) for status in ("done", "skipped", "failed")}
+
+
 class Manifest:
     """The case records of one run into ``output_dir`` and the provenance that made them.
 
@@ -107,4 +112,5 @@ class Manifest:
         return write_json_atomic({"run": runs[0], "runs": runs, "cases": cases}, path)
 
 
-__all__ = ["MANIFEST", "Manifest", "latest_records", "manifest_parts", "read_manifest", "this_run_cases"]
+__all__ = ["MANIFEST", "Manifest", "latest_records", "manifest_parts", "read_manifest", "status_counts",
+           "this_run_cases"]
