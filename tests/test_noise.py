@@ -189,13 +189,17 @@ def test_validation_noise_is_repeatable(image: torch.Tensor) -> None:
     assert first.shape == (2, 5, 16, 16) and torch.equal(first, second)
 
 
-def test_explainer_outputs_importance_and_probability(image: torch.Tensor) -> None:
-    explainer = UNoiseExplainer(build_unet("small"), build_unet("small"))
+def test_explainer_outputs_importance_and_the_utility_logit(image: torch.Tensor) -> None:
+    noise_net, utility = build_unet("small"), build_unet("small")
+    explainer = UNoiseExplainer(noise_net, utility)
     explainer.train()  # stays in eval mode
     with torch.no_grad():
         maps = explainer(image)
-    assert maps.shape == (2, 2, 16, 16) and float(maps.min()) >= 0 and float(maps.max()) <= 1
-    assert not explainer.noise_net.training
+        logit = utility(image)
+        tolerance = torch.sigmoid(noise_net(image))
+    assert maps.shape == (2, 2, 16, 16) and not explainer.noise_net.training
+    assert torch.allclose(maps[:, 1:], logit, atol=1e-6)  # the logit: a sliding window averages what bundles average
+    assert torch.allclose(maps[:, :1], 1 - tolerance, atol=1e-6)
 
 
 def test_channels_last_explainer_gives_the_same_maps(image: torch.Tensor) -> None:

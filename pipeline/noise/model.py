@@ -310,7 +310,11 @@ def freeze(network: torch.nn.Module) -> torch.nn.Module:
 
 
 class UNoiseExplainer(torch.nn.Module):
-    """Explain in one forward pass: (B, C, H, W) -> (B, 2, H, W) = [importance 1 - B, utility probability].
+    """Explain in one forward pass: (B, C, H, W) -> (B, 2, H, W) = [importance 1 - B, the utility's logit].
+
+    The logit, not the probability, so that a sliding window averages what a segmentation bundle's inferer averages
+    (for a two-class softmax, the target logit is the difference of the two outputs: its window average is the
+    difference of theirs); explain's postprocessing then takes the sigmoid, before ``Invertd`` as bundles do.
 
     Both networks are frozen (eval mode, no grad); this is the network of the inference config, where
     MONAI's ``SliceInferer`` runs it over every axial slice of a volume. ``channels_last`` runs both in
@@ -329,5 +333,4 @@ class UNoiseExplainer(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         image = image.contiguous(memory_format=self.memory_format)
         importance = importance_from_tolerance(apply_tolerance(self.noise_net(image)))  # (B, 1, H, W)
-        probability = torch.sigmoid(self.utility(image))  # (B, 1, H, W)
-        return torch.cat([importance, probability], dim=1)  # (B, 2, H, W)
+        return torch.cat([importance, self.utility(image).to(importance.dtype)], dim=1)  # (B, 2, H, W)
