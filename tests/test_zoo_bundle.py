@@ -290,29 +290,3 @@ def test_the_readme_first_screen_commands_run_on_a_tiny_bundle(zoo: dict[str, Pa
     labelled = len(list((zoo["data"] / "labelsTr").glob("*.nii.gz")))
     # every labelled case evaluated; the sanity check retrained on the images train-noise used (its checkpoint says)
     assert result["protocol"]["split"] == "all" and result["protocol"]["cases"] == labelled and "segmentation" in result["sanity"]
-
-
-def test_what_the_bundle_preprocessing_does_that_is_not_run_is_named_once(zoo: dict[str, Path], tmp_path: Path, caplog) -> None:
-    from pipeline.networks.zoo import transforms_not_run
-
-    chain = {"_target_": "Compose", "transforms": [
-        {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-        {"_target_": "monai.transforms.Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]},
-        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -87, "a_max": 199, "b_min": 0.0, "b_max": 1.0},
-        {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"},
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "LPS"}]}
-    assert transforms_not_run(chain) == ["Spacingd", "CropForegroundd", "Orientationd"]
-    with caplog.at_level("WARNING"):
-        load_bundle_utility(zoo["bundle"], "cpu")  # the tiny bundle loads, windows and scales only: nothing to say
-    assert "does not" not in caplog.text
-    resampling = write_bundle(tmp_path / "resampling", None)
-    config = resampling / "configs" / "inference.json"
-    record = json.loads(config.read_text())
-    record["preprocessing"] = chain
-    config.write_text(json.dumps(record))
-    with caplog.at_level("WARNING"):
-        load_bundle_utility(resampling, "cpu")
-        load_bundle_utility(resampling, "cpu")
-    said = [r.getMessage() for r in caplog.records if "which this release does not" in r.getMessage()]
-    assert len(said) == 1 and "Spacingd, CropForegroundd, Orientationd" in said[0] and str(config) in said[0]

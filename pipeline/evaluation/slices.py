@@ -23,6 +23,13 @@ def top_slices_per_case(pancreas_pixels: Sequence[float], cases: Sequence[str], 
     return sorted(chosen)
 
 
+def _stack_padded(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (C, X, Y) slices; slices of different sizes (a bundle's own resampling gives each case its own grid) are
+    padded with zeros at the far side to the largest, outside the body mask, as a sliding-window inferer pads."""
+    size = [max(int(m.shape[axis]) for m in maps) for axis in (1, 2)]
+    return torch.stack([torch.nn.functional.pad(m, [0, size[1] - m.shape[2], 0, size[0] - m.shape[1]]) for m in maps])
+
+
 def load_evaluation_slices(entries: Sequence[dict[str, Any]], utility_meta: dict[str, Any], pancreas_labels: Sequence[int],
                            limit: int | None, device: torch.device, extra_images: Sequence[str] = (),
                            extra_masks: Sequence[str] = (), volume_transform: Callable | None = None) -> dict[str, Any]:
@@ -39,7 +46,7 @@ def load_evaluation_slices(entries: Sequence[dict[str, Any]], utility_meta: dict
     if not items:
         raise ConfigError("the evaluated cases hold no slice with pancreas; check the split and pancreas_labels.")
     chosen = [items[i] for i in top_slices_per_case([float(it["label"].sum()) for it in items], [it["case"] for it in items], limit)]
-    data: dict[str, Any] = {key: torch.stack([item[key] for item in chosen]).to(device)
+    data: dict[str, Any] = {key: _stack_padded([item[key] for item in chosen]).to(device)
                             for key in ("image", "label", "body", *extra_images, *extra_masks)}
     data["spacing"] = torch.stack([item["spacing"] for item in chosen])
     data["cases"] = [item["case"] for item in chosen]

@@ -3,7 +3,8 @@
 Modules: ``presets`` (the UNet presets and the network records a checkpoint may name), ``checkpoints``
 (atomic saves, safe loads, the checks a checkpoint must pass), ``utility`` (the explained class's logit
 of any segmentation network), ``zoo`` (a utility from our checkpoint, a MONAI model-zoo bundle or a
-TorchScript file). Checkpoint records name the builders as ``pipeline.networks.<name>``.
+TorchScript file), ``zoo_chain`` (a bundle's own preprocessing and inferer). Checkpoint records name
+the builders as ``pipeline.networks.<name>``.
 """
 
 from __future__ import annotations

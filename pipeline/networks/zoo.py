@@ -4,20 +4,19 @@ A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or 
 ``network_def``, optionally ``scripts/`` (importable as the bundle's own code) and ``models/model.pt``
 (a state dict, or ``{"model": state_dict}``; a bundle with only ``models/model.ts`` runs that TorchScript
 network). This module builds the network on our device, loads the weights with ``weights_only=True``, picks the
-explained class from ``target_channel`` or a name in the metadata's ``channel_def``, and reads the intensity
-window from the bundle's ``ScaleIntensityRanged`` so the noise model sees the utility's own input.
+explained class from ``target_channel`` or a name in the metadata's ``channel_def``, and records the HU window
+of the bundle's ``ScaleIntensityRanged`` (when it has one) as a description.
 
-Not read yet: the rest of the bundle's preprocessing (``Spacingd``, crops, other normalisations) and its
-inferer: slices keep their own grid. :func:`transforms_not_run` names what a bundle's preprocessing does that is
-not run, and :func:`load_bundle_utility` says so once per bundle. A 3D bundle (a 3-long ``spatial_shape``) gives
-``spatial_dims`` 3 and its patch size (the inferer's ``roi_size``); ``unoise`` then takes the 3D configs.
+The bundle's own ``preprocessing`` and ``inferer`` run through :mod:`pipeline.networks.zoo_chain` (the configs'
+``preprocessing`` and explain's ``inferer`` take them when ``utility_bundle`` is set). A 3D bundle (a 3-long
+``spatial_shape``) gives ``spatial_dims`` 3 and its patch size (the inferer's ``roi_size``); ``unoise`` then takes
+the 3D configs.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +27,9 @@ import torch
 from pipeline.networks.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
 from pipeline.errors import ConfigError
 from pipeline.networks.utility import TargetLogit
+from pipeline.networks.zoo_chain import CONFIG_NAMES, WindowedNetwork, bundle_parser, slice_window_inferer
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
-
 
 def _find(root: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
@@ -56,11 +53,12 @@ def _transforms(config: Any) -> list[dict[str, Any]]:
     return found
 
 
-def read_window(preprocessing: Any, source: Path) -> tuple[float, float]:
-    """The HU window ``(a_min, a_max)`` of the bundle's ``ScaleIntensityRanged`` (to [0, 1]).
+def read_window(preprocessing: Any, source: Path, required: bool = True) -> tuple[float, float] | None:
+    """The HU window ``(a_min, a_max)`` of the bundle's ``ScaleIntensityRanged`` (to [0, 1]); None without one when
+    not ``required`` (the bundle's own chain runs: the window only describes it, e.g. a ``NormalizeIntensityd`` bundle).
 
     Raises:
-        ConfigError: no such transform, references instead of numbers, or an output range other than [0, 1].
+        ConfigError: required and no such transform, references instead of numbers, or an output range other than [0, 1].
     """
     for item in _transforms(preprocessing):
         if str(item["_target_"]).rsplit(".", 1)[-1] in ("ScaleIntensityRanged", "ScaleIntensityRange"):
@@ -70,30 +68,14 @@ def read_window(preprocessing: Any, source: Path) -> tuple[float, float]:
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(f"{source}: preprocessing's ScaleIntensityRanged needs numeric a_min/a_max/b_min/b_max "
                                   f"({err}); write them as numbers or pass --window \"[lower, upper]\".") from err
-            if (b_min, b_max) != (0.0, 1.0):
+            if (b_min, b_max) != (0.0, 1.0) and required:
                 raise ConfigError(f"{source}: ScaleIntensityRanged maps to [{b_min:g}, {b_max:g}], U-Noise's data path to [0, 1]; "
                                   "not supported yet.")
             return lower, upper
+    if not required:
+        return None
     raise ConfigError(f"{source}: its preprocessing has no ScaleIntensityRanged, so the CT window is unknown; pass "
                       "--window \"[lower, upper]\" in HU.")
-
-
-# what our own chain does equally (loading, channels first, types, RAS, the window) or what changes no voxel
-SAME_AS_OURS = {"LoadImage", "EnsureChannelFirst", "AddChannel", "EnsureType", "ToTensor", "CastToType", "Compose",
-                "ScaleIntensityRange", "DataStats", "Identity", "SaveImage", "Orientation"}
-_SAID: set[str] = set()
-
-
-def transforms_not_run(preprocessing: Any) -> list[str]:
-    """The transforms of a bundle's preprocessing that our chain does not run (``Spacingd``, ``CropForegroundd``,
-    ``NormalizeIntensityd``...), and an ``Orientationd`` to other axes than RAS, by class name in order."""
-    names = []
-    for item in _transforms(preprocessing):
-        name = str(item["_target_"]).rsplit(".", 1)[-1]
-        if name.removesuffix("d") not in SAME_AS_OURS or (name.startswith("Orientation")
-                                                           and str(item.get("axcodes", "RAS")).upper() != "RAS"):
-            names.append(name)
-    return list(dict.fromkeys(names))
 
 
 def _channel(metadata: dict[str, Any], target_channel: int | str | None, source: Path) -> int:
@@ -158,8 +140,6 @@ def load_bundle_utility(
         ConfigError: a missing file or key, a 3D network without a patch size, an unbuildable network, unreadable weights; the message
             names the file.
     """
-    from monai.bundle import ConfigParser
-
     root = Path(bundle_dir).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"{root}: no such bundle folder; pass a model-zoo bundle (configs/, models/).")
@@ -169,16 +149,9 @@ def load_bundle_utility(
         metadata = json.loads(meta_file.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{meta_file}: not readable JSON ({err}).") from err
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    parser["bundle_root"] = str(root)
-    for key in ("device", "run_device"):  # bundles often hard-code cuda here
-        if key in parser.get():
-            parser[key] = torch.device(device)
+    parser = bundle_parser(root, device)
     if "network_def" not in parser.get():
         raise ConfigError(f"{config_file}: has no network_def; a bundle names its network there.")
-    if str(root) not in sys.path:
-        sys.path.insert(1, str(root))  # the bundle's scripts/ are imported as `scripts.<module>` (as MONAI does)
     image_format = _image_format(metadata)
     roi_size = _roi_size(image_format.get("spatial_shape"), parser, meta_file, config_file)
     try:
@@ -189,18 +162,16 @@ def load_bundle_utility(
         network = _load_weights(root, network, device)
     in_channels = int(image_format.get("num_channels", 1))
     channel = _channel(metadata, target_channel, meta_file)
-    window = read_window(parser.get("preprocessing", {}), config_file)
-    skipped = transforms_not_run(parser.get("preprocessing", {}))
-    if skipped and str(config_file) not in _SAID:
-        _SAID.add(str(config_file))
-        logger.warning("%s: its preprocessing also runs %s, which this release does not: the utility sees your CT on "
-                       "its own grid with the bundle's window (resample the CT as the bundle does first, or add the same "
-                       "transforms to configs/common.json)", config_file, ", ".join(skipped))
+    window = read_window(parser.get("preprocessing", {}), config_file, required=False)
+    windows = None if roi_size else slice_window_inferer(parser, config_file)
+    if windows is not None:  # a 2D network the bundle runs window by window: so does every use of it here
+        network = WindowedNetwork(network, windows)
     utility = TargetLogit(network, channel).to(device)
     meta = {"kind": "utility", "preset": f"bundle:{metadata.get('name', root.name)}", "in_channels": in_channels,
-            "out_channels": 1, "window": list(window), "spatial_size": None, "bundle": str(root),
+            "out_channels": 1, "window": list(window) if window else None, "spatial_size": None, "bundle": str(root),
             "target_channel": channel, "version": metadata.get("version"), "spatial_dims": 3 if roi_size else 2,
-            **({"roi_size": roi_size} if roi_size else {})}
+            **({"roi_size": roi_size} if roi_size else {}),
+            **({"slice_roi": [int(v) for v in windows.roi_size]} if windows is not None else {})}
     if isinstance(network, torch.jit.ScriptModule):
         meta["torchscript"] = str(root / "models" / "model.ts")
     return utility, meta
@@ -317,5 +288,5 @@ def check_explainable(utility_meta: dict[str, Any], baselines: Sequence[str], sa
                           "drop gradcam from --baselines and pass --sanity false, or give the network as a checkpoint or bundle.")
 
 
-__all__ = ["SAME_AS_OURS", "bundle_spatial_dims", "check_explainable", "is_torchscript", "load_bundle_utility",
-           "load_torchscript_utility", "load_utility", "read_window", "transforms_not_run"]
+__all__ = ["bundle_spatial_dims", "check_explainable", "is_torchscript", "load_bundle_utility",
+           "load_torchscript_utility", "load_utility", "read_window"]
