@@ -136,7 +136,7 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     assert "volume_protocol must be one of ('whole', 'roi')" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     assert main([*evaluate, "--output", str(tmp_path / "evaluation"), "--volume-protocol", "roi", "--sanity", "false",
-                 "--occlusion_window", "9",
+                 "--occlusion_window", "9", "--cost-occlusion-strides", "[8, 4]",
                  "--occlusion_stride", "8", "--baselines",
                  "['occlusion', 'gradcam', 'saliency', 'segmentation', 'prediction_logits', 'random', 'oracle']"]) == 0
     result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
@@ -163,9 +163,9 @@ def test_the_3d_evaluation_runs_the_protocols_over_volumes_of_interest(volumes: 
     for case in volumes_record["cases"]:
         assert case["shape"] == [32, 32, 12] and case["windows"] == 2  # z: 12 voxels in windows of 8, step 6
     cost = volumes_record["methods"]
-    assert {"utility_pass", "unoise_small_replace", "gradcam", "occlusion_stride8", "occlusion_stride2"} == set(cost)
+    assert {"utility_pass", "unoise_small_replace", "gradcam", "occlusion_stride8", "occlusion_stride4"} == set(cost)
     assert cost["occlusion_stride8"]["utility_forwards_per_volume"] == 2 * (16 + 1)  # 4 x 4 x 1 cubes per window
-    assert cost["occlusion_stride2"]["utility_forwards_per_volume"] == 2 * (13 * 13 + 1)
+    assert cost["occlusion_stride4"]["utility_forwards_per_volume"] == 2 * (7 * 7 + 1)  # 9-voxel cubes every 4 of 32
     assert all(m["ms_per_volume"] > 0 for m in cost.values())
     html = (tmp_path / "evaluation" / "report" / "report.html").read_text()
     assert "Whole test volumes" in html and "A whole-volume U-Noise map is" in html  # the Grad-CAM verdict

@@ -37,7 +37,7 @@ def test_inspect_json(msd_dir: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 @pytest.mark.parametrize("problem", ["four_d", "truncated", "label_shape"])
-def test_bad_dataset_exits_nonzero_with_one_line_naming_the_file(msd_dir: Path, affine: np.ndarray, problem: str) -> None:
+def test_bad_dataset_exits_nonzero_with_one_line_naming_the_file(msd_dir: Path, affine: np.ndarray, problem: str, capsys) -> None:
     image, label = make_volume(0)
     if problem == "four_d":
         bad = write_nifti(msd_dir / "imagesTr" / "pancreas_002.nii.gz", np.stack([image] * 3, -1), affine)
@@ -46,14 +46,16 @@ def test_bad_dataset_exits_nonzero_with_one_line_naming_the_file(msd_dir: Path, 
         bad.write_bytes(bad.read_bytes()[:300])
     else:
         bad = write_nifti(msd_dir / "labelsTr" / "pancreas_002.nii.gz", label[:-2], affine)
-    batch = run_cli("inspect", "--dataset", str(msd_dir))  # default for several cases: report it, go on, exit 1
-    assert batch.returncode == 1 and "1 of 5 case(s) failed" in batch.stdout and str(bad) in batch.stdout, batch.stdout
-    result = run_cli("inspect", "--dataset", str(msd_dir), "--on_error", "stop")
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
+    capsys.readouterr()
+    assert main(["inspect", "--dataset", str(msd_dir)]) == 1  # default for several cases: report it, go on, exit 1
+    out = capsys.readouterr().out
+    assert "1 of 5 case(s) failed" in out and str(bad) in out, out
+    assert main(["inspect", "--dataset", str(msd_dir), "--on_error", "stop"]) == 2  # (the entry point as a process: the phantom test)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
     errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and str(bad) in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(errors) == 1 and str(bad) in errors[0], err
+    assert "Traceback" not in err
 
 
 def test_pancreas_labels_override(tmp_path: Path, affine: np.ndarray, capsys: pytest.CaptureFixture) -> None:
