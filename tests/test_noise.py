@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from pipeline.errors import ConfigError
 from pipeline.networks import build_unet
 from pipeline.noise import UNoiseExplainer, UNoiseLoss, UNoiseModel
 from pipeline.noise.loss import compute_logit_excess, compute_soft_dice, compute_total_variation
@@ -276,3 +279,35 @@ def test_logit_excess_is_zero_inside_the_bound_and_grows_outside() -> None:
     assert torch.equal(excess[2:5], torch.zeros(3))
     assert excess[0] == pytest.approx(14.0, abs=1e-3) and excess[1] == pytest.approx(2.0, abs=1e-2)
     assert excess[5] == pytest.approx(2.0, abs=1e-2)
+
+
+def test_the_agreement_target_moves_the_area_weight_toward_the_constraint() -> None:
+    """GECO-style: a training step whose perturbed prediction keeps more than the target raises the area weight (more
+    noise allowed), one that keeps less lowers it, by exp(rate * (agreement - target)); validation leaves it alone."""
+    from pipeline.noise.model import CLEAN, SEG, TOLERANCE
+
+    loss = UNoiseLoss(noise_weight=0.01, target="prediction", objective="curves", agreement_target=0.9, multiplier_rate=0.5)
+    outputs = torch.zeros(2, 5, 8, 8)
+    outputs[:, CLEAN, 2:6, 2:6] = 10.0  # the clean prediction: a 4 x 4 square
+    outputs[:, TOLERANCE] = 0.5
+    kept = outputs.clone()
+    kept[:, SEG] = torch.where(outputs[:, CLEAN] > 0, 10.0, -10.0)  # perturbed prediction = clean: agreement ~1
+    lost = outputs.clone()
+    lost[:, SEG] = -10.0  # perturbed prediction empty: agreement ~0
+    loss(kept)
+    assert loss.last_terms["area_weight"] == pytest.approx(0.01)
+    raised = float(loss.log_area_weight.exp())
+    assert raised == pytest.approx(0.01 * math.exp(0.5 * (1.0 - 0.9)), rel=0.01)
+    with torch.no_grad():  # validation: the multiplier does not move
+        loss(lost)
+    assert float(loss.log_area_weight.exp()) == pytest.approx(raised)
+    loss(lost)
+    kept_share = float(compute_soft_dice(torch.sigmoid(lost[:, SEG:SEG + 1]), (lost[:, CLEAN:CLEAN + 1] > 0).float()).mean())
+    assert kept_share < 0.1  # (the soft dice's smoothing: 1 / 17 of an empty prediction)
+    assert float(loss.log_area_weight.exp()) == pytest.approx(raised * math.exp(0.5 * (kept_share - 0.9)), rel=1e-4)
+    fixed = UNoiseLoss(noise_weight=0.01, target="prediction", objective="curves")  # no target: the weight stays
+    fixed(lost)
+    fixed(kept)
+    assert fixed.last_terms["area_weight"] == 0.01 and float(fixed.log_area_weight.exp()) == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="agreement_target is a dice in"):
+        UNoiseLoss(agreement_target=1.5)

@@ -3,8 +3,10 @@ terms, and the soft dice they are made of (the method: :mod:`pipeline.noise.mode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import ignite.distributed as idist
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
@@ -56,12 +58,26 @@ class UNoiseLoss(torch.nn.Module):
         deletion_weight: weight of the deletion (destroyer) term; needs ``UNoiseModel(deletion=True)``.
         tv_weight: weight of the total variation of B.
         objective: ``blend`` or ``curves`` (see :class:`UNoiseModel`).
+        agreement_target: None: ``noise_weight`` is fixed. A number in (0, 1): a constraint instead of a tuned
+            weight (GECO-style, Rezende & Viola 2018): the area weight starts at ``noise_weight`` and after every
+            training step moves by ``log w += multiplier_rate * (agreement - agreement_target)``, where agreement is
+            the soft dice of the perturbed prediction against the target; it grows while the perturbed prediction
+            keeps more than the target (more noise allowed) and shrinks while it keeps less.
+        multiplier_rate: step of that update, in log units per unit of agreement.
     """
 
     def __init__(self, noise_weight: float = 1e-3, utility_loss: str | Callable = "bce", eps: float = 1e-6,
                  target: str = "label", area: str = "log", deletion_weight: float = 0.0, tv_weight: float = 0.0,
-                 objective: str = "blend") -> None:
+                 objective: str = "blend", agreement_target: float | None = None, multiplier_rate: float = 0.05) -> None:
         super().__init__()
+        if agreement_target is not None and not 0.0 < float(agreement_target) < 1.0:
+            raise ConfigError(f"agreement_target is a dice in (0, 1) or null, got {agreement_target}.")
+        if agreement_target is not None and (noise_weight <= 0 or multiplier_rate <= 0):
+            raise ConfigError(f"agreement_target adapts the area weight from noise_weight > 0 at multiplier_rate > 0, got "
+                              f"{noise_weight} and {multiplier_rate}.")
+        self.agreement_target = None if agreement_target is None else float(agreement_target)
+        self.multiplier_rate = float(multiplier_rate)
+        self.register_buffer("log_area_weight", torch.tensor(math.log(noise_weight) if noise_weight > 0 else 0.0))
         for name, value in {"noise_weight (lambda)": noise_weight, "deletion_weight": deletion_weight,
                             "tv_weight": tv_weight}.items():
             if value < 0:
@@ -95,10 +111,18 @@ class UNoiseLoss(torch.nn.Module):
         else:
             utility_term = self.utility_loss(seg_logits, target)
             bound_term = torch.zeros((), device=outputs.device)
+        weight = float(self.log_area_weight.exp()) if self.agreement_target is not None else self.noise_weight
         if self.area == "log":
-            noise_term = -self.noise_weight * torch.log(tolerance.clamp_min(self.eps)).mean()
+            noise_term = -weight * torch.log(tolerance.clamp_min(self.eps)).mean()
         else:
-            noise_term = self.noise_weight * (1.0 - tolerance).mean()
+            noise_term = weight * (1.0 - tolerance).mean()
+        if self.agreement_target is not None and torch.is_grad_enabled():  # a training step: move the multiplier
+            with torch.no_grad():
+                agreement = compute_soft_dice(torch.sigmoid(seg_logits.float()), target.float()).mean()
+                if idist.get_world_size() > 1:  # every process moves the same multiplier
+                    agreement = idist.all_reduce(agreement) / idist.get_world_size()
+                self.log_area_weight += self.multiplier_rate * (float(agreement) - self.agreement_target)
+                self.log_area_weight.clamp_(math.log(1e-6), math.log(10.0))
         total = utility_term + noise_term + bound_term
         deletion_term = torch.zeros((), device=outputs.device)
         if self.deletion_weight > 0:
@@ -117,5 +141,6 @@ class UNoiseLoss(torch.nn.Module):
             "tv_term": float(tv_term.detach()),
             "bound_term": float(bound_term.detach()),
             "mean_tolerance": float(tolerance.detach().mean()),
+            "area_weight": weight,
         }
         return total
