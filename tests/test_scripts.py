@@ -84,3 +84,24 @@ def test_gpu_check_says_so_and_exits_0_without_cuda(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--output", str(out), "--work", str(tmp_path / "w")],
                             capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert result.returncode == 0 and "no CUDA device" in result.stdout and not out.exists()
+
+
+def test_foreign_bundle_study_writes_agreement_and_paired_visibility(tmp_path: Path) -> None:
+    """scripts/foreign_bundle.py at toy size: a bundle trained with plain torch, two settings, the record's fields."""
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps([{"name": "defaults", "overrides": {"noise_preset": "small"}},
+                                    {"name": "target", "overrides": {"noise_preset": "small", "agreement_target": 0.9}}]))
+    out = tmp_path / "foreign.json"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "foreign_bundle.py"), "--work-dir", str(tmp_path / "work"),
+                             "--output", str(out), "--settings", str(settings), "--cases", "4", "--eval-cases", "3",
+                             "--size", "32", "--slices", "8", "--bundle-epochs", "1", "--epochs", "1",
+                             "--slices-per-case", "1", "--bootstrap", "50", "--device", "cpu"],
+                            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(out.read_text())
+    rows = {row["name"]: row for row in record["settings"]}
+    assert set(rows) == {"defaults", "target"} and set(record["nulls"]) == {"segmentation", "random"}
+    fixed, adapted = rows["defaults"]["training"]["train_area_weight"], rows["target"]["training"]["train_area_weight"]
+    assert fixed["last_epoch"] == pytest.approx(0.01)  # the default weight does not move
+    assert adapted["last_epoch"] != pytest.approx(0.01)  # the target moves it
+    assert all(row["minus_segmentation"][spec]["n"] == 3 for row in rows.values() for spec in row["visibility"])
