@@ -49,13 +49,15 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --disable-pip-version-check -e ".[test]"
 	@touch $@
 
-# Every test (CI runs this), after the linter.
+# Every test (CI runs this), after the linter: one worker per core, each test module in one worker (its shared
+# fixtures train once); PYTEST_ARGS="-n 0" runs them in this process.
+PYTEST_ARGS ?= -n auto --dist loadfile
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # For iteration: the tests not marked slow (no training runs), after the linter.
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline scripts tests

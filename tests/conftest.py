@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +11,11 @@ import numpy as np
 import pytest
 
 from pipeline.dicom import ct_series
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
 
 SHAPE = (20, 24, 10)  # X, Y, Z: non-cubic on purpose
 SPACING = (0.8, 0.9, 3.0)
