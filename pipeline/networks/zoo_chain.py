@@ -22,7 +22,7 @@ from monai.config import KeysCollection
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Compose, InvertibleTransform, MapTransform, ResampleToMatch, Transform
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 
@@ -124,7 +124,7 @@ class BundleImaged(MapTransform, InvertibleTransform):
             image = self.chain({self.bundle_key: d[key]})[self.bundle_key]
         except Exception as err:  # the bundle's chain on this image: name the bundle, the file, the transform, the cause
             source = getattr(d[key], "meta", {}).get("filename_or_obj", key)
-            raise ConfigError(f"{self.bundle}: its preprocessing failed on {source}: {_transform_failure(err)}.") from err
+            raise DataError(f"{self.bundle}: its preprocessing failed on {source}: {_transform_failure(err)}.") from err
         d[key] = image.float() if isinstance(image, torch.Tensor) else image
         for name in self.carry:
             if name in d and d[name] is not None:
