@@ -265,6 +265,9 @@ def _out(work: Path, name: str) -> Path:
     return work / "outputs" / name.replace(" ", "_").replace("/", "_")
 
 
+HOLDERS: list[subprocess.Popen] = []  # the lock holders of the locked-folder cases, alive until the table ends
+
+
 def build_cases(work: Path) -> list[Case]:
     """The whole table: data faults against every command, checkpoints, settings, run folders, DICOM."""
     utility = str(work / "utility" / "checkpoints" / "best.pt")
@@ -484,10 +487,13 @@ def build_cases(work: Path) -> list[Case]:
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
-            holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.rundir import acquire_lock; "
-                                       f"acquire_lock({str(target)!r}); print('held', flush=True); time.sleep(900)"],
-                                      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            # it holds the lock until its stdin closes: killed at the table's end, or gone with this script, however
+            # long the other cases take (a timed sleep ran out once on a busy machine)
+            holder = subprocess.Popen([sys.executable, "-c", "import sys; from pipeline.rundir import acquire_lock; "
+                                       f"acquire_lock({str(target)!r}); print('held', flush=True); sys.stdin.read()"],
+                                      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             holder.stdout.readline()
+            HOLDERS.append(holder)  # a reference keeps its stdin open
             if alive:
                 (w / "holder.pid").write_text(str(holder.pid))
             else:
