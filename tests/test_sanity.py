@@ -33,3 +33,12 @@ def test_retraining_repeats_the_run_on_a_third_of_its_epochs() -> None:
     assert overrides == {"noise_preset": "large", "perturbation": "replace", "baseline": "blur", "target": "prediction",
                          "noise_weight": 0.03, "epochs": 3}
     assert retrain_overrides(meta, 5)["epochs"] == 5 and retrain_overrides({"preset": "small", "epochs": 1}, None)["epochs"] == 1
+
+
+def test_retraining_keeps_the_agreement_target_and_leaves_a_bundles_grid_to_the_bundle() -> None:
+    meta = {"preset": "small", "epochs": 3, "agreement_target": 0.9, "multiplier_rate": 0.1, "window": [-57.0, 164.0],
+            "spatial_size": 32}
+    assert retrain_overrides(meta, None) == {"noise_preset": "small", "agreement_target": 0.9, "multiplier_rate": 0.1,
+                                             "window": [-57.0, 164.0], "spatial_size": 32, "epochs": 1}
+    bundled = retrain_overrides({**meta, "utility_bundle": "/my/bundle"}, None)  # its own preprocessing sets them
+    assert "window" not in bundled and "spatial_size" not in bundled and bundled["agreement_target"] == 0.9

@@ -290,3 +290,13 @@ def test_the_readme_first_screen_commands_run_on_a_tiny_bundle(zoo: dict[str, Pa
     labelled = len(list((zoo["data"] / "labelsTr").glob("*.nii.gz")))
     # every labelled case evaluated; the sanity check retrained on the images train-noise used (its checkpoint says)
     assert result["protocol"]["split"] == "all" and result["protocol"]["cases"] == labelled and "segmentation" in result["sanity"]
+
+
+def test_our_window_and_size_given_with_a_bundle_are_named_as_ignored(caplog) -> None:
+    from pipeline.networks.zoo_chain import warn_ignored
+
+    with caplog.at_level("WARNING"):
+        assert warn_ignored("my_bundle", {"window": [-100, 240], "spatial_size": None}) == ["window"]
+        assert warn_ignored(None, {"window": [-100, 240], "spatial_size": 32}) == []
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "my_bundle: --window ignored: the bundle's own preprocessing" in said[0]

@@ -39,7 +39,7 @@ PASS_BELOW = 0.3
 DECODER_PREFIXES = ("ups", "final_conv")  # LevelUNet's; other networks': pipeline.explain.layers.find_decoder_prefixes
 # checkpoint meta keys that are train_noise.json settings, copied into the retraining
 RETRAIN_KEYS = ("perturbation", "baseline", "infill_draw", "objective", "rank_temperature", "blur_sigma", "target", "area",
-                "min_scale", "max_scale", "noise_weight",
+                "min_scale", "max_scale", "noise_weight", "agreement_target", "multiplier_rate",
                 "deletion_weight", "tv_weight", "batch_size", "learning_rate", "train_slices", "other_fraction",
                 "window", "spatial_size", "pancreas_labels")
 
@@ -58,7 +58,8 @@ def randomise_layers(network: torch.nn.Module, prefixes: Sequence[str] | None = 
 
 def retrain_overrides(meta: dict[str, Any], epochs: int | None) -> dict[str, Any]:
     """``train_noise.json`` overrides that repeat a noise run's settings on a schedule of ``epochs`` (default a third)."""
-    overrides = {key: meta[key] for key in RETRAIN_KEYS if meta.get(key) is not None}
+    own_chain = ("window", "spatial_size") if meta.get("utility_bundle") else ()  # a bundle's own preprocessing sets them
+    overrides = {key: meta[key] for key in RETRAIN_KEYS if meta.get(key) is not None and key not in own_chain}
     if meta.get("network_config"):
         overrides["noise_network_config"] = meta["network_config"]  # the very network, whatever it is
     if meta.get("preset") in NETWORK_PRESETS:

@@ -233,5 +233,18 @@ def slice_windows(utility_meta: dict[str, Any], random: bool, seed: int = 0) -> 
     return SliceWindowd(roi, random, seed) if roi else None
 
 
+def warn_ignored(bundle: str | os.PathLike | None, settings: dict[str, Any]) -> list[str]:
+    """Say, once, which of our preprocessing ``settings`` (``window``, ``spatial_size``) a run with a bundle ignores
+    because the bundle's own preprocessing decides them; the names said (none without a bundle or when unset)."""
+    import logging
+
+    ignored = [name for name, value in settings.items() if bundle and value is not None]
+    if ignored:
+        logging.getLogger(__name__).warning(
+            "%s: %s ignored: the bundle's own preprocessing sets the grid and the intensities (they apply to our own "
+            "utilities)", bundle, ", ".join(f"--{name.replace('_', '-')}" for name in ignored))
+    return ignored
+
+
 __all__ = ["CONFIG_NAMES", "BundleImaged", "SliceWindowd", "WindowedNetwork", "bundle_chain", "bundle_inferer",
-           "bundle_parser", "slice_window_inferer", "slice_windows"]
+           "bundle_parser", "slice_window_inferer", "slice_windows", "warn_ignored"]
