@@ -15,7 +15,6 @@ the 3D configs.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -27,16 +26,7 @@ import torch
 from pipeline.networks.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
 from pipeline.errors import ConfigError
 from pipeline.networks.utility import TargetLogit
-from pipeline.networks.zoo_chain import CONFIG_NAMES, WindowedNetwork, bundle_parser, slice_window_inferer
-
-logger = logging.getLogger(__name__)
-
-def _find(root: Path, names: tuple[str, ...], what: str) -> Path:
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    raise ConfigError(f"{root}: no {what} ({', '.join(names)}); a model-zoo bundle holds configs/metadata.json, "
-                      "configs/inference.json and models/model.pt.")
+from pipeline.networks.zoo_chain import WindowedNetwork, bundle_config_file, bundle_parser, find_bundle_file, slice_window_inferer
 
 
 def _transforms(config: Any) -> list[dict[str, Any]]:
@@ -53,29 +43,23 @@ def _transforms(config: Any) -> list[dict[str, Any]]:
     return found
 
 
-def read_window(preprocessing: Any, source: Path, required: bool = True) -> tuple[float, float] | None:
-    """The HU window ``(a_min, a_max)`` of the bundle's ``ScaleIntensityRanged`` (to [0, 1]); None without one when
-    not ``required`` (the bundle's own chain runs: the window only describes it, e.g. a ``NormalizeIntensityd`` bundle).
+def read_window(preprocessing: Any, source: Path) -> tuple[float, float] | None:
+    """The HU window ``(a_min, a_max)`` of the bundle's ``ScaleIntensityRanged``, None without one (a
+    ``NormalizeIntensityd`` bundle): a description of the bundle's own chain, which runs as it is.
 
     Raises:
-        ConfigError: required and no such transform, references instead of numbers, or an output range other than [0, 1].
+        ConfigError: references instead of numbers.
     """
     for item in _transforms(preprocessing):
         if str(item["_target_"]).rsplit(".", 1)[-1] in ("ScaleIntensityRanged", "ScaleIntensityRange"):
             try:
                 lower, upper = float(item["a_min"]), float(item["a_max"])
-                b_min, b_max = float(item.get("b_min", 0.0)), float(item.get("b_max", 1.0))
+                float(item.get("b_min", 0.0)), float(item.get("b_max", 1.0))
             except (KeyError, TypeError, ValueError) as err:
                 raise ConfigError(f"{source}: preprocessing's ScaleIntensityRanged needs numeric a_min/a_max/b_min/b_max "
-                                  f"({err}); write them as numbers or pass --window \"[lower, upper]\".") from err
-            if (b_min, b_max) != (0.0, 1.0) and required:
-                raise ConfigError(f"{source}: ScaleIntensityRanged maps to [{b_min:g}, {b_max:g}], U-Noise's data path to [0, 1]; "
-                                  "not supported yet.")
+                                  f"({err}); write them as numbers.") from err
             return lower, upper
-    if not required:
-        return None
-    raise ConfigError(f"{source}: its preprocessing has no ScaleIntensityRanged, so the CT window is unknown; pass "
-                      "--window \"[lower, upper]\" in HU.")
+    return None
 
 
 def _channel(metadata: dict[str, Any], target_channel: int | str | None, source: Path) -> int:
@@ -143,8 +127,8 @@ def load_bundle_utility(
     root = Path(bundle_dir).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"{root}: no such bundle folder; pass a model-zoo bundle (configs/, models/).")
-    meta_file = _find(root / "configs", ("metadata.json",), "configs/metadata.json")
-    config_file = _find(root / "configs", CONFIG_NAMES, "configs/inference.json or .yaml")
+    meta_file = find_bundle_file(root, ("metadata.json",), "configs/metadata.json")
+    config_file = bundle_config_file(root)
     try:
         metadata = json.loads(meta_file.read_text())
     except (OSError, ValueError) as err:
@@ -162,7 +146,7 @@ def load_bundle_utility(
         network = _load_weights(root, network, device)
     in_channels = int(image_format.get("num_channels", 1))
     channel = _channel(metadata, target_channel, meta_file)
-    window = read_window(parser.get("preprocessing", {}), config_file, required=False)
+    window = read_window(parser.get("preprocessing", {}), config_file)
     windows = None if roi_size else slice_window_inferer(parser, config_file)
     if windows is not None:  # a 2D network the bundle runs window by window: so does every use of it here
         network = WindowedNetwork(network, windows)

@@ -22,9 +22,28 @@ from monai.config import KeysCollection
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import Compose, InvertibleTransform, MapTransform, ResampleToMatch, Transform
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, failure_reason
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+
+
+def find_bundle_file(root: Path, names: Sequence[str], what: str) -> Path:
+    """The first of ``names`` in the bundle's ``configs/`` folder.
+
+    Raises:
+        ConfigError: none is there (the message names the folder and the bundle layout).
+    """
+    for name in names:
+        if (root / "configs" / name).is_file():
+            return root / "configs" / name
+    raise ConfigError(f"{root / 'configs'}: no {what} ({', '.join(names)}); a model-zoo bundle holds configs/metadata.json, "
+                      "configs/inference.json and models/model.pt.")
+
+
+def bundle_config_file(bundle_dir: str | os.PathLike) -> Path:
+    """The bundle's ``configs/inference.json`` (or ``.yaml``): the file its ``network_def``, preprocessing and inferer
+    are read from, and messages name."""
+    return find_bundle_file(Path(bundle_dir).expanduser().resolve(), CONFIG_NAMES, "configs/inference.json or .yaml")
 
 
 def bundle_parser(bundle_dir: str | os.PathLike, device: torch.device | str = "cpu") -> Any:
@@ -34,10 +53,7 @@ def bundle_parser(bundle_dir: str | os.PathLike, device: torch.device | str = "c
     from monai.bundle import ConfigParser
 
     root = Path(bundle_dir).expanduser().resolve()
-    config_file = next((root / "configs" / name for name in CONFIG_NAMES if (root / "configs" / name).is_file()), None)
-    if config_file is None:
-        raise ConfigError(f"{root}/configs: no inference.json or .yaml; a model-zoo bundle holds configs/metadata.json, "
-                          "configs/inference.json and models/model.pt.")
+    config_file = bundle_config_file(root)
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(root)
@@ -69,14 +85,13 @@ def bundle_chain(bundle: str | os.PathLike) -> tuple[Compose, str]:
         ConfigError: the bundle's config has no ``preprocessing`` or it cannot be built (the message names the file).
     """
     parser = bundle_parser(bundle, "cpu")
-    source = f"{parser.get('bundle_root')}/configs/inference.json"
+    source = bundle_config_file(bundle)
     if "preprocessing" not in parser.get():
         raise ConfigError(f"{source}: has no preprocessing; a bundle's inference.json names its transforms there.")
     try:
         chain = parser.get_parsed_content("preprocessing")
     except Exception as err:  # a bundle's own transforms may raise anything while building
-        raise ConfigError(f"{source}: preprocessing cannot be built ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200] if str(err) else ''}).") from err
+        raise ConfigError(f"{source}: preprocessing cannot be built ({failure_reason(err)}).") from err
     transforms = chain.flatten().transforms if isinstance(chain, Compose) else [chain]
     key = _image_key(transforms)
     return Compose([t for t in transforms if type(t).__name__ not in LOADING]), key
@@ -91,8 +106,7 @@ def _transform_failure(err: BaseException) -> str:
     while cause.__cause__ is not None:
         cause = cause.__cause__
         named = named or re.search(r"applying transform <(?:[\w]+\.)*(\w+) object", str(cause))
-    text = str(cause).splitlines()[0][:200] if str(cause) else ""
-    return f"{named.group(1) + ' raised ' if named else ''}{type(cause).__name__}{': ' + text if text else ''}"
+    return f"{named.group(1) + ' raised ' if named else ''}{failure_reason(cause)}"
 
 
 class BundleImaged(MapTransform, InvertibleTransform):
@@ -150,8 +164,7 @@ def _parsed_inferer(parser: Any, source: Any) -> Any:
     try:
         return parser.get_parsed_content("inferer")
     except Exception as err:
-        raise ConfigError(f"{source}: its inferer cannot be built ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200] if str(err) else ''}).") from err
+        raise ConfigError(f"{source}: its inferer cannot be built ({failure_reason(err)}).") from err
 
 
 def bundle_inferer(bundle: str | os.PathLike | None, own: Inferer, spatial_dims: int) -> Inferer:
@@ -161,7 +174,7 @@ def bundle_inferer(bundle: str | os.PathLike | None, own: Inferer, spatial_dims:
     if not bundle:
         return own
     parser = bundle_parser(bundle, "cpu")
-    inferer = _parsed_inferer(parser, f"{parser.get('bundle_root')}/configs/inference.json")
+    inferer = _parsed_inferer(parser, bundle_config_file(bundle))
     if inferer is None:
         return own
     if int(spatial_dims) == 3 or isinstance(inferer, SliceInferer):
@@ -246,5 +259,5 @@ def warn_ignored(bundle: str | os.PathLike | None, settings: dict[str, Any]) -> 
     return ignored
 
 
-__all__ = ["CONFIG_NAMES", "BundleImaged", "SliceWindowd", "WindowedNetwork", "bundle_chain", "bundle_inferer",
-           "bundle_parser", "slice_window_inferer", "slice_windows", "warn_ignored"]
+__all__ = ["BundleImaged", "SliceWindowd", "WindowedNetwork", "bundle_chain", "bundle_inferer",
+           "bundle_config_file", "bundle_parser", "find_bundle_file", "slice_window_inferer", "slice_windows", "warn_ignored"]
