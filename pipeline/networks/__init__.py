@@ -1,6 +1,7 @@
 """Networks and how they are stored and loaded: every model the project runs, ours or the user's.
 
-Modules: ``presets`` (the UNet presets and the network records a checkpoint may name), ``checkpoints``
+Modules: ``presets`` (the UNet presets and the network records a checkpoint may name), ``probabilistic`` (a
+Probabilistic U-Net sampling several plausible segmentations, and its ELBO loss), ``checkpoints``
 (atomic saves, safe loads, the checks a checkpoint must pass), ``utility`` (the explained class's logit
 of any segmentation network), ``zoo`` (a utility from our checkpoint, a MONAI model-zoo bundle or a
 TorchScript file), ``zoo_chain`` (a bundle's own preprocessing and inferer). Checkpoint records name
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pipeline.networks.presets import (NETWORK_PRESETS, TRUSTED_TARGETS, UNET_TARGET, LevelUNet, NetworkPreset, build_network,
                                        build_unet, count_parameters, get_preset, network_name, preset_config)
+from pipeline.networks.probabilistic import ProbabilisticUNet, ProbabilisticUNetLoss
 
-__all__ = ["NETWORK_PRESETS", "TRUSTED_TARGETS", "UNET_TARGET", "LevelUNet", "NetworkPreset", "build_network", "build_unet",
-           "count_parameters", "get_preset", "network_name", "preset_config"]
+__all__ = ["NETWORK_PRESETS", "TRUSTED_TARGETS", "UNET_TARGET", "LevelUNet", "NetworkPreset", "ProbabilisticUNet",
+           "ProbabilisticUNetLoss", "build_network", "build_unet", "count_parameters", "get_preset", "network_name", "preset_config"]
