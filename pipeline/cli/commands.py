@@ -224,8 +224,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from pipeline.phantom import write_phantom_dataset
 
     path = write_phantom_dataset(args.out, cases=args.cases, size=args.size, slices=args.slices, seed=args.seed,
-                                 test_cases=args.test_cases, shortcut=args.shortcut)
+                                 test_cases=args.test_cases, shortcut=args.shortcut, raters=args.raters)
     kind = f" with the '{args.shortcut}' shortcut (cue masks in shortcutsTr/, twins without it in imagesTr_nocue/)" if args.shortcut else ""
+    if args.raters:
+        kind = (f" with {args.raters} raters each (labelsTr/<case>_rater<k>.nii.gz; the borderline lesion in lesionsTr/, "
+                "the remote sign in signsTr/)")
     print(f"wrote {args.cases} training + {args.test_cases} test phantom cases{kind}: {path}")
     if args.dicom:
         from pipeline.dicom.ct_series import write_dicom_copies

@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--shortcut", choices=["marker"], default=None,
                          help="the shortcut benchmark: copy the gland onto other slices (a coin toss labels one), plant "
                               "a bright cue in front of the labelled one, and write the cue masks and twins without the cue")
+    phantom.add_argument("--raters", type=int, default=0,
+                         help="N annotations per training case (labelsTr/<case>_rater<k>.nii.gz) whose disagreement is "
+                              "known: boundary shifts, the tumour in or out, a missed lobule, and a borderline lesion "
+                              "that every rater includes when a remote sign shows (default 0: one label per case)")
     phantom.add_argument("--dicom", action="store_true",
                          help="also write each test case as a DICOM CT series folder, dicomTs/<case>/ (for explain's DICOM path)")
     phantom.set_defaults(func=cmd_phantom)

@@ -1,7 +1,8 @@
 """Datalists: find the cases of a dataset, split them by patient, write the split.
 
 A datalist is a list of dicts, one per case, with ``image`` (a NIfTI file or a DICOM series folder),
-optionally ``label`` (a NIfTI file on the image's grid) and always ``case`` (a name safe for file names).
+optionally ``label`` (a NIfTI file on the image's grid, or a list of them: one per rater) and always ``case`` (a name safe
+for file names).
 Three sources are understood:
 
 - an MSD folder (``dataset.json`` beside ``imagesTr/`` and ``labelsTr/``, e.g. Task07_Pancreas),
@@ -32,7 +33,8 @@ from pipeline.fileio import write_json_atomic
 logger = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("training", "validation", "test")
-PATH_KEYS = ("image", "label", "image_nocue", "shortcut")  # entry keys holding files (the last two: the shortcut benchmark)
+PATH_KEYS = ("image", "label", "image_nocue", "shortcut", "lesion", "sign")  # entry keys holding files (then: the shortcut
+# benchmark's twin and cue; the multi-rater phantom's lesion and remote sign)
 
 
 def all_labelled(datalist: Sequence[dict[str, Any]]) -> bool:
@@ -63,6 +65,14 @@ def image_paths(entry: dict[str, Any]) -> list[str]:
     """The image files of an entry: one path, or the co-registered volumes of a multi-channel case (a list)."""
     image = entry["image"]
     return [str(p) for p in image] if isinstance(image, (list, tuple)) else [str(image)]
+
+
+def label_paths(entry: dict[str, Any]) -> list[str]:
+    """The label files of an entry: none, one, or one per rater (a list: a multi-rater case, e.g. LIDC or QUBIQ)."""
+    label = entry.get("label")
+    if not label:
+        return []
+    return [str(p) for p in label] if isinstance(label, (list, tuple)) else [str(label)]
 
 
 def case_name(path: str | os.PathLike) -> str:
@@ -130,9 +140,10 @@ def _resolve(entries: list[dict[str, Any]], base: Path, source: Path, allow_outs
             value = entry.get(key)
             if value is None:
                 continue
-            if key == "image" and isinstance(value, list):  # a multi-channel case: co-registered volumes
+            if key in ("image", "label") and isinstance(value, list):  # channels' images; several raters' labels
+                what = "its channels' images" if key == "image" else "its raters' labels"
                 if not value or any(not isinstance(v, str) or v.strip() in ("", ".") for v in value):
-                    raise DataError(f"{source}: entry {value!r} lists its channels' images; each must be the path of a file.")
+                    raise DataError(f"{source}: entry {value!r} lists {what}; each must be the path of a file.")
                 entry[key] = [str(check_inside(v, base, allow_outside, source)) for v in value]
                 continue
             if not isinstance(value, str) or value.strip() in ("", "."):

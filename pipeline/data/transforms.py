@@ -70,6 +70,37 @@ def compute_body_mask(hu_slice: np.ndarray, threshold_hu: float = BODY_HU) -> np
     return ndimage.binary_fill_holes(components == int(np.argmax(sizes)) + 1)
 
 
+RATER_MODES = ("vote", "all")
+
+
+class RaterLabeld(MapTransform):
+    """Reduce a multi-rater label, one channel per rater (R, *spatial), to what the run uses.
+
+    ``vote`` (the deterministic utility's training and evaluation): the majority of the raters, a voxel
+    marked by at least half of them (a tie counts as pancreas), one channel; ``all``: every rater kept (the
+    Probabilistic U-Net draws one per step and the ambiguity metrics read them all). A one-rater label passes
+    unchanged either way. Expects binary masks (after ``LabelFilterd`` + ``AsDiscreted``).
+
+    Args:
+        keys: label keys.
+        mode: ``vote`` or ``all``.
+    """
+
+    def __init__(self, keys: KeysCollection, mode: str = "vote", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if mode not in RATER_MODES:
+            raise ConfigError(f"rater_mode must be one of {RATER_MODES}, got {mode!r}.")
+        self.mode = mode
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            if self.mode == "vote" and label.shape[0] > 1:
+                d[key] = (label.float().mean(dim=0, keepdim=True) >= 0.5).to(label.dtype)  # (1, *spatial)
+        return d
+
+
 class BodyMaskd(MapTransform):
     """Add the body mask of a CT volume in HU, slice by slice (:func:`compute_body_mask`).
 

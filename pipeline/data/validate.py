@@ -21,7 +21,7 @@ import torch
 from monai.transforms import LoadImage
 from tqdm import tqdm
 
-from pipeline.data.datalist import image_paths
+from pipeline.data.datalist import image_paths, label_paths
 from pipeline.data.files import NIFTI_SUFFIXES, check_ct_intensity, check_nifti_header, resolve_input
 from pipeline.dicom.read import choose_dicom_series, read_dicom_series
 from pipeline.errors import ConfigError, DataError
@@ -96,6 +96,8 @@ class CaseSummary:
     hu_range: tuple[float, float]
     label_counts: dict[int, int] = field(default_factory=dict)
     pancreas_slices: int = 0
+    raters: int = 0  # label files of the case (several: a multi-rater case)
+    rater_iou: float | None = None  # several raters: mean IoU of their pancreas masks over pairs of raters
 
     @property
     def slices(self) -> int:
@@ -131,6 +133,9 @@ class DatasetSummary:
             "hu_max": float(max(c.hu_range[1] for c in self.cases)),
             "orientations": {o: sum(c.orientation == o for c in self.cases) for o in sorted({c.orientation for c in self.cases})},
             "label_voxels": {str(k): v for k, v in sorted(counts.items())},
+            "raters_per_case": {str(n): sum(c.raters == n for c in labelled) for n in sorted({c.raters for c in labelled})},
+            "rater_iou_mean": (round(float(np.mean(ious)), 4) if (ious := [c.rater_iou for c in labelled
+                                                                             if c.rater_iou is not None]) else None),
             "pancreas_labels": list(self.pancreas_labels),
             "warnings": list(self.warnings),
             "failed": list(self.failed),
@@ -151,6 +156,10 @@ class DatasetSummary:
             "label values (voxels): " + (", ".join(f"{k}: {v}" for k, v in info["label_voxels"].items()) or "no labels"),
             f"pancreas = label values {list(self.pancreas_labels)}",
         ]
+        if any(n != "1" for n in info["raters_per_case"]):
+            lines.append("raters per case: " + ", ".join(f"{n} rater(s): {k} case(s)" for n, k in info["raters_per_case"].items())
+                         + (f"; their agreement (pancreas IoU between two raters, mean): {info['rater_iou_mean']:.3f}"
+                            if info["rater_iou_mean"] is not None else ""))
         lines += [f"warning: {text}" for text in self.warnings]
         if self.failed:
             lines.append(f"{len(self.failed)} case(s) failed, left out of the figures above:")
@@ -318,18 +327,36 @@ def _validate_case(entry: dict[str, Any], allowed: Any, pancreas: torch.Tensor, 
         orientation="".join(nib.aff2axcodes(np.asarray(image.affine))),
         hu_range=hu_range,
     )
-    label_path = entry.get("label")
-    if label_path:
-        label = load_volume(label_path)
-        _check_finite(label, str(label_path))
-        _check_geometry(image, label, image_path, str(label_path))
-        summary.label_counts = _check_label_values(label, str(label_path), allowed)
-        foreground = torch.isin(label, pancreas)
+    raters = label_paths(entry)
+    if raters:
+        masks = []
+        for label_path in raters:  # one file, or one per rater: each on the image's grid, each with allowed values
+            label = load_volume(label_path)
+            _check_finite(label, label_path)
+            _check_geometry(image, label, image_path, label_path)
+            for value, n in _check_label_values(label, label_path, allowed).items():
+                summary.label_counts[value] = summary.label_counts.get(value, 0) + n
+            masks.append(torch.isin(label, pancreas).flatten())
+        foreground = torch.stack(masks).any(dim=0).reshape(image.shape)  # a slice with pancreas for any rater
         summary.pancreas_slices = int(foreground.flatten(0, 1).any(dim=0).sum())
+        summary.raters = len(raters)
+        if len(raters) > 1:
+            summary.rater_iou = _mean_pairwise_iou(torch.stack(masks))
     elif require_labels:
         raise DataError(f"{image_path}: no label for this case; this run needs a 'label' for every image "
                         "(a noise model also trains without labels: --target prediction).")
     return summary, note
+
+
+def _mean_pairwise_iou(masks: torch.Tensor) -> float:
+    """Mean IoU over pairs of raters of their masks, (R, N) bool; two empty masks agree (IoU 1)."""
+    flat = masks.double()  # (R, N)
+    inter = flat @ flat.T  # (R, R) voxels both marked
+    sizes = flat.sum(dim=1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    pairs = torch.triu_indices(len(masks), len(masks), offset=1)
+    return float(iou[pairs[0], pairs[1]].mean())
 
 
 def check_channels(datalist: Sequence[dict[str, Any]], in_channels: int, source: str | Path) -> None:
