@@ -36,7 +36,7 @@ SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train-slices all
 DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
 UNOISE := $(VENV)/bin/unoise
 
-.PHONY: demo demo-3d shortcut-demo test test-fast lint benchmark hostile gpu-check venv clean
+.PHONY: demo demo-3d demo-ambiguous shortcut-demo test test-fast lint benchmark hostile gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -122,6 +122,37 @@ demo-3d: $(STAMP)
 # The shortcut benchmark: a utility trained where a planted cue is the only way to tell the labelled gland from
 # its twin; does U-Noise show the cue? (About half an hour on 2 CPU cores.)
 SHORTCUT_RUN := $(DEMO_RUN:runs/demo-%=runs/shortcut-%)
+# Ambiguous segmentation (make demo-ambiguous): 4 raters per phantom, a deterministic utility trained on their majority,
+# a Probabilistic U-Net trained on one rater drawn per step (its first epochs predict nothing: the dice term has to pull
+# it off the background, so it gets 60 epochs), U-Noise against the Probabilistic U-Net's prior mean, and the
+# evaluation with the `probabilistic` block (GED, diversity, HM-IoU of 16 samples per case; the deterministic utility
+# and the raters' own spread beside them).
+AMBIGUOUS_DATA ?= data/phantom_raters
+AMBIGUOUS_RUN := $(DEMO_RUN:runs/demo-%=runs/ambiguous-%)
+AMBIGUOUS_GRID ?= --preset medium --spatial-size 96 --batch-size 8
+AMBIGUOUS_UTILITY ?= $(AMBIGUOUS_GRID) --epochs 30 --learning-rate 0.003
+AMBIGUOUS_PROBABILISTIC ?= $(AMBIGUOUS_GRID) --epochs 60 --early-stop-patience 60
+AMBIGUOUS_NOISE ?= --noise-preset small --epochs 6 --batch-size 8 --learning-rate 0.003
+AMBIGUOUS_EVALUATE ?= --slices-per-case 3 --occlusion-stride 8 --occlusion-per-infill false --sanity false \
+	--baselines "['occlusion', 'segmentation', 'random']"
+
+demo-ambiguous: $(STAMP)
+	@echo "== 1/5 phantoms with 4 raters each, 96 x 96 x 24 voxels -> $(AMBIGUOUS_DATA)"
+	$(UNOISE) phantom --out $(AMBIGUOUS_DATA) --cases $(DEMO_CASES) --size 96 --slices 24 --seed 0 --raters 4
+	@echo "== 2/5 train the deterministic utility on the raters' majority -> $(AMBIGUOUS_RUN)/utility"
+	$(UNOISE) train-utility --dataset $(AMBIGUOUS_DATA) --output $(AMBIGUOUS_RUN)/utility $(DEMO_SPLIT) $(AMBIGUOUS_UTILITY)
+	@echo "== 3/5 train the Probabilistic U-Net on one rater per step -> $(AMBIGUOUS_RUN)/probabilistic"
+	$(UNOISE) train-utility --kind probabilistic --dataset $(AMBIGUOUS_DATA) --output $(AMBIGUOUS_RUN)/probabilistic \
+		$(DEMO_SPLIT) $(AMBIGUOUS_PROBABILISTIC)
+	@echo "== 4/5 train U-Noise against the Probabilistic U-Net's prior mean -> $(AMBIGUOUS_RUN)/noise"
+	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
+		--output $(AMBIGUOUS_RUN)/noise $(DEMO_SPLIT) $(AMBIGUOUS_NOISE)
+	@echo "== 5/5 evaluate: faithfulness of the maps, and GED / diversity / HM-IoU against the raters -> $(AMBIGUOUS_RUN)/evaluation"
+	$(UNOISE) evaluate --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
+		--deterministic-utility $(AMBIGUOUS_RUN)/utility/checkpoints/last.pt --noise $(AMBIGUOUS_RUN)/noise/checkpoints/best.pt \
+		--output $(AMBIGUOUS_RUN)/evaluation $(DEMO_SPLIT) $(AMBIGUOUS_EVALUATE)
+	@echo "ambiguous demo finished: $(AMBIGUOUS_RUN)/evaluation/evaluation.json (probabilistic block)"
+
 shortcut-demo: $(STAMP)
 	@echo "== 1/4 shortcut phantoms (cue, twin gland, twins without the cue) -> $(SHORTCUT_DATA)"
 	$(UNOISE) phantom --out $(SHORTCUT_DATA) --cases $(DEMO_CASES) --size 128 --slices 48 --seed 0 --shortcut marker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +73,23 @@ def _spatial_dims(config: str, args: argparse.Namespace) -> int:
     return dims
 
 
-def _run_training(config: str, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    """Run a training config with the command's overrides, then print the run's best figures."""
+def _run_training(config: str, args: argparse.Namespace, overrides: dict[str, Any], extra: Sequence[str] = ()) -> int:
+    """Run a training config with the command's overrides (and ``extra`` overlays), then print the run's best figures."""
     overrides = {**overrides, "output_dir": args.output, **_check_overrides(args), **args.overrides}
     if args.resume:
         overrides["resume"] = True
-    run_bundle(config, overrides, args.bundle_root, _overlays(config, args))
+    run_bundle(config, overrides, args.bundle_root, _overlays(config, args) + list(extra))
     _print_training_summary(args.output)
     return 0
 
 
 def cmd_train_utility(args: argparse.Namespace) -> int:
-    return _run_training("train_utility", args, {"dataset_dir": args.dataset})
+    extra = []
+    if args.kind == "probabilistic":
+        if args.spatial_dims == 3:
+            raise ConfigError("--kind probabilistic trains on 2D slices; leave out --spatial-dims 3.")
+        extra.append("train_probabilistic")
+    return _run_training("train_utility", args, {"dataset_dir": args.dataset}, extra)
 
 
 def cmd_train_noise(args: argparse.Namespace) -> int:

@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="Any other --key value overrides that config key, as with `python -m monai.bundle "
                                   "run`, e.g. --epochs 2 --spatial-size 64 --device cpu --preset demo.")
     train.add_argument("--dataset", required=True, help="MSD folder, datalist JSON or folder (dataset_dir)")
+    train.add_argument("--kind", choices=["deterministic", "probabilistic"], default="deterministic",
+                       help="deterministic: one segmentation per image (default); probabilistic: a Probabilistic U-Net "
+                            "that samples plausible segmentations, trained on several raters' labels "
+                            "(configs/train_probabilistic.json)")
     _add_dims_option(train)
     train.add_argument("--output", required=True, help="run folder (output_dir)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")

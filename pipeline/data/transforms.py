@@ -194,6 +194,7 @@ def build_volume_transforms(
     extra_images: Sequence[str] = (),
     extra_masks: Sequence[str] = (),
     config_file: str | os.PathLike | None = None,
+    rater_mode: str = "vote",
 ) -> Compose:
     """The bundle's ``preprocessing`` chain (``configs/common.json``), parsed with these values: load -> RAS -> body
     mask -> window to [0, 1] -> binary label -> size.
@@ -211,6 +212,8 @@ def build_volume_transforms(
         extra_masks: more mask keys on the image's grid, binarised (> 0) like a label (e.g. ``shortcut``,
             the cue's mask).
         config_file: the ``common.json`` to read (default: the shipped bundle's, or ``$UNOISE_BUNDLE``'s).
+        rater_mode: a label listing several raters' files becomes their majority (``vote``) or keeps one channel
+            per rater (``all``), see :class:`RaterLabeld`.
 
     Returns:
         A Compose mapping ``{"image": path, "label": path, ...}`` to ``image`` float32 (1, S, S, Z) in
@@ -229,7 +232,7 @@ def build_volume_transforms(
     parser.read_config(str(config_file or default_bundle_root() / "configs" / COMMON_CONFIG))
     parser.update({"data_window": window, "data_spatial_size": spatial_size,
                    "pancreas_labels": [int(v) for v in pancreas_labels], "image_keys": ["image", *extra_images],
-                   "mask_keys": ["label", *extra_masks]})
+                   "mask_keys": ["label", *extra_masks], "rater_mode": rater_mode})
     return parser.get_parsed_content("preprocessing")
 
 

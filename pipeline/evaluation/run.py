@@ -31,8 +31,10 @@ from pipeline.evaluation.volumes import (WholeVolume, volume_settings, evaluatio
                                          whole_volume_baselines)
 from pipeline.explain import OcclusionMap, build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
+from pipeline.errors import ConfigError
 from pipeline.fileio import write_json_atomic
 from pipeline.noise.infill import parse_infill
+from pipeline.networks.probabilistic import ProbabilisticUNet
 from pipeline.networks.zoo import check_explainable, load_utility
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ def run_evaluation(
     volume_protocol: str = "whole",
     fractions: Sequence[float] | None = None,
     sanity_dataset: str | None = None,
+    ambiguity_samples: int = 16,
+    deterministic_utility: str | None = None,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -108,7 +112,11 @@ def run_evaluation(
     ``volume_protocol`` (3D only; :mod:`pipeline.evaluation.volumes`): ``whole`` hides voxels over every whole
     volume and runs the networks by sliding window (Grad-CAM, saliency and SmoothGrad are left to ``roi``);
     ``roi`` reads one volume of interest per case. ``fractions``: the curves' visible shares (None: the default 14;
-    :func:`pipeline.evaluation.protocols.check_fractions`). Returns the written content.
+    :func:`pipeline.evaluation.protocols.check_fractions`). A Probabilistic U-Net utility (whose forward is its prior
+    mean, so every protocol above judges that one segmentation) is also judged against the raters of a multi-rater set:
+    ``probabilistic`` holds GED, diversity and HM-IoU of ``ambiguity_samples`` samples per case, beside the
+    ``deterministic_utility`` checkpoint's and the raters' own (:mod:`pipeline.evaluation.sampling`). Returns the
+    written content.
     """
     limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split, fractions, volume_protocol)
     split = resolve_split(split, utility_bundle, utility_checkpoint)
@@ -124,6 +132,7 @@ def run_evaluation(
         shortcut, infills, held_out_infills = volume_settings(shortcut, infills, held_out_infills,
                                                               str(utility_bundle or utility_checkpoint))
     utility.eval()
+    deterministic = _load_deterministic(deterministic_utility, utility, utility_meta, utility_checkpoint, device)
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     left_out = {str(item["case"]) for item in failed_cases}
     splits[split] = [entry for entry in splits[split] if str(entry["case"]) not in left_out]  # same split, less them
@@ -253,9 +262,43 @@ def run_evaluation(
                  "cases": data["cases"], "maps": shown_maps,
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {}),
                  **({"orthogonal": orthogonal_planes(data, maps)} if volumes else {})}, out / "maps.pt")
+    if isinstance(utility, ProbabilisticUNet):
+        result["probabilistic"] = _sampling_block(utility, utility_meta, splits[split], pancreas_labels, ambiguity_samples,
+                                                  deterministic, device, bootstrap, seed)
     result["failed_cases"] = [dict(item) for item in failed_cases]
     write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
     return result
+
+
+def _load_deterministic(path: str | None, utility: torch.nn.Module, utility_meta: dict[str, Any], utility_checkpoint: str,
+                        device: Any) -> torch.nn.Module | None:
+    """The deterministic utility scored beside a probabilistic one (None without ``path``); refused before any work
+    when the utility is not probabilistic or the two were trained on different grids."""
+    if not path:
+        return None
+    if not isinstance(utility, ProbabilisticUNet):
+        raise ConfigError(f"deterministic_utility {path} is scored beside a probabilistic utility; {utility_checkpoint} "
+                          "is not one (train one with unoise train-utility --kind probabilistic).")
+    deterministic, meta = load_utility(path, device)
+    if meta.get("spatial_size") != utility_meta.get("spatial_size") or meta.get("window") != utility_meta.get("window"):
+        raise ConfigError(f"{path}: trained at spatial_size {meta.get('spatial_size')} and window {meta.get('window')}, the "
+                          f"probabilistic utility at {utility_meta.get('spatial_size')} and {utility_meta.get('window')}; "
+                          "score utilities trained on the same grid.")
+    return deterministic.to(device).eval()
+
+
+def _sampling_block(sampler: ProbabilisticUNet, utility_meta: dict[str, Any], cases: Sequence[dict[str, Any]],
+                    pancreas_labels: Sequence[int], samples: int, deterministic: torch.nn.Module | None, device: Any,
+                    bootstrap: int, seed: int) -> dict[str, Any]:
+    """The ``probabilistic`` block (:func:`pipeline.evaluation.sampling.evaluate_sampling`), or why there is none."""
+    from pipeline.data import build_volume_transforms, label_paths
+    from pipeline.evaluation.sampling import evaluate_sampling
+
+    if any(len(label_paths(entry)) < 2 for entry in cases):
+        return {"skipped": "the evaluated cases do not all list two or more raters' labels; GED and HM-IoU need them"}
+    transform = build_volume_transforms(utility_meta.get("window", "pancreas"), utility_meta.get("spatial_size"),
+                                        pancreas_labels, rater_mode="all")
+    return evaluate_sampling(sampler.eval(), cases, transform, samples, deterministic, device, bootstrap, seed)
 
 
 def summarise(result: dict) -> str:
@@ -298,9 +341,31 @@ def summarise(result: dict) -> str:
         cut = result["shortcut"]
         lines.append(f"shortcut: dice with cue {cut['dice_with_cue']:.3f}, without {cut['dice_without_cue']:.3f}; " + ", ".join(
             f"{k} cue {v['cue_share_over_chance']:.1f}x / pointing {v['pointing_rate']:.0%}" for k, v in cut["methods"].items()))
+    lines += _sampling_lines(result.get("probabilistic"))
     for item in result.get("failed_cases", []):
         lines.append(f"left out (failed its checks): {item['case']}: {item['error']}")
     return "\n".join(lines)
+
+
+def _sampling_lines(block: dict | None) -> list[str]:
+    """The ``probabilistic`` block in three lines: each metric for each model and the raters, then the paired verdict."""
+    if not block:
+        return []
+    if "skipped" in block:
+        return [f"probabilistic: skipped ({block['skipped']})"]
+
+    def show(entry: dict) -> str:
+        return f"{entry['mean']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+
+    lines = [f"probabilistic ({block['samples']} samples per case, n={block['cases']} cases, raters per case "
+             f"{block['raters_per_case']}):"]
+    for key in ("ged", "diversity", "hm_iou"):
+        lines.append(f"  {key:9s} " + "  ".join(f"{name} {show(entry)}" for name, entry in block[key].items()))
+    for key, entry in block.get("paired", {}).items():
+        if key != "note":
+            lines.append(f"  {key} probabilistic - deterministic: {entry['mean']:+.3f} [{entry['ci95'][0]:+.3f}, "
+                         f"{entry['ci95'][1]:+.3f}] (n={entry['n']})")
+    return lines
 
 
 __all__ = ["count_blank_maps", "run_evaluation", "summarise"]

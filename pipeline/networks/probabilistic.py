@@ -74,8 +74,10 @@ class GaussianEncoder(torch.nn.Module):
 class ProbabilisticUNet(torch.nn.Module):
     """Probabilistic U-Net: a UNet whose logits also depend on a latent code drawn per image.
 
-    ``network(image)`` returns the logits of one prior sample, so the network drops in wherever a
-    deterministic segmentation network is called (inferers, the utility). :meth:`sample` draws several
+    ``network(image)`` returns the logits of one prior sample (``prediction="sample"``) or of the prior mean
+    (``prediction="mean"``, deterministic: what a run records, so validation, ``explain`` and ``evaluate`` see one
+    repeatable segmentation), so the network drops in wherever a segmentation network is called (inferers, the
+    utility). :meth:`sample` draws several
     segmentations from one backbone pass, :meth:`mean_prediction` decodes the prior mean, and
     :meth:`elbo_terms` gives what training needs. Sampling uses torch's global RNG (no generator argument):
     seed it for repeatable samples.
@@ -92,6 +94,7 @@ class ProbabilisticUNet(torch.nn.Module):
             the paper.
         prior_channels: encoder channels per level of the prior and posterior nets; default ``channels``.
         label_channels: channels of the label given to the posterior; default ``out_channels``.
+        prediction: what ``forward`` returns: ``sample`` (one prior sample) or ``mean`` (the prior mean).
 
     Shapes: image (B, in_channels, *spatial) -> logits (B, out_channels, *spatial), every spatial size
     divisible by ``2 ** (len(channels) - 1)`` (the prior and posterior nets pool ``len(prior_channels) - 1``
@@ -112,8 +115,12 @@ class ProbabilisticUNet(torch.nn.Module):
         head_layers: int = 3,
         prior_channels: tuple[int, ...] | None = None,
         label_channels: int | None = None,
+        prediction: str = "sample",
     ) -> None:
         super().__init__()
+        if prediction not in ("sample", "mean"):
+            raise ConfigError(f"prediction must be 'sample' or 'mean', got {prediction!r}.")
+        self.prediction = prediction
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         channels = _check_levels("channels", channels, 2)
@@ -159,8 +166,8 @@ class ProbabilisticUNet(torch.nn.Module):
         return self.posterior(torch.cat([image, label.to(image.dtype) - 0.5], dim=1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits (B, out_channels, *spatial) of one prior sample per image (global RNG)."""
-        return self.sample(image, 1)[0]
+        """Logits (B, out_channels, *spatial): one prior sample per image (global RNG), or the prior mean's."""
+        return self.mean_prediction(image) if self.prediction == "mean" else self.sample(image, 1)[0]
 
     def sample(self, image: torch.Tensor, count: int) -> torch.Tensor:
         """Logits (count, B, out_channels, *spatial) of ``count`` prior samples, from one backbone pass."""
@@ -195,7 +202,9 @@ class ProbabilisticUNet(torch.nn.Module):
 class ProbabilisticUNetLoss(torch.nn.Module):
     """Negative ELBO of a :class:`ProbabilisticUNet`: ``reconstruction + beta * beta_scale * mean_B KL``.
 
-    The reconstruction is the mean over pixels (and batch) of BCE-with-logits (``out_channels`` 1) or
+    The reconstruction is ``reconstruction(logits, label)`` when a loss module is given (the bundle gives
+    ``DiceCELoss``, as the deterministic utility trains with: on a small organ, BCE alone learned to predict
+    background), else the mean over pixels (and batch) of BCE-with-logits (``out_channels`` 1) or
     cross-entropy (``out_channels`` > 1), as MONAI losses. The paper sums it over pixels instead; with a mean,
     its weighting is ``beta = 1 / pixels``, which is what ``beta=None`` (the default) uses for each batch, so the
     balance does not depend on the image size. Give a number to weight the KL yourself (larger: a prior closer
@@ -212,8 +221,12 @@ class ProbabilisticUNetLoss(torch.nn.Module):
         ``loss_function.step()``.
     """
 
-    def __init__(self, beta: float | None = None, kl_warmup_steps: int = 0) -> None:
+    def __init__(self, beta: float | None = None, kl_warmup_steps: int = 0,
+                 reconstruction: torch.nn.Module | None = None) -> None:
         super().__init__()
+        if reconstruction is not None and not callable(reconstruction):
+            raise ConfigError(f"reconstruction must be a loss module such as monai.losses.DiceCELoss, got {reconstruction!r}.")
+        self.reconstruction = reconstruction
         if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0):
             raise ConfigError(f"beta must be None (the paper's 1 / pixels) or a number >= 0, got {beta!r}.")
         if isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, int) or kl_warmup_steps < 0:
@@ -247,7 +260,9 @@ class ProbabilisticUNetLoss(torch.nn.Module):
             target = indices[:, 0].long()  # (B, *spatial) class indices for cross-entropy
             posterior_label = label if label.shape[1] == network.label_channels else one_hot(indices, network.out_channels)
         logits, kl = network.elbo_terms(image, posterior_label)
-        if network.out_channels == 1:
+        if self.reconstruction is not None:  # e.g. DiceCELoss(sigmoid=True), or (softmax=True, to_onehot_y=True)
+            reconstruction = self.reconstruction(logits, label.to(logits.dtype) if network.out_channels == 1 else label)
+        elif network.out_channels == 1:
             reconstruction = F.binary_cross_entropy_with_logits(logits, target)
         else:
             reconstruction = F.cross_entropy(logits, target)

@@ -1,0 +1,120 @@
+"""A model that samples, judged against several raters: the ``probabilistic`` block of ``evaluation.json``.
+
+Per case of the evaluated split, on the whole volume (the utility's grid, every slice): the Probabilistic
+U-Net's ``samples`` segmentations (one latent draw per slice and sample, as the slice-wise model generates
+them), a deterministic utility's one segmentation when one is given, and the raters' masks. Then, per case, the
+metrics of :mod:`pipeline.evaluation.ambiguity` (D^2_GED with d = 1 - IoU, two empty masks agreeing; diversity;
+Hungarian-matched IoU), summarised with bootstrap intervals over cases, the paired difference of the two models,
+and the raters' own spread as the floor (leave-one-out: one rater as a one-sample model judged by the others).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.evaluation.ambiguity import KEYS, compute_ambiguity, compute_hm_iou, compute_rater_floor, summarise_ambiguity
+from pipeline.evaluation.stats import paired_difference
+from pipeline.networks.probabilistic import ProbabilisticUNet
+
+logger = logging.getLogger(__name__)
+
+
+def _slices(volume: torch.Tensor) -> torch.Tensor:
+    """(C, H, W, Z) -> (Z, C, H, W)."""
+    return volume.permute(3, 0, 1, 2)
+
+
+@torch.no_grad()
+def sample_masks(sampler: ProbabilisticUNet, image: torch.Tensor, samples: int, batch_size: int = 16) -> torch.Tensor:
+    """``samples`` binary segmentations of a volume, slice by slice: image (1, H, W, Z) -> bool (samples, Z, H, W)."""
+    slices = _slices(image)  # (Z, 1, H, W)
+    parts = [sampler.sample(slices[i:i + batch_size], samples)[:, :, 0] > 0 for i in range(0, len(slices), batch_size)]
+    return torch.cat(parts, dim=1)  # (samples, Z, H, W): logit > 0 is probability > 0.5
+
+
+@torch.no_grad()
+def predict_mask(network: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """A deterministic utility's segmentation of a volume: image (1, H, W, Z) -> bool (1, Z, H, W)."""
+    slices = _slices(image)
+    parts = [network(slices[i:i + batch_size])[:, 0] > 0 for i in range(0, len(slices), batch_size)]
+    return torch.cat(parts)[None]  # (1, Z, H, W)
+
+
+def evaluate_sampling(
+    sampler: ProbabilisticUNet,
+    cases: Sequence[dict[str, Any]],
+    transform: Callable[[dict[str, Any]], dict[str, Any]],
+    samples: int = 16,
+    deterministic: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score the sampler (and a deterministic utility) against every case's raters.
+
+    Args:
+        sampler: the Probabilistic U-Net, in eval mode.
+        cases: entries with ``image`` and ``label`` (a list of raters' files; one file is one rater).
+        transform: the chain to the utility's grid with every rater kept (``rater_mode`` ``all``): ``image``
+            (1, H, W, Z) in [0, 1], ``label`` (R, H, W, Z) in {0, 1}.
+        samples: segmentations drawn per case (16 in the papers).
+        deterministic: a deterministic utility (logits, one channel) to score beside it, or None.
+        device: where the networks run.
+        bootstrap: bootstrap resamples of the intervals.
+        seed: seeds the latent draws and the bootstrap.
+
+    Returns:
+        ``{"cases", "samples", "raters_per_case", "distance", "ged" | "diversity" | "hm_iou": {"probabilistic",
+        "deterministic", "raters"}: {"mean", "ci95", "n"}, "paired": {"ged" | "hm_iou": probabilistic minus
+        deterministic}, "per_case": [...]}``.
+
+    Raises:
+        ValueError: a case with fewer than two raters (the floor needs their disagreement).
+    """
+    torch.manual_seed(seed)
+    per_case: list[dict[str, Any]] = []
+    for entry in cases:
+        data = transform({"image": entry["image"], "label": entry["label"]})
+        image = torch.as_tensor(data["image"]).float().to(device)
+        raters = _slices(torch.as_tensor(data["label"])).permute(1, 0, 2, 3) > 0.5  # (R, Z, H, W)
+        if raters.shape[0] < 2:
+            raise ValueError(f"{entry['image']}: {raters.shape[0]} rater(s); the ambiguity evaluation needs a list of at "
+                             "least two raters' labels per case (unoise phantom --raters N writes such a set).")
+        drawn = sample_masks(sampler, image, samples).cpu()
+        floor = compute_rater_floor(raters)
+        loo_hm = float(np.mean([compute_hm_iou(raters[k:k + 1], raters[torch.arange(len(raters)) != k])
+                                for k in range(len(raters))]))
+        record = {"case": entry.get("case"), "raters": int(raters.shape[0]), "probabilistic": compute_ambiguity(drawn, raters),
+                  "raters_floor": {"ged": floor["ged_loo"], "diversity": floor["diversity"], "hm_iou": loo_hm}}
+        if deterministic is not None:
+            record["deterministic"] = compute_ambiguity(predict_mask(deterministic, image).cpu(), raters)
+        per_case.append(record)
+        logger.info("%s: GED %.3f (probabilistic)%s, raters' own %.3f", entry.get("case"), record["probabilistic"]["ged"],
+                    f", {record['deterministic']['ged']:.3f} (deterministic)" if deterministic is not None else "",
+                    floor["ged_loo"])
+    models = ["probabilistic"] + (["deterministic"] if deterministic is not None else [])
+    summaries = {name: summarise_ambiguity([c[name] for c in per_case], bootstrap, seed) for name in models}
+    summaries["raters"] = summarise_ambiguity([c["raters_floor"] for c in per_case], bootstrap, seed)
+    result: dict[str, Any] = {
+        "cases": len(per_case), "samples": int(samples),
+        "raters_per_case": sorted({c["raters"] for c in per_case}),
+        "distance": "d = 1 - IoU of two binary masks over the whole volume; two empty masks: IoU 1, d 0",
+        "raters_note": "the raters' own spread, leave-one-out: one rater as a one-sample model judged by the others "
+                       "(ged, hm_iou), and their diversity",
+        **{key: {name: summaries[name][key] for name in summaries} for key in KEYS},
+        "per_case": per_case,
+    }
+    if deterministic is not None:
+        result["paired"] = {key: paired_difference([c["probabilistic"][key] for c in per_case],
+                                                   [c["deterministic"][key] for c in per_case], bootstrap, seed=seed)
+                            for key in ("ged", "hm_iou")}
+        result["paired"]["note"] = "probabilistic minus deterministic, mean [95% interval] over cases"
+    return result
+
+
+__all__ = ["evaluate_sampling", "predict_mask", "sample_masks"]
