@@ -82,32 +82,74 @@ def test_kind_probabilistic_refuses_3d(tmp_path: Path, capsys):
     assert "--kind probabilistic trains on 2D slices" in capsys.readouterr().err
 
 
+TINY = {"preset": "small", "spatial_size": 32, "batch_size": 4, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.34,
+        "other_fraction": 0.5, "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def prob_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 6-case, 3-rater phantom set (2 test cases with their own test images too), a 1-epoch deterministic utility
+    and a 1-epoch Probabilistic U-Net on it."""
+    from pipeline.bundle import run_bundle
+
+    root = tmp_path_factory.mktemp("prob_run")
+    data = root / "raters"
+    write_phantom_dataset(data, cases=6, size=32, slices=12, seed=3, raters=3, test_cases=1)
+    run_bundle("train_utility", {**TINY, "dataset_dir": str(data), "output_dir": str(root / "det")})
+    run_bundle("train_utility", {**TINY, "dataset_dir": str(data), "output_dir": str(root / "prob")}, overlays=["train_probabilistic"])
+    return {"root": root, "data": data, "det": root / "det/checkpoints/best.pt", "prob": root / "prob/checkpoints/best.pt"}
+
+
+def _train_noise(prob_run: dict[str, Path], name: str, output: str) -> Path:
+    from pipeline.bundle import run_bundle
+
+    run_bundle("train_noise", {**{k: v for k, v in TINY.items() if k != "preset"}, "noise_preset": "small",
+                               "dataset_dir": str(prob_run["data"]), "utility_checkpoint": str(prob_run["prob"]),
+                               "utility_output": output, "output_dir": str(prob_run["root"] / name)})
+    return prob_run["root"] / name / "checkpoints" / "best.pt"
+
+
 @pytest.mark.slow
-def test_evaluate_writes_the_probabilistic_block(tmp_path: Path):
+def test_evaluate_writes_the_probabilistic_block(prob_run: dict[str, Path]):
     from pipeline.bundle import run_bundle
     from pipeline.evaluation.run import summarise
 
-    data = tmp_path / "raters"
-    write_phantom_dataset(data, cases=6, size=32, slices=12, seed=3, raters=3)
-    tiny = {"dataset_dir": str(data), "preset": "small", "spatial_size": 32, "batch_size": 4, "device": "cpu",
-            "val_fraction": 0.34, "test_fraction": 0.34, "other_fraction": 0.5, "epochs": 1}
-    run_bundle("train_utility", {**tiny, "output_dir": str(tmp_path / "det")})
-    run_bundle("train_utility", {**tiny, "output_dir": str(tmp_path / "prob")}, overlays=["train_probabilistic"])
-    prob = str(tmp_path / "prob" / "checkpoints" / "best.pt")
-    run_bundle("train_noise", {**{k: v for k, v in tiny.items() if k != "preset"}, "noise_preset": "small",
-                               "utility_checkpoint": prob, "output_dir": str(tmp_path / "noise")})
+    noise = _train_noise(prob_run, "noise_segmentation", "segmentation")
+    out = prob_run["root"] / "eval"
     run_bundle("evaluate", {
-        "dataset_dir": str(data), "utility_checkpoint": prob, "noise_checkpoints": [str(tmp_path / "noise/checkpoints/best.pt")],
-        "deterministic_utility": str(tmp_path / "det/checkpoints/best.pt"), "output_dir": str(tmp_path / "eval"),
-        "val_fraction": 0.34, "test_fraction": 0.34, "slices_per_case": 1, "bootstrap": 50, "device": "cpu", "sanity": False,
-        "baselines": ["segmentation", "random"], "infills": ["blur"], "held_out_infills": [], "ambiguity_samples": 4})
-    block = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["probabilistic"]
+        "dataset_dir": str(prob_run["data"]), "utility_checkpoint": str(prob_run["prob"]), "noise_checkpoints": [str(noise)],
+        "deterministic_utility": str(prob_run["det"]), "output_dir": str(out), "val_fraction": 0.34, "test_fraction": 0.34,
+        "slices_per_case": 1, "bootstrap": 50, "device": "cpu", "sanity": False, "baselines": ["segmentation", "random"],
+        "infills": ["blur"], "held_out_infills": [], "ambiguity_samples": 4})
+    result = json.loads((out / "evaluation.json").read_text())
+    block = result["probabilistic"]
     assert block["samples"] == 4 and block["raters_per_case"] == [3] and block["cases"] >= 1
     for key in ("ged", "diversity", "hm_iou"):
         assert set(block[key]) == {"probabilistic", "deterministic", "raters"}
     assert block["diversity"]["deterministic"]["mean"] == 0.0  # one mask: nothing to differ
     assert set(block["paired"]) == {"ged", "hm_iou", "note"}
-    assert "probabilistic (4 samples per case" in summarise(json.loads((tmp_path / "eval" / "evaluation.json").read_text()))
+    assert "probabilistic (4 samples per case" in summarise(result)
+
+
+@pytest.mark.slow
+def test_explain_writes_the_uncertainty_and_explains_it(prob_run: dict[str, Path], tmp_path: Path):
+    import nibabel as nib
+    import numpy as np
+
+    noise = _train_noise(prob_run, "noise_uncertainty", "uncertainty")
+    out = tmp_path / "maps"
+    image = prob_run["data"] / "imagesTs" / "pancreas_006.nii.gz"
+    assert main(["explain", "--input", str(image), "--output", str(out), "--noise", str(noise), "--utility",
+                 str(prob_run["prob"]), "--utility-output", "uncertainty", "--device", "cpu"]) == 0
+    source = nib.load(image)
+    for name in ("importance", "seg", "uncertainty"):
+        written = nib.load(out / f"pancreas_006_{name}.nii.gz")
+        assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-4)
+    uncertainty = nib.load(out / "pancreas_006_uncertainty.nii.gz").get_fdata()
+    assert 0.0 <= uncertainty.min() and uncertainty.max() <= 1.0
+    code = main(["explain", "--input", str(image), "--output", str(tmp_path / "wrong"), "--noise", str(noise), "--utility",
+                 str(prob_run["prob"]), "--device", "cpu"])
+    assert code == 2  # a noise model of the uncertainty, asked for the segmentation: refused
 
 
 def test_a_deterministic_utility_beside_a_deterministic_one_is_refused(tmp_path: Path, tiny_pair, capsys):

@@ -169,3 +169,39 @@ def test_build_network_record_and_state_dict_round_trip() -> None:
     image = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(trained.eval().mean_prediction(image), rebuilt.eval().mean_prediction(image))
+
+
+def test_uncertainty_view_is_deterministic_and_in_bits():
+    from pipeline.networks import UncertaintyView
+
+    torch.manual_seed(0)
+    network = ProbabilisticUNet(2, 1, 1, (4, 8), latent_dim=2).eval()
+    torch.nn.init.normal_(network.prior.to_moments.weight, std=1.0)  # a prior with spread: samples differ
+    view = UncertaintyView(network, samples=8, seed=1)
+    image = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        first, second = view.predictive_entropy(image), view.predictive_entropy(image)
+        logit = view(image)
+    assert torch.equal(first, second)  # fixed draws: the same image, the same uncertainty
+    assert first.shape == (2, 1, 16, 16) and 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    assert torch.allclose(torch.sigmoid(logit), first.clamp(1e-4, 1 - 1e-4), atol=1e-5)
+
+
+def test_uncertainty_is_zero_bits_where_every_sample_is_sure():
+    from pipeline.networks import UncertaintyView
+
+    network = ProbabilisticUNet(2, 1, 1, (4, 8), latent_dim=2).eval()
+    with torch.no_grad():
+        network.head[-1].weight.zero_()
+        network.head[-1].bias.fill_(-30.0)  # every sample: probability ~0 everywhere
+        entropy = UncertaintyView(network, samples=4).predictive_entropy(torch.rand(1, 1, 8, 8))
+    assert float(entropy.max()) < 1e-3
+
+
+def test_uncertainty_of_a_deterministic_network_is_refused():
+    from pipeline.networks import LevelUNet, UncertaintyView, utility_view
+
+    with pytest.raises(ConfigError, match="needs a Probabilistic U-Net"):
+        UncertaintyView(LevelUNet(2, 1, 1, (4, 8)))
+    with pytest.raises(ConfigError, match="utility_output must be one of"):
+        utility_view(LevelUNet(2, 1, 1, (4, 8)), "variance")

@@ -34,7 +34,7 @@ from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_
 from pipeline.errors import ConfigError
 from pipeline.fileio import write_json_atomic
 from pipeline.noise.infill import parse_infill
-from pipeline.networks.probabilistic import ProbabilisticUNet
+from pipeline.networks.probabilistic import ProbabilisticUNet, as_sampler
 from pipeline.networks.zoo import check_explainable, load_utility
 
 logger = logging.getLogger(__name__)
@@ -262,8 +262,8 @@ def run_evaluation(
                  "cases": data["cases"], "maps": shown_maps,
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {}),
                  **({"orthogonal": orthogonal_planes(data, maps)} if volumes else {})}, out / "maps.pt")
-    if isinstance(utility, ProbabilisticUNet):
-        result["probabilistic"] = _sampling_block(utility, utility_meta, splits[split], pancreas_labels, ambiguity_samples,
+    if as_sampler(utility) is not None:
+        result["probabilistic"] = _sampling_block(as_sampler(utility), utility_meta, splits[split], pancreas_labels, ambiguity_samples,
                                                   deterministic, device, bootstrap, seed)
     result["failed_cases"] = [dict(item) for item in failed_cases]
     write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
@@ -276,7 +276,7 @@ def _load_deterministic(path: str | None, utility: torch.nn.Module, utility_meta
     when the utility is not probabilistic or the two were trained on different grids."""
     if not path:
         return None
-    if not isinstance(utility, ProbabilisticUNet):
+    if as_sampler(utility) is None:
         raise ConfigError(f"deterministic_utility {path} is scored beside a probabilistic utility; {utility_checkpoint} "
                           "is not one (train one with unoise train-utility --kind probabilistic).")
     deterministic, meta = load_utility(path, device)

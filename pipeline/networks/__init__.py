@@ -12,7 +12,23 @@ from __future__ import annotations
 
 from pipeline.networks.presets import (NETWORK_PRESETS, TRUSTED_TARGETS, UNET_TARGET, LevelUNet, NetworkPreset, build_network,
                                        build_unet, count_parameters, get_preset, network_name, preset_config)
-from pipeline.networks.probabilistic import ProbabilisticUNet, ProbabilisticUNetLoss
+from pipeline.networks.probabilistic import ProbabilisticUNet, ProbabilisticUNetLoss, UncertaintyView, as_sampler, utility_view
 
-__all__ = ["NETWORK_PRESETS", "TRUSTED_TARGETS", "UNET_TARGET", "LevelUNet", "NetworkPreset", "ProbabilisticUNet",
-           "ProbabilisticUNetLoss", "build_network", "build_unet", "count_parameters", "get_preset", "network_name", "preset_config"]
+__all__ = [
+    "NETWORK_PRESETS",
+    "TRUSTED_TARGETS",
+    "UNET_TARGET",
+    "LevelUNet",
+    "NetworkPreset",
+    "ProbabilisticUNet",
+    "ProbabilisticUNetLoss",
+    "UncertaintyView",
+    "as_sampler",
+    "utility_view",
+    "build_network",
+    "build_unet",
+    "count_parameters",
+    "get_preset",
+    "network_name",
+    "preset_config",
+]

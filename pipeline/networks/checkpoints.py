@@ -256,6 +256,10 @@ def check_pair(utility_meta: dict[str, Any], noise_meta: dict[str, Any], utility
     Raises:
         CheckpointError: the noise checkpoint records a utility preset other than the utility's.
     """
+    explained, asked_output = noise_meta.get("utility_output", "segmentation"), utility_meta.get("utility_output", "segmentation")
+    if explained != asked_output:
+        raise CheckpointError(f"{noise_path}: this noise model explains its utility's {explained}, not its {asked_output}; "
+                              f"pass --utility-output {explained} or train a noise model for the {asked_output}.")
     trained_with, given = noise_meta.get("utility_preset"), utility_meta.get("preset")
     channel, asked = noise_meta.get("utility_target_channel"), utility_meta.get("target_channel")
     if channel is not None and asked is not None and channel != asked:

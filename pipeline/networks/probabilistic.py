@@ -199,6 +199,66 @@ class ProbabilisticUNet(torch.nn.Module):
         return logits, kl_divergence(posterior, self.prior(image))
 
 
+UTILITY_OUTPUTS = ("segmentation", "uncertainty")
+
+
+class UncertaintyView(torch.nn.Module):
+    """A :class:`ProbabilisticUNet`'s predictive uncertainty, as a utility whose output U-Noise can explain.
+
+    ``samples`` latent codes are fixed once (``z_k = mu + sigma * eps_k``, the ``eps_k`` drawn from ``seed``), so the
+    uncertainty is a deterministic, differentiable function of the image: the same draws judge a clean slice and its
+    perturbed copy. Per pixel, the samples' mean probability ``p`` gives the binary predictive entropy
+    ``H(p) / ln 2`` in [0, 1] (1: the samples split evenly). ``forward`` returns its logit, so a U-Noise model trained
+    against this view learns which pixels, hidden, change *where the model is unsure*: the importance of the
+    uncertainty itself.
+
+    Args:
+        network: the Probabilistic U-Net (one output channel).
+        samples: latent draws per image.
+        seed: seed of the draws.
+    """
+
+    def __init__(self, network: ProbabilisticUNet, samples: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(network, ProbabilisticUNet) or network.out_channels != 1:
+            raise ConfigError("the uncertainty of a utility needs a Probabilistic U-Net with one output channel "
+                              f"(unoise train-utility --kind probabilistic), got {type(network).__name__}.")
+        _check_positive("samples", samples)
+        self.network = network
+        eps = torch.randn(samples, network.latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+        self.register_buffer("eps", eps, persistent=False)  # (samples, latent_dim)
+
+    def predictive_entropy(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, *spatial) binary entropy of the samples' mean probability, in bits: [0, 1]."""
+        self.network._check_image(image)
+        features, prior = self.network.backbone(image), self.network.prior(image)
+        mean_probability = torch.stack([torch.sigmoid(self.network.decode(features, prior.mean + prior.stddev * eps))
+                                        for eps in self.eps]).mean(dim=0)  # (B, 1, *spatial)
+        p = mean_probability.clamp(1e-6, 1 - 1e-6)
+        return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.predictive_entropy(image).clamp(1e-4, 1 - 1e-4))  # (B, 1, *spatial)
+
+
+def as_sampler(utility: torch.nn.Module) -> ProbabilisticUNet | None:
+    """The Probabilistic U-Net behind a utility (itself, or an :class:`UncertaintyView` of it); None for others."""
+    network = utility.network if isinstance(utility, UncertaintyView) else utility
+    return network if isinstance(network, ProbabilisticUNet) else None
+
+
+def utility_view(utility: torch.nn.Module, output: str, samples: int = 16) -> torch.nn.Module:
+    """What a run explains of its utility: its ``segmentation`` (the utility itself) or, for a Probabilistic U-Net,
+    its ``uncertainty`` (:class:`UncertaintyView` with ``samples`` draws).
+
+    Raises:
+        ConfigError: an unknown output, or ``uncertainty`` of a utility that does not sample.
+    """
+    if output not in UTILITY_OUTPUTS:
+        raise ConfigError(f"utility_output must be one of {list(UTILITY_OUTPUTS)}, got {output!r}.")
+    return utility if output == "segmentation" else UncertaintyView(utility, samples)
+
+
 class ProbabilisticUNetLoss(torch.nn.Module):
     """Negative ELBO of a :class:`ProbabilisticUNet`: ``reconstruction + beta * beta_scale * mean_B KL``.
 

@@ -25,6 +25,7 @@ import torch
 
 from pipeline.networks.checkpoints import CheckpointError, check_kind, load_checkpoint, load_network_from_checkpoint, load_state
 from pipeline.errors import ConfigError
+from pipeline.networks.probabilistic import UTILITY_OUTPUTS, as_sampler, utility_view
 from pipeline.networks.utility import TargetLogit
 from pipeline.networks.zoo_chain import WindowedNetwork, bundle_config_file, bundle_parser, find_bundle_file, slice_window_inferer
 
@@ -199,11 +200,29 @@ def load_utility(
     device: torch.device | str = "cpu",
     bundle: str | os.PathLike | None = None,
     target_channel: int | str | None = None,
+    output: str = "segmentation",
+    samples: int = 16,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The utility of a command: a model-zoo ``bundle`` when given, else our utility ``checkpoint``.
 
-    With both, and a checkpoint holding that bundle network's weights, the bundle's network gets them.
+    With both, and a checkpoint holding that bundle network's weights, the bundle's network gets them. ``output``
+    ``uncertainty`` gives a Probabilistic U-Net's predictive uncertainty (``samples`` draws) instead of its segmentation
+    (:func:`pipeline.networks.utility_view`); the meta records it as ``utility_output``.
     """
+    if output not in UTILITY_OUTPUTS:
+        raise ConfigError(f"utility_output must be one of {list(UTILITY_OUTPUTS)}, got {output!r}.")
+    network, meta = _load_utility(checkpoint, device, bundle, target_channel)
+    if output == "uncertainty":
+        if as_sampler(network) is None:
+            raise ConfigError(f"{bundle or checkpoint}: --utility-output uncertainty needs a Probabilistic U-Net utility "
+                              "(unoise train-utility --kind probabilistic); this utility gives one segmentation.")
+        network = utility_view(network, output, samples).to(device)
+    return network, {**meta, "utility_output": output}
+
+
+def _load_utility(checkpoint: str | os.PathLike | None, device: torch.device | str, bundle: str | os.PathLike | None,
+                  target_channel: int | str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`load_utility` before the view."""
     if bundle and checkpoint and Path(checkpoint).is_file():
         content = load_checkpoint(checkpoint, device)
         meta = dict(content.get("meta", {}))

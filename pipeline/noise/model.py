@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.errors import ConfigError, check_choice
+from pipeline.networks.probabilistic import UncertaintyView, as_sampler
 from pipeline.noise.infill import DEFAULT_BLUR_SIGMA, apply_blur, draw_fill, parse_infill
 
 PERTURBATIONS = ("additive", "replace")
@@ -312,6 +313,9 @@ def freeze(network: torch.nn.Module) -> torch.nn.Module:
 class UNoiseExplainer(torch.nn.Module):
     """Explain in one forward pass: (B, C, H, W) -> (B, 2, H, W) = [importance 1 - B, the utility's logit].
 
+    A Probabilistic U-Net utility (or a view of its uncertainty) gives a third channel: (B, 3, H, W) = [importance,
+    the logit of its prior-mean segmentation, its predictive entropy in bits, :class:`pipeline.networks.UncertaintyView`].
+
     The logit, not the probability, so that a sliding window averages what a segmentation bundle's inferer averages
     (for a two-class softmax, the target logit is the difference of the two outputs: its window average is the
     difference of theirs); explain's postprocessing then takes the sigmoid, before ``Invertd`` as bundles do.
@@ -324,6 +328,9 @@ class UNoiseExplainer(torch.nn.Module):
     def __init__(self, noise_net: torch.nn.Module, utility: torch.nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.noise_net, self.utility = freeze(noise_net), freeze(utility)
+        sampler = as_sampler(utility)  # a Probabilistic U-Net (or a view of its uncertainty): three outputs
+        self.sampler = None if sampler is None else freeze(sampler)
+        self.spread = None if sampler is None else freeze(utility if isinstance(utility, UncertaintyView) else UncertaintyView(sampler))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
@@ -333,4 +340,7 @@ class UNoiseExplainer(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         image = image.contiguous(memory_format=self.memory_format)
         importance = importance_from_tolerance(apply_tolerance(self.noise_net(image)))  # (B, 1, H, W)
-        return torch.cat([importance, self.utility(image).to(importance.dtype)], dim=1)  # (B, 2, H, W)
+        if self.sampler is None:
+            return torch.cat([importance, self.utility(image).to(importance.dtype)], dim=1)  # (B, 2, H, W)
+        segmentation = self.sampler.mean_prediction(image).to(importance.dtype)  # logit of the prior mean
+        return torch.cat([importance, segmentation, self.spread.predictive_entropy(image).to(importance.dtype)], dim=1)

@@ -17,8 +17,12 @@ logger = logging.getLogger(__name__)
 
 def maps_from_prediction(pred: np.ndarray) -> dict[str, np.ndarray]:
     """The written maps of a (2, ...) prediction (importance, the utility's probability): ``importance`` float32
-    clipped to [0, 1] and ``seg`` uint8, 1 where the probability > 0.5."""
-    return {"importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32), "seg": (pred[1] > 0.5).astype(np.uint8)}
+    clipped to [0, 1] and ``seg`` uint8, 1 where the probability > 0.5; a third channel (a Probabilistic U-Net's
+    predictive entropy in bits) becomes ``uncertainty``, float32 in [0, 1]."""
+    maps = {"importance": np.clip(pred[0], 0.0, 1.0).astype(np.float32), "seg": (pred[1] > 0.5).astype(np.uint8)}
+    if pred.shape[0] > 2:
+        maps["uncertainty"] = np.clip(pred[2], 0.0, 1.0).astype(np.float32)
+    return maps
 
 
 def write_case_maps(output_dir: str | Path, case: str, maps: dict[str, np.ndarray], affine: np.ndarray,
