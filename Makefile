@@ -124,9 +124,10 @@ demo-3d: $(STAMP)
 SHORTCUT_RUN := $(DEMO_RUN:runs/demo-%=runs/shortcut-%)
 # Ambiguous segmentation (make demo-ambiguous): 4 raters per phantom, a deterministic utility trained on their majority,
 # a Probabilistic U-Net trained on one rater drawn per step (its first epochs predict nothing: the dice term has to pull
-# it off the background, so it gets 60 epochs), U-Noise against the Probabilistic U-Net's prior mean, and the
-# evaluation with the `probabilistic` block (GED, diversity, HM-IoU of 16 samples per case; the deterministic utility
-# and the raters' own spread beside them).
+# it off the background, so it gets 60 epochs), U-Noise against the Probabilistic U-Net's prior mean and against its
+# uncertainty, and the evaluation with the `probabilistic` block (GED, diversity, HM-IoU of 16 samples per case; the
+# deterministic utility and the raters' own spread beside them) and `uncertainty_attribution` (each map on the
+# planted remote sign).
 AMBIGUOUS_DATA ?= data/phantom_raters
 AMBIGUOUS_RUN := $(DEMO_RUN:runs/demo-%=runs/ambiguous-%)
 AMBIGUOUS_GRID ?= --preset medium --spatial-size 96 --batch-size 8
@@ -137,19 +138,23 @@ AMBIGUOUS_EVALUATE ?= --slices-per-case 3 --occlusion-stride 8 --occlusion-per-i
 	--baselines "['occlusion', 'segmentation', 'random']"
 
 demo-ambiguous: $(STAMP)
-	@echo "== 1/5 phantoms with 4 raters each, 96 x 96 x 24 voxels -> $(AMBIGUOUS_DATA)"
+	@echo "== 1/6 phantoms with 4 raters each, 96 x 96 x 24 voxels -> $(AMBIGUOUS_DATA)"
 	$(UNOISE) phantom --out $(AMBIGUOUS_DATA) --cases $(DEMO_CASES) --size 96 --slices 24 --seed 0 --raters 4
-	@echo "== 2/5 train the deterministic utility on the raters' majority -> $(AMBIGUOUS_RUN)/utility"
+	@echo "== 2/6 train the deterministic utility on the raters' majority -> $(AMBIGUOUS_RUN)/utility"
 	$(UNOISE) train-utility --dataset $(AMBIGUOUS_DATA) --output $(AMBIGUOUS_RUN)/utility $(DEMO_SPLIT) $(AMBIGUOUS_UTILITY)
-	@echo "== 3/5 train the Probabilistic U-Net on one rater per step -> $(AMBIGUOUS_RUN)/probabilistic"
+	@echo "== 3/6 train the Probabilistic U-Net on one rater per step -> $(AMBIGUOUS_RUN)/probabilistic"
 	$(UNOISE) train-utility --kind probabilistic --dataset $(AMBIGUOUS_DATA) --output $(AMBIGUOUS_RUN)/probabilistic \
 		$(DEMO_SPLIT) $(AMBIGUOUS_PROBABILISTIC)
-	@echo "== 4/5 train U-Noise against the Probabilistic U-Net's prior mean -> $(AMBIGUOUS_RUN)/noise"
+	@echo "== 4/6 train U-Noise against the Probabilistic U-Net's prior mean -> $(AMBIGUOUS_RUN)/noise"
 	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
 		--output $(AMBIGUOUS_RUN)/noise $(DEMO_SPLIT) $(AMBIGUOUS_NOISE)
-	@echo "== 5/5 evaluate: faithfulness of the maps, and GED / diversity / HM-IoU against the raters -> $(AMBIGUOUS_RUN)/evaluation"
+	@echo "== 5/6 train U-Noise against its uncertainty (which pixels drive the disagreement) -> $(AMBIGUOUS_RUN)/noise_uncertainty"
+	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
+		--utility-output uncertainty --output $(AMBIGUOUS_RUN)/noise_uncertainty $(DEMO_SPLIT) $(AMBIGUOUS_NOISE)
+	@echo "== 6/6 evaluate: the maps' faithfulness, GED / diversity / HM-IoU against the raters, the maps on the planted cause -> $(AMBIGUOUS_RUN)/evaluation"
 	$(UNOISE) evaluate --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
 		--deterministic-utility $(AMBIGUOUS_RUN)/utility/checkpoints/last.pt --noise $(AMBIGUOUS_RUN)/noise/checkpoints/best.pt \
+		--uncertainty-noise $(AMBIGUOUS_RUN)/noise_uncertainty/checkpoints/best.pt \
 		--output $(AMBIGUOUS_RUN)/evaluation $(DEMO_SPLIT) $(AMBIGUOUS_EVALUATE)
 	@echo "ambiguous demo finished: $(AMBIGUOUS_RUN)/evaluation/evaluation.json (probabilistic block)"
 

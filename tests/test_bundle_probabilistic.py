@@ -109,8 +109,13 @@ def _train_noise(prob_run: dict[str, Path], name: str, output: str) -> Path:
     return prob_run["root"] / name / "checkpoints" / "best.pt"
 
 
+@pytest.fixture(scope="module")
+def uncertainty_noise(prob_run: dict[str, Path]) -> Path:
+    return _train_noise(prob_run, "noise_uncertainty", "uncertainty")
+
+
 @pytest.mark.slow
-def test_evaluate_writes_the_probabilistic_block(prob_run: dict[str, Path]):
+def test_evaluate_writes_the_probabilistic_and_attribution_blocks(prob_run: dict[str, Path], uncertainty_noise: Path):
     from pipeline.bundle import run_bundle
     from pipeline.evaluation.run import summarise
 
@@ -118,12 +123,21 @@ def test_evaluate_writes_the_probabilistic_block(prob_run: dict[str, Path]):
     out = prob_run["root"] / "eval"
     run_bundle("evaluate", {
         "dataset_dir": str(prob_run["data"]), "utility_checkpoint": str(prob_run["prob"]), "noise_checkpoints": [str(noise)],
-        "deterministic_utility": str(prob_run["det"]), "output_dir": str(out), "val_fraction": 0.34, "test_fraction": 0.34,
-        "slices_per_case": 1, "bootstrap": 50, "device": "cpu", "sanity": False, "baselines": ["segmentation", "random"],
-        "infills": ["blur"], "held_out_infills": [], "ambiguity_samples": 4})
+        "deterministic_utility": str(prob_run["det"]), "uncertainty_noise": str(uncertainty_noise), "output_dir": str(out),
+        "val_fraction": 0.34, "test_fraction": 0.34, "split": "all", "slices_per_case": 1, "bootstrap": 50, "device": "cpu",
+        "sanity": False, "baselines": ["segmentation", "random"], "infills": ["blur"], "held_out_infills": [],
+        "ambiguity_samples": 4})
     result = json.loads((out / "evaluation.json").read_text())
+    signs = [e["has_sign"] for e in json.loads((prob_run["data"] / "dataset.json").read_text())["training"]]
+    attribution = result["uncertainty_attribution"]
+    assert attribution["cases"] == sum(signs) > 0
+    assert set(attribution["methods"]) == {"unoise_small_replace (segmentation)", "unoise_uncertainty", "uncertainty",
+                                           "segmentation", "random"}
+    for scores in attribution["methods"].values():
+        assert 0.0 <= scores["pointing_rate"] <= 1.0 and scores["share_over_chance"] >= 0.0
+    assert set(attribution["reliance"]) >= {"entropy_on_lesion_with_sign", "entropy_on_lesion_without_sign", "difference"}
     block = result["probabilistic"]
-    assert block["samples"] == 4 and block["raters_per_case"] == [3] and block["cases"] >= 1
+    assert block["samples"] == 4 and block["raters_per_case"] == [3] and block["cases"] == len(signs)
     for key in ("ged", "diversity", "hm_iou"):
         assert set(block[key]) == {"probabilistic", "deterministic", "raters"}
     assert block["diversity"]["deterministic"]["mean"] == 0.0  # one mask: nothing to differ
@@ -132,11 +146,11 @@ def test_evaluate_writes_the_probabilistic_block(prob_run: dict[str, Path]):
 
 
 @pytest.mark.slow
-def test_explain_writes_the_uncertainty_and_explains_it(prob_run: dict[str, Path], tmp_path: Path):
+def test_explain_writes_the_uncertainty_and_explains_it(prob_run: dict[str, Path], uncertainty_noise: Path, tmp_path: Path):
     import nibabel as nib
     import numpy as np
 
-    noise = _train_noise(prob_run, "noise_uncertainty", "uncertainty")
+    noise = uncertainty_noise
     out = tmp_path / "maps"
     image = prob_run["data"] / "imagesTs" / "pancreas_006.nii.gz"
     assert main(["explain", "--input", str(image), "--output", str(out), "--noise", str(noise), "--utility",

@@ -142,3 +142,11 @@ def test_vote_keeps_the_majority_and_all_keeps_every_rater():
     assert torch.equal(RaterLabeld("label", mode="all")({"label": label})["label"], label)
     with pytest.raises(ConfigError, match="rater_mode must be one of"):
         RaterLabeld("label", mode="random")
+
+
+def test_the_twin_differs_from_the_image_only_under_the_sign():
+    case, image, cause = _case_with_cause(settings=RaterSettings(sign_share=1.0))
+    changed = image != cause.image_nosign
+    assert changed.any() and not (changed & (cause.sign == 0)).any()
+    _, image, cause = _case_with_cause(settings=RaterSettings(sign_share=0.0))
+    assert np.array_equal(image, cause.image_nosign)

@@ -33,8 +33,8 @@ from pipeline.fileio import write_json_atomic
 logger = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("training", "validation", "test")
-PATH_KEYS = ("image", "label", "image_nocue", "shortcut", "lesion", "sign")  # entry keys holding files (then: the shortcut
-# benchmark's twin and cue; the multi-rater phantom's lesion and remote sign)
+PATH_KEYS = ("image", "label", "image_nocue", "shortcut", "lesion", "sign", "image_nosign")  # entry keys holding files
+# (then: the shortcut benchmark's twin and cue; the multi-rater phantom's lesion, remote sign, and twin without the sign)
 
 
 def all_labelled(datalist: Sequence[dict[str, Any]]) -> bool:

@@ -22,6 +22,7 @@ from pipeline.data import check_roi_size
 from pipeline.device import resolve_device
 from pipeline.evaluation.compare import evaluate_explainers
 from pipeline.evaluation.criteria import compute_criteria, matched_method
+from pipeline.evaluation.sampling import attribution_block, load_deterministic, load_uncertainty_noise, sampling_block
 from pipeline.evaluation.protocols import check_fractions
 from pipeline.evaluation.settings import (BASELINES, NULL_MAPS, check_settings, load_split, resolve_split, sanity_source,
                                          unoise_name, with_input_settings)
@@ -31,10 +32,9 @@ from pipeline.evaluation.volumes import (WholeVolume, volume_settings, evaluatio
                                          whole_volume_baselines)
 from pipeline.explain import OcclusionMap, build_explainers
 from pipeline.explain.layers import check_prefixes, find_decoder_prefixes, find_feature_layer
-from pipeline.errors import ConfigError
 from pipeline.fileio import write_json_atomic
 from pipeline.noise.infill import parse_infill
-from pipeline.networks.probabilistic import ProbabilisticUNet, as_sampler
+from pipeline.networks.probabilistic import as_sampler
 from pipeline.networks.zoo import check_explainable, load_utility
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ def run_evaluation(
     sanity_dataset: str | None = None,
     ambiguity_samples: int = 16,
     deterministic_utility: str | None = None,
+    uncertainty_noise: str | None = None,
+    uncertainty_samples: int = 16,
 ) -> dict:
     """Evaluate every explainer on one split and write ``output_dir/evaluation.json`` and ``maps.pt``.
 
@@ -115,8 +117,10 @@ def run_evaluation(
     :func:`pipeline.evaluation.protocols.check_fractions`). A Probabilistic U-Net utility (whose forward is its prior
     mean, so every protocol above judges that one segmentation) is also judged against the raters of a multi-rater set:
     ``probabilistic`` holds GED, diversity and HM-IoU of ``ambiguity_samples`` samples per case, beside the
-    ``deterministic_utility`` checkpoint's and the raters' own (:mod:`pipeline.evaluation.sampling`). Returns the
-    written content.
+    ``deterministic_utility`` checkpoint's and the raters' own (:mod:`pipeline.evaluation.sampling`); on the multi-rater
+    phantom, ``uncertainty_attribution`` scores the maps on the planted cause of its uncertainty, among them the
+    ``uncertainty_noise`` checkpoint's (a noise model trained with ``utility_output`` uncertainty;
+    :mod:`pipeline.evaluation.attribution`). Returns the written content.
     """
     limit = check_settings(slices_per_case, infills, held_out_infills, baselines, split, fractions, volume_protocol)
     split = resolve_split(split, utility_bundle, utility_checkpoint)
@@ -132,7 +136,8 @@ def run_evaluation(
         shortcut, infills, held_out_infills = volume_settings(shortcut, infills, held_out_infills,
                                                               str(utility_bundle or utility_checkpoint))
     utility.eval()
-    deterministic = _load_deterministic(deterministic_utility, utility, utility_meta, utility_checkpoint, device)
+    deterministic = load_deterministic(deterministic_utility, utility, utility_meta, utility_checkpoint, device)
+    uncertainty_net = load_uncertainty_noise(uncertainty_noise, utility, utility_checkpoint, device)
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
     left_out = {str(item["case"]) for item in failed_cases}
     splits[split] = [entry for entry in splits[split] if str(entry["case"]) not in left_out]  # same split, less them
@@ -263,42 +268,15 @@ def run_evaluation(
                  **({"shortcut": data["shortcut"].cpu()} if shortcut else {}),
                  **({"orthogonal": orthogonal_planes(data, maps)} if volumes else {})}, out / "maps.pt")
     if as_sampler(utility) is not None:
-        result["probabilistic"] = _sampling_block(as_sampler(utility), utility_meta, splits[split], pancreas_labels, ambiguity_samples,
-                                                  deterministic, device, bootstrap, seed)
+        result["probabilistic"] = sampling_block(as_sampler(utility), utility_meta, splits[split], pancreas_labels, ambiguity_samples,
+                                                 deterministic, device, bootstrap, seed)
+        if all(entry.get("sign") and entry.get("image_nosign") for entry in splits[split]):
+            result["uncertainty_attribution"] = attribution_block(
+                as_sampler(utility), utility_meta, splits[split], pancreas_labels, noise_models, uncertainty_net,
+                uncertainty_samples, device, bootstrap, seed)
     result["failed_cases"] = [dict(item) for item in failed_cases]
     write_json_atomic(result, out / "evaluation.json")  # after maps.pt; the report (written next) is the run's marker
     return result
-
-
-def _load_deterministic(path: str | None, utility: torch.nn.Module, utility_meta: dict[str, Any], utility_checkpoint: str,
-                        device: Any) -> torch.nn.Module | None:
-    """The deterministic utility scored beside a probabilistic one (None without ``path``); refused before any work
-    when the utility is not probabilistic or the two were trained on different grids."""
-    if not path:
-        return None
-    if as_sampler(utility) is None:
-        raise ConfigError(f"deterministic_utility {path} is scored beside a probabilistic utility; {utility_checkpoint} "
-                          "is not one (train one with unoise train-utility --kind probabilistic).")
-    deterministic, meta = load_utility(path, device)
-    if meta.get("spatial_size") != utility_meta.get("spatial_size") or meta.get("window") != utility_meta.get("window"):
-        raise ConfigError(f"{path}: trained at spatial_size {meta.get('spatial_size')} and window {meta.get('window')}, the "
-                          f"probabilistic utility at {utility_meta.get('spatial_size')} and {utility_meta.get('window')}; "
-                          "score utilities trained on the same grid.")
-    return deterministic.to(device).eval()
-
-
-def _sampling_block(sampler: ProbabilisticUNet, utility_meta: dict[str, Any], cases: Sequence[dict[str, Any]],
-                    pancreas_labels: Sequence[int], samples: int, deterministic: torch.nn.Module | None, device: Any,
-                    bootstrap: int, seed: int) -> dict[str, Any]:
-    """The ``probabilistic`` block (:func:`pipeline.evaluation.sampling.evaluate_sampling`), or why there is none."""
-    from pipeline.data import build_volume_transforms, label_paths
-    from pipeline.evaluation.sampling import evaluate_sampling
-
-    if any(len(label_paths(entry)) < 2 for entry in cases):
-        return {"skipped": "the evaluated cases do not all list two or more raters' labels; GED and HM-IoU need them"}
-    transform = build_volume_transforms(utility_meta.get("window", "pancreas"), utility_meta.get("spatial_size"),
-                                        pancreas_labels, rater_mode="all")
-    return evaluate_sampling(sampler.eval(), cases, transform, samples, deterministic, device, bootstrap, seed)
 
 
 def summarise(result: dict) -> str:
@@ -341,7 +319,7 @@ def summarise(result: dict) -> str:
         cut = result["shortcut"]
         lines.append(f"shortcut: dice with cue {cut['dice_with_cue']:.3f}, without {cut['dice_without_cue']:.3f}; " + ", ".join(
             f"{k} cue {v['cue_share_over_chance']:.1f}x / pointing {v['pointing_rate']:.0%}" for k, v in cut["methods"].items()))
-    lines += _sampling_lines(result.get("probabilistic"))
+    lines += _sampling_lines(result.get("probabilistic")) + _attribution_lines(result.get("uncertainty_attribution"))
     for item in result.get("failed_cases", []):
         lines.append(f"left out (failed its checks): {item['case']}: {item['error']}")
     return "\n".join(lines)
@@ -365,6 +343,21 @@ def _sampling_lines(block: dict | None) -> list[str]:
         if key != "note":
             lines.append(f"  {key} probabilistic - deterministic: {entry['mean']:+.3f} [{entry['ci95'][0]:+.3f}, "
                          f"{entry['ci95'][1]:+.3f}] (n={entry['n']})")
+    return lines
+
+
+def _attribution_lines(block: dict | None) -> list[str]:
+    """The ``uncertainty_attribution`` block: the premise (reliance), then each map's share and pointing on the sign."""
+    if not block:
+        return []
+    if "skipped" in block:
+        return [f"uncertainty attribution: skipped ({block['skipped']})"]
+    reliance = block["reliance"]
+    lines = [f"uncertainty attribution ({block['slices']} slices of {block['cases']} cases showing the remote sign): entropy on "
+             f"the lesion {reliance['entropy_on_lesion_with_sign']:.3f} bits with the sign, "
+             f"{reliance['entropy_on_lesion_without_sign']:.3f} without"]
+    lines += [f"  {name:36s} sign {m['share_over_chance']:.2f}x its body share, pointing {m['pointing_rate']:.0%}"
+              for name, m in block["methods"].items()]
     return lines
 
 

@@ -6,6 +6,10 @@ them), a deterministic utility's one segmentation when one is given, and the rat
 metrics of :mod:`pipeline.evaluation.ambiguity` (D^2_GED with d = 1 - IoU, two empty masks agreeing; diversity;
 Hungarian-matched IoU), summarised with bootstrap intervals over cases, the paired difference of the two models,
 and the raters' own spread as the floor (leave-one-out: one rater as a one-sample model judged by the others).
+
+``evaluate`` reaches this through :func:`load_deterministic` and :func:`load_uncertainty_noise` (refusing a wrong
+checkpoint before any work), :func:`sampling_block` (``probabilistic``) and :func:`attribution_block`
+(``uncertainty_attribution``, :mod:`pipeline.evaluation.attribution`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.data import build_volume_transforms, label_paths
+from pipeline.errors import ConfigError
+from pipeline.evaluation.attribution import evaluate_attribution
 from pipeline.evaluation.ambiguity import KEYS, compute_ambiguity, compute_hm_iou, compute_rater_floor, summarise_ambiguity
 from pipeline.evaluation.stats import paired_difference
-from pipeline.networks.probabilistic import ProbabilisticUNet
+from pipeline.networks.checkpoints import load_network_from_checkpoint
+from pipeline.networks.probabilistic import ProbabilisticUNet, UncertaintyView, as_sampler
+from pipeline.networks.zoo import load_utility
 
 logger = logging.getLogger(__name__)
 
@@ -117,4 +126,63 @@ def evaluate_sampling(
     return result
 
 
-__all__ = ["evaluate_sampling", "predict_mask", "sample_masks"]
+def load_deterministic(path: str | None, utility: torch.nn.Module, utility_meta: dict[str, Any], utility_checkpoint: str,
+                        device: Any) -> torch.nn.Module | None:
+    """The deterministic utility scored beside a probabilistic one (None without ``path``); refused before any work
+    when the utility is not probabilistic or the two were trained on different grids."""
+    if not path:
+        return None
+    if as_sampler(utility) is None:
+        raise ConfigError(f"deterministic_utility {path} is scored beside a probabilistic utility; {utility_checkpoint} "
+                          "is not one (train one with unoise train-utility --kind probabilistic).")
+    deterministic, meta = load_utility(path, device)
+    if meta.get("spatial_size") != utility_meta.get("spatial_size") or meta.get("window") != utility_meta.get("window"):
+        raise ConfigError(f"{path}: trained at spatial_size {meta.get('spatial_size')} and window {meta.get('window')}, the "
+                          f"probabilistic utility at {utility_meta.get('spatial_size')} and {utility_meta.get('window')}; "
+                          "score utilities trained on the same grid.")
+    return deterministic.to(device).eval()
+
+
+def load_uncertainty_noise(path: str | None, utility: torch.nn.Module, utility_checkpoint: str,
+                            device: Any) -> torch.nn.Module | None:
+    """The noise model of a Probabilistic U-Net's uncertainty (None without ``path``), refused before any work when
+    the utility does not sample or the model explains something else."""
+    if not path:
+        return None
+    if as_sampler(utility) is None:
+        raise ConfigError(f"uncertainty_noise {path} explains a probabilistic utility's uncertainty; {utility_checkpoint} "
+                          "is not a Probabilistic U-Net.")
+    network, meta = load_network_from_checkpoint(path, device, kind="noise", role="--uncertainty-noise")
+    if meta.get("utility_output") != "uncertainty":
+        raise ConfigError(f"{path}: explains its utility's {meta.get('utility_output', 'segmentation')}, not its uncertainty; "
+                          "train it with --utility-output uncertainty.")
+    return network.eval()
+
+
+def attribution_block(sampler: ProbabilisticUNet, utility_meta: dict[str, Any], cases: Sequence[dict[str, Any]],
+                       pancreas_labels: Sequence[int], noise_models: dict[str, torch.nn.Module],
+                       uncertainty_net: torch.nn.Module | None, samples: int, device: Any, bootstrap: int,
+                       seed: int) -> dict[str, Any]:
+    """The ``uncertainty_attribution`` block (:func:`pipeline.evaluation.attribution.evaluate_attribution`)."""
+    transform = build_volume_transforms(utility_meta.get("window", "pancreas"), utility_meta.get("spatial_size"),
+                                        pancreas_labels, extra_images=("image_nosign",), extra_masks=("sign", "lesion"))
+    models = {f"{name} (segmentation)": net.eval() for name, net in noise_models.items()}
+    if uncertainty_net is not None:
+        models["unoise_uncertainty"] = uncertainty_net
+    view = UncertaintyView(sampler.eval(), samples).to(device)
+    return evaluate_attribution(view, models, cases, transform, device=device, bootstrap=bootstrap, seed=seed)
+
+
+def sampling_block(sampler: ProbabilisticUNet, utility_meta: dict[str, Any], cases: Sequence[dict[str, Any]],
+                    pancreas_labels: Sequence[int], samples: int, deterministic: torch.nn.Module | None, device: Any,
+                    bootstrap: int, seed: int) -> dict[str, Any]:
+    """The ``probabilistic`` block (:func:`pipeline.evaluation.sampling.evaluate_sampling`), or why there is none."""
+    if any(len(label_paths(entry)) < 2 for entry in cases):
+        return {"skipped": "the evaluated cases do not all list two or more raters' labels; GED and HM-IoU need them"}
+    transform = build_volume_transforms(utility_meta.get("window", "pancreas"), utility_meta.get("spatial_size"),
+                                        pancreas_labels, rater_mode="all")
+    return evaluate_sampling(sampler.eval(), cases, transform, samples, deterministic, device, bootstrap, seed)
+
+
+__all__ = ["attribution_block", "evaluate_sampling", "load_deterministic", "load_uncertainty_noise", "predict_mask",
+           "sample_masks", "sampling_block"]

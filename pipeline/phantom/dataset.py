@@ -43,7 +43,8 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
             remote sign), each training case N annotations ``labelsTr/<case>_rater<k>.nii.gz`` listed as
             its ``label``, the lesion's mask in ``lesionsTr/`` (``lesionsTs/``) and the sign's in
             ``signsTr/`` (``signsTs/``; empty where the case shows none), named ``lesion`` and ``sign``;
-            what each rater did is in the entry's ``rater_records``.
+            what each rater did is in the entry's ``rater_records``, and the CT without the sign (the twin) in
+            ``imagesTr_nosign/`` (``imagesTs_nosign/``), named ``image_nosign``.
 
     Returns:
         Path of ``dataset.json``, loadable with ``monai.data.load_decathlon_datalist``.
@@ -62,7 +63,7 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
     root = Path(out_dir)
     folders = ("imagesTr", "labelsTr", "imagesTs") + (("shortcutsTr", "imagesTr_nocue", "shortcutsTs", "imagesTs_nocue")
                                                       if shortcut else ())
-    folders += ("lesionsTr", "signsTr", "lesionsTs", "signsTs") if raters else ()
+    folders += ("lesionsTr", "signsTr", "imagesTr_nosign", "lesionsTs", "signsTs", "imagesTs_nosign") if raters else ()
     for folder in folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
     children = np.random.SeedSequence(seed).spawn(cases + test_cases)
@@ -80,7 +81,9 @@ def write_phantom_dataset(out_dir: str | Path, cases: int = 24, size: int = 128,
             case = dataclasses.replace(case, image=image)
             save_nifti(cause.lesion, case.affine, root / f"lesions{part}" / name)
             save_nifti(cause.sign, case.affine, root / f"signs{part}" / name)
-            entry.update(lesion=f"./lesions{part}/{name}", sign=f"./signs{part}/{name}", has_sign=cause.has_sign)
+            save_nifti(cause.image_nosign, case.affine, root / f"images{part}_nosign" / name)
+            entry.update(lesion=f"./lesions{part}/{name}", sign=f"./signs{part}/{name}", has_sign=cause.has_sign,
+                         image_nosign=f"./images{part}_nosign/{name}")
             if split == "training":
                 masks, records = draw_raters(case.label, cause, case.affine, raters, rng, TUMOUR_LABEL, RaterSettings())
                 entry["label"] = []

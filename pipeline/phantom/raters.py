@@ -66,11 +66,13 @@ class RaterSettings:
 
 @dataclass(frozen=True)
 class AmbiguityCause:
-    """What :func:`plant_ambiguity` drew into a case: uint8 masks on the case's grid and whether the sign shows."""
+    """What :func:`plant_ambiguity` drew into a case: uint8 masks on the case's grid, whether the sign shows, and the CT
+    without the sign (the twin: the same image where the sign is not drawn; equal to the image when it shows none)."""
 
     lesion: np.ndarray
     sign: np.ndarray
     has_sign: bool
+    image_nosign: np.ndarray
 
 
 def _world_axes(affine: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -104,15 +106,15 @@ def plant_ambiguity(image: np.ndarray, label: np.ndarray, affine: np.ndarray, rn
         settings: the distribution.
 
     Returns:
-        The lesion and sign masks (uint8, (X, Y, Z)) and whether the sign shows; empty masks on a case
-        without gland.
+        The lesion and sign masks (uint8, (X, Y, Z)), whether the sign shows and the CT without it; empty masks
+        on a case without gland.
     """
     gland = label > 0
     lesion, sign = np.zeros(label.shape, np.uint8), np.zeros(label.shape, np.uint8)
     has_sign = bool(rng.random() < settings.sign_share)
     noise = rng.standard_normal(label.shape).astype(np.float32) * 12.0  # (X, Y, Z) HU, the phantom's noise level
     if not gland.any():
-        return AmbiguityCause(lesion, sign, False)
+        return AmbiguityCause(lesion, sign, False, image.copy())
     x, y, z = _world_axes(affine, label.shape)
     band = np.flatnonzero(gland.any(axis=(0, 1)))
     middle = int(band[len(band) // 2])
@@ -127,6 +129,7 @@ def plant_ambiguity(image: np.ndarray, label: np.ndarray, affine: np.ndarray, rn
     ball &= ~gland
     lesion[ball] = 1
     image[ball] = np.clip(np.rint(settings.lesion_hu + noise[ball]), -1024, 3071).astype(image.dtype)
+    twin = image.copy()
     if has_sign:
         sx, sy = centre[0] + settings.sign_offset_mm[0], centre[1] + settings.sign_offset_mm[1]
         disk = (x[:, None] - sx) ** 2 + (y[None, :] - sy) ** 2 <= settings.sign_radius_mm**2  # (X, Y)
@@ -135,7 +138,7 @@ def plant_ambiguity(image: np.ndarray, label: np.ndarray, affine: np.ndarray, rn
         for k in np.flatnonzero(lesion.any(axis=(0, 1))):
             sign[..., k] = disk
         image[sign > 0] = np.clip(image[sign > 0].astype(np.float32) + settings.sign_hu, -1024, 3071).astype(image.dtype)
-    return AmbiguityCause(lesion, sign, has_sign)
+    return AmbiguityCause(lesion, sign, has_sign, twin)
 
 
 def draw_raters(label: np.ndarray, cause: AmbiguityCause, affine: np.ndarray, count: int, rng: np.random.Generator,
