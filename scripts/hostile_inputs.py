@@ -176,6 +176,31 @@ def _empty_labels(*cases: str) -> Callable[[Path], None]:
     return damage
 
 
+def _rater_list(second: Callable[[Path], str]) -> Callable[[Path], None]:
+    """The target case's label becomes a list of two raters' files: its own label and ``second(d)``'s."""
+    def damage(d: Path) -> None:
+        other = second(d)
+
+        def edit(content: dict) -> None:
+            for entry in content["training"]:
+                if entry["image"].endswith(f"{TARGET}.nii.gz"):
+                    entry["label"] = [entry["label"], other]
+        _edit_datalist(d, edit)
+    return damage
+
+
+def _shifted_rater(d: Path) -> str:
+    array, affine = _load(_label(d))
+    _nifti(d / "labelsTr" / f"{TARGET}_rater1.nii.gz", array, affine @ np.diag([1.0, 1.0, 2.0, 1.0]))
+    return f"./labelsTr/{TARGET}_rater1.nii.gz"
+
+
+def _no_raters(d: Path) -> None:
+    def edit(content: dict) -> None:
+        content["training"][0]["label"] = []
+    _edit_datalist(d, edit)
+
+
 DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     # name: (damage to a copy of the phantom set, what the error must name)
     "image missing": (lambda d: _image(d).unlink(), f"{TARGET}.nii.gz"),
@@ -199,6 +224,9 @@ DATA_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "label non-integer values": (_label_edit(lambda a, f: (a.astype(np.float32) * 0.5, f)), f"labelsTr/{TARGET}.nii.gz"),
     "label NaN": (_label_edit(lambda a, f: (np.where(a > 0, np.nan, 0).astype(np.float32), f)), f"labelsTr/{TARGET}.nii.gz"),
     "label 4D": (_label_edit(lambda a, f: (np.stack([a, a], -1), f)), f"labelsTr/{TARGET}.nii.gz"),
+    "second rater's label of another affine": (_rater_list(_shifted_rater), f"labelsTr/{TARGET}_rater1.nii.gz"),
+    "second rater's label missing": (_rater_list(lambda d: f"./labelsTr/{TARGET}_rater9.nii.gz"), f"{TARGET}_rater9.nii.gz"),
+    "empty list of raters' labels": (_no_raters, "dataset.json"),
     "dataset.json not JSON": (lambda d: (d / "dataset.json").write_text("{not json"), "dataset.json"),
     "dataset.json without training list": (lambda d: _edit_datalist(d, lambda c: c.pop("training")), "dataset.json"),
     "dataset.json entry not a dict": (lambda d: _edit_datalist(d, lambda c: c["training"].append("imagesTr/x.nii.gz")), "dataset.json"),
@@ -469,6 +497,17 @@ def build_cases(work: Path) -> list[Case]:
         setting("unknown volume protocol", "evaluate", ["--volume-protocol", "slab"], "volume_protocol"),
         setting("unknown training infill", "train-noise", ["--baseline", "['blur', 'zeros']"], "zeros"),
         setting("CUDA asked for, none here", "explain", ["--device", "cuda"], "cuda"),
+        setting("uncertainty of a deterministic utility", "train-noise", ["--utility-output", "uncertainty"],
+                "needs a Probabilistic U-Net"),
+        setting("uncertainty of a deterministic utility", "explain", ["--utility-output", "uncertainty"],
+                "needs a Probabilistic U-Net"),
+        setting("unknown utility output", "train-noise", ["--utility-output", "variance"], "utility_output"),
+        setting("a deterministic utility beside a deterministic one", "evaluate", ["--deterministic-utility", utility],
+                "beside a probabilistic utility"),
+        setting("an uncertainty noise model of a deterministic utility", "evaluate", ["--uncertainty-noise", noise],
+                "is not a Probabilistic U-Net"),
+        setting("a probabilistic utility in 3D", "train-utility", ["--kind", "probabilistic", "--spatial-dims", "3"],
+                "--kind probabilistic trains on 2D slices"),
     ]
 
     # run folders

@@ -15,8 +15,6 @@ import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from pipeline.networks.probabilistic import ProbabilisticUNetLoss
-
 
 def draw_rater(label: torch.Tensor) -> torch.Tensor:
     """One rater's mask per image: label (B, R, *spatial) -> (B, 1, *spatial), raters drawn uniformly (global RNG)."""
@@ -28,15 +26,17 @@ class ProbabilisticStep:
     """``iteration_update`` of a ``SupervisedTrainer`` whose network is a :class:`~pipeline.networks.ProbabilisticUNet`.
 
     Args:
-        loss: the negative ELBO; its KL warm-up advances one step per iteration.
+        loss: the negative ELBO, a :class:`pipeline.networks.ProbabilisticUNetLoss` (not imported here: the engines'
+            pieces sit below the networks in the data flow); its KL warm-up advances one step per iteration.
 
     The engine's output holds ``image``, ``label`` (the rater drawn), ``pred`` (logits of the posterior sample),
     ``loss``, and ``kl`` and ``reconstruction`` for the logs.
     """
 
-    def __init__(self, loss: ProbabilisticUNetLoss) -> None:
-        if not isinstance(loss, ProbabilisticUNetLoss):
-            raise TypeError(f"loss must be a pipeline.networks.ProbabilisticUNetLoss, got {type(loss).__name__}.")
+    def __init__(self, loss: Any) -> None:
+        if not callable(loss) or not callable(getattr(loss, "step", None)) or not hasattr(loss, "last_kl"):
+            raise TypeError(f"loss must be a pipeline.networks.ProbabilisticUNetLoss (called as loss(network, image, label), "
+                            f"with step() and last_kl), got {type(loss).__name__}.")
         self.loss = loss
 
     def __call__(self, engine: Any, batchdata: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
