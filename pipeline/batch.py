@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 # Settings that do not change what a case's outputs are (where they go, what else runs, how failures are handled).
 NOT_OUTPUT_SETTINGS = ("bundle_root", "inputs", "output_dir", "overwrite", "on_error", "num_workers", "overlay_slices", "datalist_key")
 # Output settings added later: a manifest written before them meant these values.
-SETTING_DEFAULTS = {"output_format": "nifti", "resample_uneven": False}
+SETTING_DEFAULTS = {"output_format": "nifti", "resample_uneven": False, "utility_output": "segmentation", "uncertainty_samples": 16,
+                    "rater_mode": "vote"}
 
 
 def _same_outputs(run: dict[str, Any], provenance: dict[str, Any]) -> bool:

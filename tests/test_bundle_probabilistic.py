@@ -37,11 +37,14 @@ def test_the_step_trains_the_network_and_reports_its_parts():
     engine.network, engine.optimizer, engine.amp, engine.scaler = network, optimizer, False, None
     engine.optim_set_to_none, engine.non_blocking, engine.state.device = True, False, torch.device("cpu")
     engine.prepare_batch = lambda batch, device, non_blocking: (batch["image"], batch["label"])
+    for encoder in (network.prior, network.posterior):  # both start at N(0, I): spread them so the KL term is not 0
+        torch.nn.init.normal_(encoder.to_moments.weight, std=0.5)
     before = [p.detach().clone() for p in network.head.parameters()]
     batch = {"image": torch.rand(2, 1, 8, 8), "label": (torch.rand(2, 4, 8, 8) > 0.5).float()}  # 4 raters
     engine.run([batch], max_epochs=1)
     output = engine.state.output
     assert output["label"].shape == (2, 1, 8, 8)
+    assert float(output["kl"]) > 0.0
     assert torch.isclose(output["loss"], output["reconstruction"] + loss.last_beta * output["kl"])
     assert any(not torch.equal(b, a) for b, a in zip(before, network.head.parameters()))
     assert loss.iteration == 1
@@ -164,6 +167,22 @@ def test_explain_writes_the_uncertainty_and_explains_it(prob_run: dict[str, Path
     code = main(["explain", "--input", str(image), "--output", str(tmp_path / "wrong"), "--noise", str(noise), "--utility",
                  str(prob_run["prob"]), "--device", "cpu"])
     assert code == 2  # a noise model of the uncertainty, asked for the segmentation: refused
+
+
+@pytest.mark.slow
+def test_evaluate_checks_the_noise_models_against_the_output_it_explains(prob_run: dict[str, Path], uncertainty_noise: Path):
+    from pipeline.networks.checkpoints import CheckpointError
+    from pipeline.evaluation.settings import check_inputs
+
+    common = {"dataset_dir": str(prob_run["data"]), "utility_checkpoint": str(prob_run["prob"]), "val_fraction": 0.34,
+              "test_fraction": 0.34}
+    assert check_inputs(**common, noise_checkpoints=[str(uncertainty_noise)], utility_output="uncertainty") == []
+    with pytest.raises(CheckpointError, match="explains its utility's uncertainty, not its segmentation"):
+        check_inputs(**common, noise_checkpoints=[str(uncertainty_noise)])
+    segmentation_noise = prob_run["root"] / "noise_segmentation" / "checkpoints" / "best.pt"
+    if segmentation_noise.is_file():  # trained by the evaluate test of this module when it ran first
+        with pytest.raises(CheckpointError, match="explains its utility's segmentation, not its uncertainty"):
+            check_inputs(**common, noise_checkpoints=[str(segmentation_noise)], uncertainty_noise=str(segmentation_noise))
 
 
 def test_a_deterministic_utility_beside_a_deterministic_one_is_refused(tmp_path: Path, tiny_pair, capsys):

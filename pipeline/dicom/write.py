@@ -49,7 +49,8 @@ def output_suffixes(output_format: str) -> list[str]:
         raise ConfigError(f"output_format must be one of {list(OUTPUT_FORMATS)}, got {output_format!r}.")
     suffixes = {"nifti": list(NIFTI_SUFFIXES), "dicom": list(DICOM_SUFFIXES),
                 "both": [*NIFTI_SUFFIXES, *DICOM_SUFFIXES]}[output_format]
-    return [*suffixes, "_overlay.png"]
+    extra = ["_uncertainty.nii.gz"] if output_format != "dicom" else []  # a Probabilistic U-Net's (NIfTI only)
+    return [*suffixes, *extra, "_overlay.png"]
 
 
 def check_dicom_inputs(datalist: Sequence[dict[str, Any]], output_format: str) -> None:

@@ -4,7 +4,8 @@ A deterministic utility trains with ``SupervisedTrainer``'s own step, ``loss(net
 Probabilistic U-Net's loss needs the label inside the forward pass (the posterior net sees it), so this step
 replaces the trainer's: it draws one rater per image (the label's channels are the raters, ``rater_mode``
 ``all``), computes :class:`~pipeline.networks.ProbabilisticUNetLoss`, and steps the optimiser. Everything else
-(handlers, checkpoints, TensorBoard, resume, torchrun) is the trainer's, as for the deterministic utility.
+(handlers, checkpoints, TensorBoard, resume) is the trainer's, as for the deterministic utility; under ``torchrun``
+the network is called through its ``DistributedDataParallel`` wrapper (not run here yet).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class ProbabilisticStep:
         loss: the negative ELBO, a :class:`pipeline.networks.ProbabilisticUNetLoss` (not imported here: the engines'
             pieces sit below the networks in the data flow); its KL warm-up advances one step per iteration.
 
-    The engine's output holds ``image``, ``label`` (the rater drawn), ``pred`` (logits of the posterior sample),
-    ``loss``, and ``kl`` and ``reconstruction`` for the logs.
+    The engine's output holds ``image``, ``label`` (the rater drawn), ``loss``, and the loss's parts ``kl`` and
+    ``reconstruction`` (for a handler to log; the bundle logs ``loss``). The network is called as
+    ``network(image, label)``, so under ``torchrun`` the ``DistributedDataParallel`` wrapper's forward runs.
     """
 
     def __init__(self, loss: Any) -> None:

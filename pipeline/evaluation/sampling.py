@@ -54,6 +54,30 @@ def predict_mask(network: Callable[[torch.Tensor], torch.Tensor], image: torch.T
     return torch.cat(parts)[None]  # (1, Z, H, W)
 
 
+def _score_case(sampler: ProbabilisticUNet, entry: dict[str, Any], transform: Callable[[dict[str, Any]], dict[str, Any]],
+                samples: int, deterministic: Callable[[torch.Tensor], torch.Tensor] | None,
+                device: torch.device | str) -> dict[str, Any]:
+    """One case's metrics for the sampler (and the deterministic utility) and the raters' own spread."""
+    data = transform({"image": entry["image"], "label": entry["label"]})
+    image = torch.as_tensor(data["image"]).float().to(device)
+    raters = _slices(torch.as_tensor(data["label"])).permute(1, 0, 2, 3) > 0.5  # (R, Z, H, W)
+    if raters.shape[0] < 2:
+        raise ValueError(f"{entry['image']}: {raters.shape[0]} rater(s); the ambiguity evaluation needs a list of at "
+                         "least two raters' labels per case (unoise phantom --raters N writes such a set).")
+    drawn = sample_masks(sampler, image, samples).cpu()
+    floor = compute_rater_floor(raters)
+    loo_hm = float(np.mean([compute_hm_iou(raters[k:k + 1], raters[torch.arange(len(raters)) != k])
+                            for k in range(len(raters))]))
+    record = {"case": entry.get("case"), "raters": int(raters.shape[0]), "probabilistic": compute_ambiguity(drawn, raters),
+              "raters_floor": {"ged": floor["ged_loo"], "diversity": floor["diversity"], "hm_iou": loo_hm}}
+    if deterministic is not None:
+        record["deterministic"] = compute_ambiguity(predict_mask(deterministic, image).cpu(), raters)
+    logger.info("%s: GED %.3f (probabilistic)%s, raters' own %.3f", entry.get("case"), record["probabilistic"]["ged"],
+                f", {record['deterministic']['ged']:.3f} (deterministic)" if deterministic is not None else "",
+                floor["ged_loo"])
+    return record
+
+
 def evaluate_sampling(
     sampler: ProbabilisticUNet,
     cases: Sequence[dict[str, Any]],
@@ -85,27 +109,9 @@ def evaluate_sampling(
     Raises:
         ValueError: a case with fewer than two raters (the floor needs their disagreement).
     """
-    torch.manual_seed(seed)
-    per_case: list[dict[str, Any]] = []
-    for entry in cases:
-        data = transform({"image": entry["image"], "label": entry["label"]})
-        image = torch.as_tensor(data["image"]).float().to(device)
-        raters = _slices(torch.as_tensor(data["label"])).permute(1, 0, 2, 3) > 0.5  # (R, Z, H, W)
-        if raters.shape[0] < 2:
-            raise ValueError(f"{entry['image']}: {raters.shape[0]} rater(s); the ambiguity evaluation needs a list of at "
-                             "least two raters' labels per case (unoise phantom --raters N writes such a set).")
-        drawn = sample_masks(sampler, image, samples).cpu()
-        floor = compute_rater_floor(raters)
-        loo_hm = float(np.mean([compute_hm_iou(raters[k:k + 1], raters[torch.arange(len(raters)) != k])
-                                for k in range(len(raters))]))
-        record = {"case": entry.get("case"), "raters": int(raters.shape[0]), "probabilistic": compute_ambiguity(drawn, raters),
-                  "raters_floor": {"ged": floor["ged_loo"], "diversity": floor["diversity"], "hm_iou": loo_hm}}
-        if deterministic is not None:
-            record["deterministic"] = compute_ambiguity(predict_mask(deterministic, image).cpu(), raters)
-        per_case.append(record)
-        logger.info("%s: GED %.3f (probabilistic)%s, raters' own %.3f", entry.get("case"), record["probabilistic"]["ged"],
-                    f", {record['deterministic']['ged']:.3f} (deterministic)" if deterministic is not None else "",
-                    floor["ged_loo"])
+    with torch.random.fork_rng():  # the latent draws are seeded here; the caller's generator state is left as it was
+        torch.manual_seed(seed)
+        per_case = [_score_case(sampler, entry, transform, samples, deterministic, device) for entry in cases]
     models = ["probabilistic"] + (["deterministic"] if deterministic is not None else [])
     summaries = {name: summarise_ambiguity([c[name] for c in per_case], bootstrap, seed) for name in models}
     summaries["raters"] = summarise_ambiguity([c["raters_floor"] for c in per_case], bootstrap, seed)

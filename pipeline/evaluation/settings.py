@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -50,9 +51,13 @@ def with_input_settings(utility_meta: dict[str, Any], noise_checkpoints: Sequenc
 
 
 def check_settings(slices_per_case: Any, infills: Sequence[str], held_out_infills: Sequence[str], baselines: Sequence[str],
-                   split: str, fractions: Sequence[float] | None = None, volume_protocol: str = "whole") -> int | None:
+                   split: str, fractions: Sequence[float] | None = None, volume_protocol: str = "whole",
+                   ambiguity_samples: int = 16, uncertainty_samples: int = 16) -> int | None:
     """Refuse bad evaluation settings before any work; returns the slice limit (None: all slices)."""
     check_fractions(fractions)
+    for key, value in (("ambiguity_samples", ambiguity_samples), ("uncertainty_samples", uncertainty_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer (latent draws per image, e.g. 16), got {value!r}.")
     if volume_protocol not in VOLUME_PROTOCOLS:
         raise ConfigError(f"volume_protocol must be one of {VOLUME_PROTOCOLS} (3D: every whole volume, or one volume of "
                           f"interest per case), got {volume_protocol!r}.")
@@ -141,6 +146,8 @@ def check_inputs(
     baselines: Sequence[str] = (),
     on_error: str = "auto",
     sanity_dataset: str | None = None,
+    utility_output: str = "segmentation",
+    uncertainty_noise: str | None = None,
 ) -> list[dict[str, str]]:
     """Every check of an evaluation, before its run folder is created; returns the evaluated split's failing cases.
 
@@ -169,6 +176,10 @@ def check_inputs(
         utility_meta = dict(load_checkpoint(utility_checkpoint).get("meta", {}))
         check_kind(utility_meta, utility_checkpoint, "utility", "--utility")
     check_explainable(utility_meta, baselines, sanity, str(utility_bundle or utility_checkpoint))  # TorchScript: no module tree
+    utility_meta["utility_output"] = utility_output  # what this evaluation explains (the checkpoint's own run: its segmentation)
+    if uncertainty_noise:  # the noise model of the uncertainty must belong to this utility too
+        check_pair({**utility_meta, "utility_output": "uncertainty"}, dict(load_checkpoint(uncertainty_noise).get("meta", {})),
+                   utility_bundle or utility_checkpoint, uncertainty_noise)
     if int(utility_meta.get("spatial_dims", 2)) == 3:  # 3D skips the shortcut benchmark (volume_settings says so), so not checked
         shortcut = False
     noise_metas = []
@@ -179,6 +190,11 @@ def check_inputs(
         noise_metas.append((str(path), noise_meta))
     split = resolve_split(split, utility_bundle, utility_checkpoint)
     splits = load_split(dataset_dir, datalist_key, val_fraction, test_fraction, seed, split, allow_outside_paths)
+    for entry in splits[split]:  # the multi-rater phantom's masks and twin, read by the attribution after the maps
+        for key in ("sign", "lesion", "image_nosign"):
+            if entry.get(key) and not Path(entry[key]).is_file():
+                raise DataError(f"{entry[key]}: the {key} file of case {entry.get('case')} is missing; write the set again "
+                                "(unoise phantom --raters N) or drop the key from its datalist entry.")
     retrain = sanity_source(sanity_dataset, split, dataset_dir, datalist_key, val_fraction, test_fraction, seed,
                             noise_metas[0]) if sanity else None
     if retrain is not None and retrain["dataset_dir"] != dataset_dir:  # another set: its own training checks

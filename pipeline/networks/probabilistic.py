@@ -165,8 +165,12 @@ class ProbabilisticUNet(torch.nn.Module):
         # centred on 0 as the reference centres its one-hot labels, so an empty label is not an all-zero input
         return self.posterior(torch.cat([image, label.to(image.dtype) - 0.5], dim=1))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits (B, out_channels, *spatial): one prior sample per image (global RNG), or the prior mean's."""
+    def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, out_channels, *spatial): one prior sample per image (global RNG), or the prior mean's. With a
+        ``label``, :meth:`elbo_terms` (training calls it this way, so a ``DistributedDataParallel`` wrapper's
+        forward runs and the gradients are synchronised)."""
+        if label is not None:
+            return self.elbo_terms(image, label)
         return self.mean_prediction(image) if self.prediction == "mean" else self.sample(image, 1)[0]
 
     def sample(self, image: torch.Tensor, count: int) -> torch.Tensor:
@@ -313,16 +317,17 @@ class ProbabilisticUNetLoss(torch.nn.Module):
                 (B, 1, *spatial) or one-hot (B, C, *spatial). The posterior gets it one-hot unless its
                 ``label_channels`` equal the label's channels.
         """
-        if network.out_channels == 1:
+        core = getattr(network, "module", network)  # the network under a DistributedDataParallel wrapper
+        if core.out_channels == 1:
             target = posterior_label = label.to(image.dtype)
         else:
             indices = label if label.shape[1] == 1 else label.argmax(dim=1, keepdim=True)  # (B, 1, *spatial)
             target = indices[:, 0].long()  # (B, *spatial) class indices for cross-entropy
-            posterior_label = label if label.shape[1] == network.label_channels else one_hot(indices, network.out_channels)
-        logits, kl = network.elbo_terms(image, posterior_label)
+            posterior_label = label if label.shape[1] == core.label_channels else one_hot(indices, core.out_channels)
+        logits, kl = network(image, posterior_label)  # the wrapper's forward: elbo_terms
         if self.reconstruction is not None:  # e.g. DiceCELoss(sigmoid=True), or (softmax=True, to_onehot_y=True)
-            reconstruction = self.reconstruction(logits, label.to(logits.dtype) if network.out_channels == 1 else label)
-        elif network.out_channels == 1:
+            reconstruction = self.reconstruction(logits, label.to(logits.dtype) if core.out_channels == 1 else label)
+        elif core.out_channels == 1:
             reconstruction = F.binary_cross_entropy_with_logits(logits, target)
         else:
             reconstruction = F.cross_entropy(logits, target)

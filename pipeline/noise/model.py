@@ -325,12 +325,14 @@ class UNoiseExplainer(torch.nn.Module):
     the channels-last memory format (2x faster for the noise model on x86 CPUs, same values).
     """
 
-    def __init__(self, noise_net: torch.nn.Module, utility: torch.nn.Module, channels_last: bool = False) -> None:
+    def __init__(self, noise_net: torch.nn.Module, utility: torch.nn.Module, channels_last: bool = False,
+                 uncertainty_samples: int = 16) -> None:
         super().__init__()
         self.noise_net, self.utility = freeze(noise_net), freeze(utility)
         sampler = as_sampler(utility)  # a Probabilistic U-Net (or a view of its uncertainty): three outputs
         self.sampler = None if sampler is None else freeze(sampler)
-        self.spread = None if sampler is None else freeze(utility if isinstance(utility, UncertaintyView) else UncertaintyView(sampler))
+        view = utility if isinstance(utility, UncertaintyView) else UncertaintyView(sampler, uncertainty_samples) if sampler else None
+        self.spread = None if view is None else freeze(view)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 RESUME_DATA_KEYS = ("dataset_dir", "datalist_key", "window", "spatial_size", "pancreas_labels", "seed", "val_fraction",
-                    "test_fraction", "utility_checkpoint", "utility_bundle", "target_channel")  # besides the network
+                    "test_fraction", "utility_checkpoint", "utility_bundle", "target_channel", "utility_output",
+                    "uncertainty_samples")  # besides the network
 
 
 def check_run_dir(
