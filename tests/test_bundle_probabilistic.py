@@ -73,6 +73,11 @@ def test_train_utility_kind_probabilistic_on_a_multi_rater_set(tmp_path: Path, c
     assert network(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
     config = json.loads((run / "config.json").read_text())
     assert config["rater_mode"] == "all"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "val_samples" in events.Tags()["images"]  # the image and 4 of its samples
+    assert {"train_kl", "train_reconstruction"} <= set(events.Tags()["scalars"])
     assert main([*args[:-2], "--latent-dim", "3", "--epochs", "2", "--resume"]) == 0  # resumes from last.pt
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pipeline.handlers.checkpoint import CheckpointHandler, MetricsRecorder
 from pipeline.handlers.export import ImportanceExporter
 from pipeline.handlers.metrics import OutputMean, RegionShare, VolumeDice
-from pipeline.handlers.training_log import EpochSummary, LossTermsHandler, SliceImagesHandler
+from pipeline.handlers.training_log import EpochSummary, LossTermsHandler, SampleImages, SliceImagesHandler
 
 __all__ = ["CheckpointHandler", "EpochSummary", "ImportanceExporter", "LossTermsHandler", "MetricsRecorder", "OutputMean",
-           "RegionShare", "SliceImagesHandler", "VolumeDice"]
+           "RegionShare", "SampleImages", "SliceImagesHandler", "VolumeDice"]

@@ -138,4 +138,34 @@ class SliceImagesHandler:
             self.writer.add_image(tag, image[None], engine.state.epoch, dataformats="CHW")
 
 
-__all__ = ["EpochSummary", "LossTermsHandler", "SliceImagesHandler"]
+class SampleImages:
+    """Log a sampling network's spread to TensorBoard each validation epoch: the first image of the last batch and
+    ``samples`` segmentations drawn for it (probabilities, one row), under ``tag``.
+
+    Args:
+        summary_writer: a ``SummaryWriter``.
+        network: a network with ``sample(image, count)`` returning logits (count, B, 1, H, W), e.g.
+            :class:`pipeline.networks.ProbabilisticUNet`.
+        samples: segmentations drawn.
+        tag: the TensorBoard tag.
+    """
+
+    def __init__(self, summary_writer: Any, network: torch.nn.Module, samples: int = 4, tag: str = "val_samples") -> None:
+        if not callable(getattr(network, "sample", None)):
+            raise TypeError(f"SampleImages needs a network with sample(image, count), got {type(network).__name__}.")
+        self.writer, self.network, self.samples, self.tag = summary_writer, network, int(samples), tag
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        image = torch.as_tensor(engine.state.batch[0]["image"])[None].float()  # (1, 1, H, W)
+        device = next(self.network.parameters()).device
+        drawn = torch.sigmoid(self.network.sample(image.to(device), self.samples))[:, 0].cpu()  # (samples, 1, H, W)
+        low, high = float(image.min()), float(image.max())
+        shown = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+        self.writer.add_images(self.tag, torch.cat([shown, drawn]), engine.state.epoch, dataformats="NCHW")
+
+
+__all__ = ["EpochSummary", "LossTermsHandler", "SampleImages", "SliceImagesHandler"]

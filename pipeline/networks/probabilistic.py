@@ -299,6 +299,11 @@ class ProbabilisticUNetLoss(torch.nn.Module):
         self.last_reconstruction = self.last_kl = self.last_beta = torch.tensor(float("nan"))
 
     @property
+    def last_terms(self) -> dict[str, float]:
+        """The last batch's parts, for :class:`pipeline.handlers.LossTermsHandler` (``train_reconstruction``...)."""
+        return {"reconstruction": float(self.last_reconstruction), "kl": float(self.last_kl), "beta": float(self.last_beta)}
+
+    @property
     def beta_scale(self) -> float:
         """The warm-up factor in [0, 1]: ``iteration / kl_warmup_steps``, 1 without warm-up."""
         return 1.0 if self.kl_warmup_steps == 0 else min(1.0, self.iteration / self.kl_warmup_steps)
