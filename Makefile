@@ -124,7 +124,8 @@ demo-3d: $(STAMP)
 SHORTCUT_RUN := $(DEMO_RUN:runs/demo-%=runs/shortcut-%)
 # Ambiguous segmentation (make demo-ambiguous): 4 raters per phantom, a deterministic utility trained on their majority,
 # a Probabilistic U-Net trained on one rater drawn per step (its first epochs predict nothing: the dice term has to pull
-# it off the background, so it gets 60 epochs), U-Noise against the Probabilistic U-Net's prior mean and against its
+# it off the background, so it gets 60 epochs; like the deterministic one, the demo hands on its last epoch, as the
+# KL weight was chosen on it: scripts/probabilistic_settings.py), U-Noise against the Probabilistic U-Net's prior mean and against its
 # uncertainty, and the evaluation with the `probabilistic` block (GED, diversity, HM-IoU of 16 samples per case; the
 # deterministic utility and the raters' own spread beside them) and `uncertainty_attribution` (each map on the
 # planted remote sign).
@@ -146,13 +147,13 @@ demo-ambiguous: $(STAMP)
 	$(UNOISE) train-utility --kind probabilistic --dataset $(AMBIGUOUS_DATA) --output $(AMBIGUOUS_RUN)/probabilistic \
 		$(DEMO_SPLIT) $(AMBIGUOUS_PROBABILISTIC)
 	@echo "== 4/6 train U-Noise against the Probabilistic U-Net's prior mean -> $(AMBIGUOUS_RUN)/noise"
-	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
+	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/last.pt \
 		--output $(AMBIGUOUS_RUN)/noise $(DEMO_SPLIT) $(AMBIGUOUS_NOISE)
 	@echo "== 5/6 train U-Noise against its uncertainty (which pixels drive the disagreement) -> $(AMBIGUOUS_RUN)/noise_uncertainty"
-	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
+	$(UNOISE) train-noise --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/last.pt \
 		--utility-output uncertainty --output $(AMBIGUOUS_RUN)/noise_uncertainty $(DEMO_SPLIT) $(AMBIGUOUS_NOISE)
 	@echo "== 6/6 evaluate: the maps' faithfulness, GED / diversity / HM-IoU against the raters, the maps on the planted cause -> $(AMBIGUOUS_RUN)/evaluation"
-	$(UNOISE) evaluate --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/best.pt \
+	$(UNOISE) evaluate --dataset $(AMBIGUOUS_DATA) --utility $(AMBIGUOUS_RUN)/probabilistic/checkpoints/last.pt \
 		--deterministic-utility $(AMBIGUOUS_RUN)/utility/checkpoints/last.pt --noise $(AMBIGUOUS_RUN)/noise/checkpoints/best.pt \
 		--uncertainty-noise $(AMBIGUOUS_RUN)/noise_uncertainty/checkpoints/best.pt \
 		--output $(AMBIGUOUS_RUN)/evaluation $(DEMO_SPLIT) $(AMBIGUOUS_EVALUATE)
