@@ -204,6 +204,7 @@ class ProbabilisticUNet(torch.nn.Module):
 
 
 UTILITY_OUTPUTS = ("segmentation", "uncertainty")
+UNCERTAINTY_SLOPE = 10.0  # UncertaintyView's score per bit of predictive entropy
 
 
 class UncertaintyView(torch.nn.Module):
@@ -212,9 +213,9 @@ class UncertaintyView(torch.nn.Module):
     ``samples`` latent codes are fixed once (``z_k = mu + sigma * eps_k``, the ``eps_k`` drawn from ``seed``), so the
     uncertainty is a deterministic, differentiable function of the image: the same draws judge a clean slice and its
     perturbed copy. Per pixel, the samples' mean probability ``p`` gives the binary predictive entropy
-    ``H(p) / ln 2`` in [0, 1] (1: the samples split evenly). ``forward`` returns its logit, so a U-Noise model trained
-    against this view learns which pixels, hidden, change *where the model is unsure*: the importance of the
-    uncertainty itself.
+    ``H(p) / ln 2`` in [0, 1] (1: the samples split evenly). ``forward`` returns the score ``10 (H - 0.5)`` (sigmoid
+    above 0.5 where ``H`` > 0.5 bits), so a U-Noise model trained against this view learns which pixels, hidden,
+    change *where the model is unsure*: the importance of the uncertainty itself.
 
     Args:
         network: the Probabilistic U-Net (one output channel).
@@ -242,7 +243,9 @@ class UncertaintyView(torch.nn.Module):
         return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.logit(self.predictive_entropy(image).clamp(1e-4, 1 - 1e-4))  # (B, 1, *spatial)
+        # a bounded score, not logit(H): its slope 1 / (H (1 - H)) made the noise model's training diverge (NaN) where
+        # the samples agree (H near 0); sigmoid(score) > 0.5 exactly where H > 0.5 bits
+        return UNCERTAINTY_SLOPE * (self.predictive_entropy(image) - 0.5)  # (B, 1, *spatial)
 
 
 def as_sampler(utility: torch.nn.Module) -> ProbabilisticUNet | None:
