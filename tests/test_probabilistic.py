@@ -205,3 +205,15 @@ def test_uncertainty_of_a_deterministic_network_is_refused():
         UncertaintyView(LevelUNet(2, 1, 1, (4, 8)))
     with pytest.raises(ConfigError, match="utility_output must be one of"):
         utility_view(LevelUNet(2, 1, 1, (4, 8)), "variance")
+
+
+def test_uncertainty_is_finite_under_cpu_bfloat16():
+    from pipeline.networks import UncertaintyView
+
+    network = ProbabilisticUNet(2, 1, 1, (4, 8), latent_dim=2).eval()
+    with torch.no_grad():
+        network.head[-1].weight.zero_()
+        network.head[-1].bias.fill_(30.0)  # every sample sure of the foreground: p rounds to 1 in bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            entropy = UncertaintyView(network, samples=4).predictive_entropy(torch.rand(1, 1, 8, 8))
+    assert bool(torch.isfinite(entropy).all()) and float(entropy.max()) < 1e-3

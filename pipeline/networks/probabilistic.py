@@ -239,12 +239,12 @@ class UncertaintyView(torch.nn.Module):
         features, prior = self.network.backbone(image), self.network.prior(image)
         mean_probability = torch.stack([torch.sigmoid(self.network.decode(features, prior.mean + prior.stddev * eps))
                                         for eps in self.eps]).mean(dim=0)  # (B, 1, *spatial)
-        p = mean_probability.clamp(1e-6, 1 - 1e-6)
+        p = mean_probability.float().clamp(1e-6, 1 - 1e-6)  # float32: in bfloat16 1 - 1e-6 is 1, and 0 * log 0 is NaN
         return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # a bounded score, not logit(H): its slope 1 / (H (1 - H)) made the noise model's training diverge (NaN) where
-        # the samples agree (H near 0); sigmoid(score) > 0.5 exactly where H > 0.5 bits
+        # a bounded score, not logit(H), whose slope 1 / (H (1 - H)) is steep where the samples agree (H near 0), where
+        # most pixels are; sigmoid(score) > 0.5 exactly where H > 0.5 bits
         return UNCERTAINTY_SLOPE * (self.predictive_entropy(image) - 0.5)  # (B, 1, *spatial)
 
 
