@@ -178,6 +178,9 @@ def check_inputs(
     check_explainable(utility_meta, baselines, sanity, str(utility_bundle or utility_checkpoint))  # TorchScript: no module tree
     utility_meta["utility_output"] = utility_output  # what this evaluation explains (the checkpoint's own run: its segmentation)
     if uncertainty_noise:  # the noise model of the uncertainty must belong to this utility too
+        if not str(utility_meta.get("network_config", {}).get("target", "")).endswith("ProbabilisticUNet"):
+            raise ConfigError(f"uncertainty_noise {uncertainty_noise} explains a probabilistic utility's uncertainty; "
+                              f"{utility_bundle or utility_checkpoint} is not a Probabilistic U-Net.")
         check_pair({**utility_meta, "utility_output": "uncertainty"}, dict(load_checkpoint(uncertainty_noise).get("meta", {})),
                    utility_bundle or utility_checkpoint, uncertainty_noise)
     if int(utility_meta.get("spatial_dims", 2)) == 3:  # 3D skips the shortcut benchmark (volume_settings says so), so not checked
