@@ -97,7 +97,7 @@ def evaluate_attribution(
         without_sign[case] = float(view.predictive_entropy(twin).cpu()[lesion].mean()) if lesion.any() else float("nan")
         region = torch.stack([torch.as_tensor(compute_region(cause[i, 0], spacing_mm, ring_mm)) for i in range(len(image))])[:, None]
         for name, explain in explainers.items():
-            maps = explain(image, spacing).float().cpu()  # (N, 1, H, W)
+            maps = entropy if name == "uncertainty" else explain(image, spacing).float().cpu()  # (N, 1, H, W); computed once
             hits[name][case] = compute_pointing(maps, body, region, pointing_share, seed)
             totals[name][case] = np.sum([np.asarray(compute_region_share(maps[i, 0], cause[i, 0], spacing_mm, ring_mm, body[i, 0]))
                                          for i in range(len(image))], axis=0)  # pooled over the case's slices
