@@ -13,7 +13,7 @@ DOTTED = re.compile(r"(?<![\w.])pipeline(?:\.\w+)+")
 FILE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.(?:py|json|md|conf|cfg|toml))\b")
 # names a docstring may use for files the user or the run creates, not the repository's own
 RUN_FILES = re.compile(r"^(?:RUN_DIR/|runs/|data/|models/|.*(?:metrics|evaluation|manifest|benchmark|config|datalist|dataset|"
-                       r"denoise|provenance|bench_data|hostile_inputs|gpu_check|summary|record|settings|noise|utility|model|best|last|checkpoint|out|x|y|"
+                       r"denoise|dose_audit|provenance|bench_data|hostile_inputs|gpu_check|summary|record|settings|noise|utility|model|best|last|checkpoint|out|x|y|"
                        r"other|my_\w*|your_\w*)\.(?:json|pt|ts)$)")
 
 

@@ -92,6 +92,10 @@ def cmd_train_utility(args: argparse.Namespace) -> int:
     return _run_training("train_utility", args, {"dataset_dir": args.dataset}, extra)
 
 
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    return _run_training("train_utility", args, {"dataset_dir": args.dataset, "denoise_mode": args.mode}, ["train_denoiser"])
+
+
 def cmd_train_noise(args: argparse.Namespace) -> int:
     overrides = {"dataset_dir": args.dataset, **_utility_overrides(args)}
     if args.init_from:
@@ -155,6 +159,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(summarise(result))
     print(f"report: {Path(args.output) / 'report' / 'report.html'}")
     return 1 if result.get("failed_cases") else 0
+
+
+def cmd_audit_dose(args: argparse.Namespace) -> int:
+    denoisers = {}
+    for item in args.denoiser:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--denoiser takes NAME=CHECKPOINT (e.g. n2n=runs/n2n/checkpoints/last.pt), got {item!r}.")
+        denoisers[name] = path
+    choice = args.denoise_with or ("n2n" if "n2n" in denoisers else next(iter(denoisers), None))
+    overrides = {"dataset_dir": args.dataset, **_utility_overrides(args), "output_dir": args.output, "denoisers": denoisers,
+                 "denoise_with": choice, **_check_overrides(args), **args.overrides}
+    if args.noise:
+        overrides["noise_checkpoint"] = args.noise
+    run_bundle("audit_dose", overrides, args.bundle_root)
+    print(f"wrote {Path(args.output) / 'dose_audit.json'}" + (f", {Path(args.output) / 'denoise.json'}" if choice else "")
+          + f" and {Path(args.output) / 'report' / 'dose.png'}")
+    return 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -273,5 +295,5 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["OVERLAYS_3D", "cmd_benchmark", "cmd_evaluate", "cmd_explain", "cmd_inspect", "cmd_phantom",
-           "cmd_presets", "cmd_split", "cmd_train_noise", "cmd_train_utility"]
+__all__ = ["OVERLAYS_3D", "cmd_audit_dose", "cmd_benchmark", "cmd_evaluate", "cmd_explain", "cmd_inspect", "cmd_phantom",
+           "cmd_presets", "cmd_split", "cmd_train_denoiser", "cmd_train_noise", "cmd_train_utility"]

@@ -12,7 +12,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.cli.commands import (cmd_benchmark, cmd_evaluate, cmd_explain, cmd_inspect,
-                                     cmd_phantom, cmd_presets, cmd_split, cmd_train_noise, cmd_train_utility)
+                                     cmd_phantom, cmd_presets, cmd_split, cmd_train_denoiser, cmd_train_noise,
+                                     cmd_train_utility, cmd_audit_dose)
 
 
 def parse_value(text: str) -> Any:
@@ -182,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_options(noise, series=False)
     noise.set_defaults(func=cmd_train_noise, takes_overrides=True)
 
+    denoiser = sub.add_parser("train-denoiser", help="train a CT denoiser on simulated lower-dose scans: Noise2Clean, "
+                              "Noise2Noise or Neural Egg Separation (configs/train_utility.json + configs/train_denoiser.json)",
+                              epilog="Any other --key value overrides a config key, e.g. --denoise-doses \"[0.25, 0.125]\" "
+                                     "--dose-noise-model image --denoise-loss l1 --nes-rounds 3 --epochs 20.")
+    denoiser.add_argument("--dataset", required=True, help="full-dose CT (labels not needed): MSD folder, datalist JSON or folder")
+    denoiser.add_argument("--mode", choices=["n2c", "n2n", "nes"], default="n2n",
+                          help="n2c: clean targets (the reference); n2n: two independent noisy scans per slice (default); "
+                               "nes: noisy scans and noise-only scans of a water cylinder, iterated (--nes-rounds)")
+    denoiser.add_argument("--output", required=True, help="run folder (output_dir)")
+    denoiser.add_argument("--resume", action="store_true", help="continue the run in --output from checkpoints/last.pt")
+    _add_check_options(denoiser, series=False)
+    denoiser.set_defaults(func=cmd_train_denoiser, takes_overrides=True)
+
     explain = sub.add_parser("explain", help="write importance maps and segmentations of CT volumes (configs/inference.json)")
     explain.add_argument("--input", required=True, nargs="+",
                          help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
@@ -217,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error_option(evaluate, "a test case that cannot be read or fails a check: leave it out of the figures "
                                    "(listed, exit status 1), or stop; the cases the sanity check retrains on must pass")
     evaluate.set_defaults(func=cmd_evaluate, takes_overrides=True)
+
+    audit = sub.add_parser("audit-dose", help="how the utility, its U-Noise maps and a denoiser fare at simulated lower "
+                           "dose (configs/audit_dose.json); writes dose_audit.json, denoise.json and report/dose.png",
+                           epilog="Any other --key value overrides that config key, e.g. --doses \"[1, 0.5, 0.25, 0.125]\" "
+                                  "--noise-models \"['projection']\" --split all --max-cases 4.")
+    audit.add_argument("--dataset", required=True, help="labelled cases: for a utility trained here, the test part of its "
+                       "split (same seed and fractions); --split all for a bundle or TorchScript utility")
+    _add_utility_options(audit)
+    audit.add_argument("--noise", default=None, help="a noise-model checkpoint: how its maps shift with dose")
+    audit.add_argument("--denoiser", nargs="+", default=[], metavar="NAME=CHECKPOINT",
+                       help="denoisers to score, e.g. n2n=RUN/checkpoints/last.pt n2c=... nes=...")
+    audit.add_argument("--denoise-with", dest="denoise_with", default=None, metavar="NAME",
+                       help="the denoiser put in front of the utility (default: n2n when given, else the first)")
+    audit.add_argument("--output", required=True, help="run folder for dose_audit.json, denoise.json and report/")
+    _add_check_options(audit, series=False)
+    audit.set_defaults(func=cmd_audit_dose, takes_overrides=True)
 
     bench = sub.add_parser("benchmark", help="time training steps, explainers and the data path; writes benchmark.json",
                            epilog="Any other --key value overrides a train_noise.json key of the dice check's runs "

@@ -28,6 +28,17 @@ from pipeline.data.datalist import (
     without_labels,
     write_datalist,
 )
+from pipeline.data.denoise import DENOISE_MODES, Denoised, NoisyPairsd, water_cylinder
+from pipeline.data.dose import (
+    NOISE_MODELS,
+    ImageDomainNoise,
+    ProjectionDomainNoise,
+    SimulateDosed,
+    build_noise_model,
+    check_dose,
+    insert_noise,
+    inserted_variance,
+)
 from pipeline.data.files import check_ct_intensity, check_nifti_header
 from pipeline.data.patches import build_patch_dataset, check_roi_size
 from pipeline.data.slices import SLICE_POLICIES, SliceDataset, build_volume_dataset, select_slices
@@ -54,6 +65,18 @@ from pipeline.data.validate import (
 
 __all__ = [
     "BODY_HU",
+    "DENOISE_MODES",
+    "Denoised",
+    "ImageDomainNoise",
+    "NOISE_MODELS",
+    "NoisyPairsd",
+    "ProjectionDomainNoise",
+    "SimulateDosed",
+    "build_noise_model",
+    "check_dose",
+    "insert_noise",
+    "inserted_variance",
+    "water_cylinder",
     "all_labelled",
     "SLICE_POLICIES",
     "BodyMaskd",

@@ -35,7 +35,7 @@ from monai.transforms import (
 )
 
 from pipeline.dicom.read import choose_dicom_series, read_dicom_series
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, user_error
 
 # Named HU windows (lower, upper). "pancreas" is the window of MONAI's pancreas CT bundle, "spleen" that
 # of its spleen bundle; "abdomen" is the usual soft-tissue reading window (level 40, width 400).
@@ -195,6 +195,7 @@ def build_volume_transforms(
     extra_masks: Sequence[str] = (),
     config_file: str | os.PathLike | None = None,
     rater_mode: str = "vote",
+    settings: Mapping[str, Any] | None = None,
 ) -> Compose:
     """The bundle's ``preprocessing`` chain (``configs/common.json``), parsed with these values: load -> RAS -> body
     mask -> window to [0, 1] -> binary label -> size.
@@ -214,6 +215,9 @@ def build_volume_transforms(
         config_file: the ``common.json`` to read (default: the shipped bundle's, or ``$UNOISE_BUNDLE``'s).
         rater_mode: a label listing several raters' files becomes their majority (``vote``) or keeps one channel
             per rater (``all``), see :class:`RaterLabeld`.
+        settings: more of ``common.json``'s settings, e.g. ``dose`` and ``dose_noise_model`` (a lower-dose scan,
+            :class:`pipeline.data.SimulateDosed`), ``denoiser_checkpoint`` (:class:`pipeline.data.Denoised`) or
+            ``window_clip``; a name the file does not define is refused.
 
     Returns:
         A Compose mapping ``{"image": path, "label": path, ...}`` to ``image`` float32 (1, S, S, Z) in
@@ -233,7 +237,18 @@ def build_volume_transforms(
     parser.update({"data_window": window, "data_spatial_size": spatial_size,
                    "pancreas_labels": [int(v) for v in pancreas_labels], "image_keys": ["image", *extra_images],
                    "mask_keys": ["label", *extra_masks], "rater_mode": rater_mode})
-    return parser.get_parsed_content("preprocessing")
+    unknown = sorted(set(settings or {}) - set(parser.get()))
+    if unknown:
+        raise ConfigError(f"{COMMON_CONFIG} defines no setting {', '.join(unknown)}; the chain's settings: "
+                          f"{', '.join(k for k in parser.get() if not k.startswith('_') and k != 'imports')}.")
+    parser.update(dict(settings or {}))
+    try:
+        return parser.get_parsed_content("preprocessing")
+    except Exception as err:  # our refusal (a bad dose, a checkpoint of another kind) inside MONAI's wrapper: raise it as it is
+        ours = user_error(err)
+        if ours is None:
+            raise
+        raise ours from None
 
 
 def build_slice_augmentation(

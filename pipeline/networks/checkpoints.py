@@ -33,7 +33,8 @@ class CheckpointError(UNoiseError, ValueError):
 
 
 CHECKPOINT_KINDS = {"utility": "the segmentation model, written by train-utility",
-                    "noise": "the U-Noise model, written by train-noise"}
+                    "noise": "the U-Noise model, written by train-noise",
+                    "denoiser": "a CT denoiser, written by train-denoiser"}
 # what a resume must not change
 RESUME_KEYS = ("kind", "preset", "network_config", "in_channels", "out_channels", "utility_preset", "utility_target_channel")
 
@@ -207,6 +208,15 @@ def load_network_from_checkpoint(
         raise CheckpointError(f"{path}: its network cannot be built ({type(err).__name__}: {err})") from err
     load_state(network, content, path, network_name(config), check_preset=False)
     return network.to(map_location), meta
+
+
+def load_denoiser(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A denoiser checkpoint's network, in eval mode, and its meta (``hu_scale``: HU per unit of its input)."""
+    network, meta = load_network_from_checkpoint(path, map_location, kind="denoiser", role="--denoiser")
+    if not isinstance(meta.get("hu_scale"), (int, float)) or not meta["hu_scale"] > 0:
+        raise CheckpointError(f"{path}: the denoiser checkpoint records no hu_scale (HU per unit of its input); "
+                              "write it with unoise train-denoiser.")
+    return network.eval(), meta
 
 
 def _preset_record(meta: dict[str, Any], path: str | os.PathLike) -> dict:
