@@ -114,3 +114,35 @@ def test_audit_dose_writes_its_json_figure_and_denoise_summary(denoisers, tmp_pa
     assert set(summary["levels"]["0.25"]["dice"]) == {"without", "with"}
     assert (out / "report" / "dose.png").stat().st_size > 1000
     assert "won back" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_denoise_writes_volumes_on_the_input_grid_with_a_manifest(denoisers, tmp_path: Path):
+    import nibabel as nib
+
+    from pipeline.data import LoadVolumed
+
+    data = tmp_path / "inputs"
+    write_phantom_dataset(data, cases=1, size=32, slices=8, seed=4, test_cases=1)
+    from pipeline.dicom.ct_series import write_dicom_copies
+
+    write_dicom_copies(data / "imagesTs", data / "dicomTs")
+    out = tmp_path / "denoised"
+    assert main(["denoise", "--input", str(data / "imagesTs"), str(data / "dicomTs"), "--denoiser", str(denoisers["n2n"]),
+                 "--output", str(out), "--output-format", "both"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["status"] for c in manifest["cases"]] == ["done", "done"]
+    assert manifest["run"]["checkpoints"]["denoiser"]["sha256"]
+    source = next((data / "imagesTs").glob("*.nii.gz"))
+    written = nib.load(str(out / source.name.replace(".nii.gz", "_denoised.nii.gz")))
+    original = nib.load(str(source))
+    assert written.shape == original.shape and np.allclose(written.affine, original.affine)
+    assert 1.0 < float(np.abs(written.get_fdata() - original.get_fdata()).mean()) < 100.0  # changed, and still the same CT
+    dicom_case = next(c for c in manifest["cases"] if c["input"].endswith(tuple(p.name for p in (data / "dicomTs").iterdir())))
+    series = out / f"{dicom_case['case']}_denoised"
+    reread = LoadVolumed("image")({"image": str(series)})["image"]
+    from_nifti = LoadVolumed("image")({"image": str(out / f"{dicom_case['case']}_denoised.nii.gz")})["image"]
+    assert reread.shape == from_nifti.shape and np.allclose(reread.affine, from_nifti.affine, atol=1e-3)
+    assert float((reread - from_nifti).abs().max()) <= 0.51  # the DICOM stores the same HU, rounded
+    assert main(["denoise", "--input", str(data / "imagesTs"), "--denoiser", str(denoisers["n2n"]), "--output", str(out)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["cases"][0]["status"] == "skipped"  # a re-run keeps what is done

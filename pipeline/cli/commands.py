@@ -161,6 +161,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if result.get("failed_cases") else 0
 
 
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from pipeline.outputs.manifest import status_counts, this_run_cases
+
+    overrides = {"inputs": list(args.input), "denoiser_checkpoint": args.denoiser, "output_dir": args.output,
+                 "output_format": args.output_format, "overwrite": bool(args.overwrite), **_check_overrides(args),
+                 **args.overrides}
+    overrides.pop("strict", None)  # (the denoiser reads any CT; no intensity check to make stricter)
+    run_bundle("denoise_inference", overrides, args.bundle_root)
+    return 1 if status_counts(this_run_cases(args.output))["failed"] else 0
+
+
 def cmd_audit_dose(args: argparse.Namespace) -> int:
     denoisers = {}
     for item in args.denoiser:
@@ -295,5 +306,5 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["OVERLAYS_3D", "cmd_audit_dose", "cmd_benchmark", "cmd_evaluate", "cmd_explain", "cmd_inspect", "cmd_phantom",
+__all__ = ["OVERLAYS_3D", "cmd_audit_dose", "cmd_benchmark", "cmd_denoise", "cmd_evaluate", "cmd_explain", "cmd_inspect", "cmd_phantom",
            "cmd_presets", "cmd_split", "cmd_train_denoiser", "cmd_train_noise", "cmd_train_utility"]

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.cli.commands import (cmd_benchmark, cmd_evaluate, cmd_explain, cmd_inspect,
                                      cmd_phantom, cmd_presets, cmd_split, cmd_train_denoiser, cmd_train_noise,
-                                     cmd_train_utility, cmd_audit_dose)
+                                     cmd_train_utility, cmd_audit_dose, cmd_denoise)
 
 
 def parse_value(text: str) -> Any:
@@ -231,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error_option(evaluate, "a test case that cannot be read or fails a check: leave it out of the figures "
                                    "(listed, exit status 1), or stop; the cases the sanity check retrains on must pass")
     evaluate.set_defaults(func=cmd_evaluate, takes_overrides=True)
+
+    denoise = sub.add_parser("denoise", help="write denoised CT volumes on the input grid with a train-denoiser checkpoint "
+                             "(configs/denoise_inference.json); NIfTI, and DICOM for DICOM series with --output-format both")
+    denoise.add_argument("--input", required=True, nargs="+",
+                         help="NIfTI files, DICOM series folders, folders of images, MSD folders or datalists")
+    denoise.add_argument("--denoiser", required=True, help="a train-denoiser checkpoint (RUN/checkpoints/last.pt)")
+    denoise.add_argument("--output", required=True, help="folder for <case>_denoised.nii.gz (and <case>_denoised/ DICOM) "
+                         "and manifest.json")
+    denoise.add_argument("--output-format", dest="output_format", choices=["nifti", "both"], default="nifti",
+                         help="nifti (default); both: also a DICOM CT series for each DICOM series input")
+    denoise.add_argument("--overwrite", action="store_true", help="replace outputs already in --output")
+    _add_check_options(denoise)
+    denoise.set_defaults(func=cmd_denoise, takes_overrides=True)
 
     audit = sub.add_parser("audit-dose", help="how the utility, its U-Noise maps and a denoiser fare at simulated lower "
                            "dose (configs/audit_dose.json); writes dose_audit.json, denoise.json and report/dose.png",
