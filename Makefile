@@ -36,7 +36,7 @@ SHORTCUT_UTILITY ?= $(DEMO_UTILITY) --train-slices all
 DEMO_UTILITY_CKPT = $(DEMO_RUN)/utility/checkpoints/last.pt
 UNOISE := $(VENV)/bin/unoise
 
-.PHONY: demo demo-3d demo-ambiguous shortcut-demo test test-fast lint benchmark hostile gpu-check venv clean
+.PHONY: demo demo-3d demo-ambiguous demo-denoise shortcut-demo test test-fast lint benchmark hostile gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -158,6 +158,42 @@ demo-ambiguous: $(STAMP)
 		--uncertainty-noise $(AMBIGUOUS_RUN)/noise_uncertainty/checkpoints/best.pt \
 		--output $(AMBIGUOUS_RUN)/evaluation $(DEMO_SPLIT) $(AMBIGUOUS_EVALUATE)
 	@echo "ambiguous demo finished: $(AMBIGUOUS_RUN)/evaluation/evaluation.json (probabilistic block)"
+
+# Noise and dose (make demo-denoise): a utility on 96 x 96 x 24 phantoms; three denoisers trained on projection-domain
+# lower-dose scans of the training patients (Noise2Clean with the full-dose scans as targets, Noise2Noise with two
+# noisy scans per slice, Neural Egg Separation with noisy scans and water-cylinder noise only), each handed on at its
+# last epoch (no clean image chooses a Noise2Noise or NES checkpoint); U-Noise against the utility; then the dose
+# audit of the test patients at doses 1, 1/2, 1/4, 1/8 under both noise models, with the Noise2Noise denoiser in
+# front of the utility: dose_audit.json, denoise.json and report/dose.png.
+DENOISE_DATA ?= data/phantom_dose
+DENOISE_RUN := $(DEMO_RUN:runs/demo-%=runs/denoise-%)
+DENOISE_UTILITY ?= --preset medium --spatial-size 96 --batch-size 8 --epochs 30 --learning-rate 0.003
+DENOISE_TRAIN ?= --epochs 20 --batch-size 8 --learning-rate 0.003
+DENOISE_NOISE ?= --noise-preset small --epochs 6 --batch-size 8 --learning-rate 0.003
+DENOISE_AUDIT ?= --doses "[1, 0.5, 0.25, 0.125]"
+
+demo-denoise: $(STAMP)
+	@echo "== 1/6 synthetic pancreas CT phantoms, 96 x 96 x 24 voxels -> $(DENOISE_DATA)"
+	$(UNOISE) phantom --out $(DENOISE_DATA) --cases $(DEMO_CASES) --size 96 --slices 24 --seed 0 --test-cases 2
+	@echo "== 2/6 train the utility on the full-dose scans -> $(DENOISE_RUN)/utility"
+	$(UNOISE) train-utility --dataset $(DENOISE_DATA) --output $(DENOISE_RUN)/utility $(DEMO_SPLIT) $(DENOISE_UTILITY)
+	@echo "== 3/6 train three denoisers on simulated lower-dose scans: n2c, n2n, nes -> $(DENOISE_RUN)/n2c, n2n, nes"
+	for mode in n2c n2n nes; do \
+		$(UNOISE) train-denoiser --mode $$mode --dataset $(DENOISE_DATA) --output $(DENOISE_RUN)/$$mode $(DEMO_SPLIT) \
+			$(DENOISE_TRAIN) || exit 1; \
+	done
+	@echo "== 4/6 train U-Noise against the utility -> $(DENOISE_RUN)/noise"
+	$(UNOISE) train-noise --dataset $(DENOISE_DATA) --utility $(DENOISE_RUN)/utility/checkpoints/last.pt \
+		--output $(DENOISE_RUN)/noise $(DEMO_SPLIT) $(DENOISE_NOISE)
+	@echo "== 5/6 denoise the held-out volumes with the Noise2Noise denoiser -> $(DENOISE_RUN)/denoised"
+	$(UNOISE) denoise --input $(DENOISE_DATA)/imagesTs --denoiser $(DENOISE_RUN)/n2n/checkpoints/last.pt \
+		--output $(DENOISE_RUN)/denoised
+	@echo "== 6/6 the dose audit of the test patients -> $(DENOISE_RUN)/audit"
+	$(UNOISE) audit-dose --dataset $(DENOISE_DATA) --utility $(DENOISE_RUN)/utility/checkpoints/last.pt \
+		--noise $(DENOISE_RUN)/noise/checkpoints/best.pt --output $(DENOISE_RUN)/audit $(DEMO_SPLIT) $(DENOISE_AUDIT) \
+		--denoiser n2c=$(DENOISE_RUN)/n2c/checkpoints/last.pt n2n=$(DENOISE_RUN)/n2n/checkpoints/last.pt \
+		nes=$(DENOISE_RUN)/nes/checkpoints/last.pt
+	@echo "denoise demo finished: $(DENOISE_RUN)/audit/denoise.json, dose_audit.json and report/dose.png"
 
 shortcut-demo: $(STAMP)
 	@echo "== 1/4 shortcut phantoms (cue, twin gland, twins without the cue) -> $(SHORTCUT_DATA)"

@@ -510,6 +510,34 @@ def build_cases(work: Path) -> list[Case]:
                 "--kind probabilistic trains on 2D slices"),
     ]
 
+    # dose and denoising: the noise models' settings, the denoisers given to the audit and to denoise
+    def dose_case(name: str, command: str, extra: list[str], names: str) -> Case:
+        key = f"{name} [{command}]"
+        base = {
+            "train-denoiser": lambda w: ["train-denoiser", "--dataset", data, "--output", str(_out(w, key)), "--epochs", "1",
+                                         "--batch-size", "4", "--device", "cpu", "--denoiser-channels", "[4, 8]", *SPLIT],
+            "audit-dose": lambda w: ["audit-dose", "--dataset", data, "--utility", utility, "--output", str(_out(w, key)),
+                                     "--max-cases", "1", "--noise-models", "['image']", *SPLIT],
+            "denoise": lambda w: ["denoise", "--input", str(test_image), "--output", str(_out(w, key))],
+        }[command]
+        return Case(key, command, lambda w: [*base(w), *extra], names, output=lambda w, k=key: _out(w, k))
+
+    cases += [
+        dose_case("unknown dose noise model", "train-denoiser", ["--dose-noise-model", "poisson"], "unknown dose noise model"),
+        dose_case("a dose above 1", "train-denoiser", ["--denoise-doses", "[1.5]"], "dose fraction"),
+        dose_case("training doses without a lower dose", "train-denoiser", ["--denoise-doses", "[1.0]"], "below 1"),
+        dose_case("unknown denoising loss", "train-denoiser", ["--denoise-loss", "huber"], "denoise_loss"),
+        dose_case("negative photon count", "train-denoiser", ["--dose-noise-settings", "{'photons': -1}"], "photons"),
+        dose_case("a setting the noise model lacks", "train-denoiser", ["--dose-noise-settings", "{'photon': 1e5}"], "photon"),
+        dose_case("a dose of 0", "audit-dose", ["--doses", "[1, 0]"], "dose fraction"),
+        dose_case("a denoiser without a name", "audit-dose", ["--denoiser", noise], "NAME=CHECKPOINT"),
+        dose_case("a denoiser that is not there", "audit-dose", ["--denoiser", f"n2n={work / 'nowhere.pt'}"], "nowhere.pt"),
+        dose_case("a utility checkpoint as a denoiser", "audit-dose", ["--denoiser", f"n2n={utility}"], "takes a denoiser checkpoint"),
+        dose_case("denoise_with names no denoiser", "audit-dose", ["--denoise-with", "n2c"], "denoise_with"),
+        dose_case("a utility checkpoint as the denoiser", "denoise", ["--denoiser", utility], "takes a denoiser checkpoint"),
+        dose_case("a truncated denoiser", "denoise", ["--denoiser", bad["truncated"]], "truncated.pt"),
+    ]
+
     # run folders
     def copy_run(name: str) -> Callable[[Path], None]:
         def make(w: Path) -> None:

@@ -60,7 +60,7 @@ class NoisyPairsd(MapTransform):
         super().__init__(keys)
         if mode not in DENOISE_MODES:
             raise ConfigError(f"denoise_mode must be one of {list(DENOISE_MODES)}, got {mode!r}.")
-        levels = [check_dose(d) for d in doses]
+        levels = [check_dose(d, "denoise_doses") for d in doses]
         if not levels or any(d >= 1.0 for d in levels):
             raise ConfigError(f"denoise_doses lists dose fractions below 1 to train on, got {list(doses)}.")
         self.mode, self.model, self.doses, self.hu_scale = mode, model, levels, float(hu_scale)

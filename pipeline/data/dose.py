@@ -38,10 +38,10 @@ from pipeline.errors import ConfigError
 AIR_HU = -1000.0
 
 
-def check_dose(dose: float) -> float:
-    """A dose fraction in (0, 1]."""
+def check_dose(dose: float, name: str = "dose") -> float:
+    """A dose fraction in (0, 1]; ``name``: the setting it came from, named in the refusal."""
     if isinstance(dose, bool) or not isinstance(dose, (int, float)) or not 0.0 < float(dose) <= 1.0:
-        raise ConfigError(f"a dose fraction is a number in (0, 1] (1 = the scan as given), got {dose!r}.")
+        raise ConfigError(f"{name}: a dose fraction is a number in (0, 1] (1 = the scan as given), got {dose!r}.")
     return float(dose)
 
 

@@ -40,7 +40,7 @@ HU_CHAIN = {"data_window": [0.0, 1.0], "window_clip": False, "data_spatial_size"
 def check_audit_settings(doses: Sequence[float], noise_models: Sequence[str], denoise_with: str | None,
                          denoisers: dict[str, str] | None) -> list[float]:
     """The dose levels, sorted from full dose down (1 added when missing); refuses unknown models and denoisers."""
-    levels = sorted({1.0, *(check_dose(d) for d in doses)}, reverse=True)
+    levels = sorted({1.0, *(check_dose(d, "doses") for d in doses)}, reverse=True)
     if len(levels) < 2:
         raise ConfigError(f"doses lists at least one fraction below 1 to audit, got {list(doses)}.")
     if not noise_models:
@@ -49,7 +49,7 @@ def check_audit_settings(doses: Sequence[float], noise_models: Sequence[str], de
         build_noise_model(name)
     if denoise_with and denoise_with not in (denoisers or {}):
         raise ConfigError(f"denoise_with {denoise_with!r} is not one of the denoisers given ({sorted(denoisers or {})}); "
-                          "pass its checkpoint in denoisers, e.g. {\"n2n\": RUN/checkpoints/last.pt}.")
+                          f"pass it as --denoiser {denoise_with}=RUN/checkpoints/last.pt.")
     return levels
 
 
