@@ -134,3 +134,11 @@ def test_denoised_keeps_the_grid_and_an_untrained_residual_denoiser_removes_noth
     assert out.shape == image.shape and isinstance(out, MetaTensor)
     assert torch.allclose(out, image, atol=1e-3)  # the gain starts at zero: the identity
     assert Denoised("image", None)({"image": image})["image"] is image
+
+
+def test_water_equivalent_diameter_of_a_water_cylinder_is_its_diameter():
+    from pipeline.data.denoise import water_equivalent_diameter
+
+    assert water_equivalent_diameter(water_cylinder((128, 128), (2.0, 2.0), 200.0), (2.0, 2.0)) == pytest.approx(200.0, rel=0.02)
+    fat = np.where(water_cylinder((128, 128), (2.0, 2.0), 200.0) > -500, -100.0, -1000.0)  # -100 HU: 0.9 x water's attenuation
+    assert water_equivalent_diameter(fat, (2.0, 2.0)) == pytest.approx(200.0 * 0.9 ** 0.5, rel=0.02)

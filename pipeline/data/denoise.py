@@ -7,8 +7,9 @@ and kept, as a clinic holds one low-dose scan per patient (two for Noise2Noise),
 - ``n2c`` (Noise2Clean, the reference): ``image`` a noisy scan, ``label`` the clean slice.
 - ``n2n`` (Noise2Noise, Lehtinen et al. 2018): ``image`` and ``label`` two independent noisy scans of the slice.
 - ``nes`` (Neural Egg Separation, Halperin et al. 2018): ``image`` = ``label`` = the noisy scan, and ``noise`` a
-  noise-only sample (a scan of a water cylinder at the same dose, minus the cylinder) drawn afresh at every call from
-  a small pool; the engine adds it to its current estimate of the clean slice (:class:`pipeline.engines.DenoiseStep`).
+  noise-only sample (a scan of a water cylinder at the same dose, minus the cylinder; the cylinder as wide as the
+  slice's water-equivalent diameter, read from the noisy scan, as projection noise grows with the path through the
+  body) drawn afresh at every call from a small pool; the engine adds it to its current estimate of the clean slice (:class:`pipeline.engines.DenoiseStep`).
 
 Each slice gets one dose, drawn (seeded) from ``doses``: the denoiser learns every level it will meet. ``clean``
 (the slice itself) is added only with ``with_clean`` (validation metrics), never to a Noise2Noise or NES training set.
@@ -30,6 +31,17 @@ from pipeline.data.dose import AIR_HU, NoiseModel, case_seed, check_dose, meta_w
 from pipeline.errors import ConfigError
 
 WATER_CYLINDER_MM = 320.0  # the CTDI body phantom's diameter
+DIAMETER_STEP_MM = 20.0  # NES's noise-only cylinders: the slice's water-equivalent diameter, to this step
+
+
+def water_equivalent_diameter(hu: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """The water-equivalent diameter (mm) of a CT slice (AAPM Report 220): ``2 sqrt((1 + mean HU / 1000) A / pi)`` over
+    the body (above -500 HU, area ``A``). Read from the scan itself, noisy or not."""
+    body = hu > -500.0
+    if not body.any():
+        return 0.0
+    area = float(body.sum()) * float(spacing_mm[0]) * float(spacing_mm[1])
+    return float(2.0 * np.sqrt(max(0.0, 1.0 + float(hu[body].mean()) / 1000.0) * area / np.pi))
 
 
 def water_cylinder(shape: Sequence[int], spacing_mm: Sequence[float], diameter_mm: float = WATER_CYLINDER_MM) -> np.ndarray:
@@ -80,10 +92,10 @@ class NoisyPairsd(MapTransform):
             self._scans[key] = (dose, [hu + self.model.sample(hu, spacing, dose, rng) for _ in range(count)])
         return self._scans[key]
 
-    def _noise_only(self, shape: tuple[int, ...], spacing: Sequence[float], dose: float) -> np.ndarray:
-        key = (shape, tuple(round(float(s), 3) for s in spacing), dose)
+    def _noise_only(self, shape: tuple[int, ...], spacing: Sequence[float], dose: float, diameter: float) -> np.ndarray:
+        key = (shape, tuple(round(float(s), 3) for s in spacing), dose, max(DIAMETER_STEP_MM, round(diameter / DIAMETER_STEP_MM) * DIAMETER_STEP_MM))
         if key not in self._noise:
-            cylinder = water_cylinder(shape, spacing)
+            cylinder = water_cylinder(shape, spacing, key[3])
             rng = case_seed(self.seed, f"water{shape}{key[1]}", dose, stream=1)
             self._noise[key] = [self.model.sample(cylinder, spacing, dose, rng) for _ in range(self.pool)]
         sample = self._noise[key][int(self._rng.integers(self.pool))]
@@ -101,7 +113,8 @@ class NoisyPairsd(MapTransform):
         d[key] = as_slice(scans[0])
         d["label"] = clean.clone() if self.mode == "n2c" else as_slice(scans[1] if self.mode == "n2n" else scans[0])
         if self.mode == "nes":
-            d["noise"] = as_slice(self._noise_only(hu.shape, spacing, dose))
+            diameter = water_equivalent_diameter(scans[0], spacing)  # of the noisy scan: no clean image needed
+            d["noise"] = as_slice(self._noise_only(hu.shape, spacing, dose, diameter))
         if self.with_clean:
             d["clean"] = clean.clone()
         d["dose"] = torch.tensor(dose)
@@ -148,4 +161,4 @@ class Denoised(MapTransform):
         return d
 
 
-__all__ = ["DENOISE_MODES", "Denoised", "NoisyPairsd", "WATER_CYLINDER_MM", "water_cylinder"]
+__all__ = ["DENOISE_MODES", "DIAMETER_STEP_MM", "Denoised", "NoisyPairsd", "WATER_CYLINDER_MM", "water_cylinder", "water_equivalent_diameter"]
