@@ -54,10 +54,13 @@ def check_audit_settings(doses: Sequence[float], noise_models: Sequence[str], de
 
 
 def summary(values: Sequence[float], seed: int = 0, samples: int = 1000) -> dict[str, Any]:
-    """Mean over cases with its bootstrap interval and n."""
+    """Mean over cases with its bootstrap interval and n; None where no case has a finite value (the PSNR of a scan
+    against itself)."""
     finite = [float(v) for v in values if np.isfinite(v)]
+    if not finite:
+        return {"mean": None, "ci95": [None, None], "n": 0}
     low, high = bootstrap_ci(finite, samples, seed=seed)
-    return {"mean": float(np.mean(finite)) if finite else float("nan"), "ci95": [low, high], "n": len(finite)}
+    return {"mean": float(np.mean(finite)), "ci95": [low, high], "n": len(finite)}
 
 
 def image_quality(volume: torch.Tensor, reference: torch.Tensor, peak_hu: float, window: Sequence[float]) -> dict[str, float]:

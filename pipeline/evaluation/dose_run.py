@@ -74,7 +74,8 @@ def plot_dose(result: dict[str, Any], path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for model in result["noise_models"]:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for m, model in enumerate(result["noise_models"]):  # a colour per noise model (dice), per variant (PSNR)
         rows = [r for r in result["levels"] if r["model"] == model]
         doses = [r["dose"] for r in rows]
         for variant, style in (("without", "-o"), ("with", "--s")):
@@ -84,10 +85,11 @@ def plot_dose(result: dict[str, Any], path: Path) -> Path:
             low = [r["dice"][variant]["label"]["ci95"][0] for r in rows]
             high = [r["dice"][variant]["label"]["ci95"][1] for r in rows]
             label = f"{model} noise, {'with ' + str(result['denoise_with']) if variant == 'with' else 'no denoiser'}"
-            axes[0].plot(doses, means, style, label=label)
-            axes[0].fill_between(doses, low, high, alpha=0.15)
-        for name in rows[0]["psnr"]:
-            axes[1].plot(doses, [r["psnr"][name]["mean"] for r in rows], "-o" if name == "noisy" else "--", label=f"{model}: {name}")
+            axes[0].plot(doses, means, style, color=colours[m % len(colours)], label=label)
+            axes[0].fill_between(doses, low, high, color=colours[m % len(colours)], alpha=0.12)
+        for v, name in enumerate(rows[0]["psnr"]):
+            axes[1].plot(doses, [r["psnr"][name]["mean"] for r in rows], ["-o", "--s", ":^", "-."][m % 4],
+                         color=colours[v % len(colours)], label=f"{model}: {name}")
     for ax, title, ylabel in ((axes[0], f"utility dice vs dose (n = {result['cases']})", "dice (label)"),
                               (axes[1], "PSNR vs dose (full-dose scan as reference)", f"PSNR, HU peak {result['psnr_peak_hu']:g}")):
         ax.set_xscale("log", base=2)
@@ -110,8 +112,9 @@ def summarise_dose(result: dict[str, Any]) -> str:
     for row in result["levels"]:
         dice = "; ".join(f"{v} {row['dice'][v]['label']['mean']:.3f} [{row['dice'][v]['label']['ci95'][0]:.3f}, "
                          f"{row['dice'][v]['label']['ci95'][1]:.3f}]" for v in row["dice"])
-        psnr = ", ".join(f"{k} {v['mean']:.1f}" for k, v in row["psnr"].items())
-        lines.append(f"  {row['model']:10s} dose {row['dose']:<6g} dice {dice}; PSNR dB {psnr}")
+        psnr = ", ".join(f"{k} {v['mean']:.1f}" if v["mean"] is not None else f"{k} -" for k, v in row["psnr"].items())
+        maps = "; maps rho " + "/".join(f"{row['maps'][v]['rank_correlation']['mean']:.3f}" for v in row["maps"]) if row.get("maps") else ""
+        lines.append(f"  {row['model']:10s} dose {row['dose']:<6g} dice {dice}; PSNR dB {psnr}{maps}")
     for model, block in (result.get("recovery") or {}).items():
         lost, won = block["dice_lost"], block["dice_won_back"]
         lines.append(f"  {model}: at dose {block['dose']:g} dice lost {lost['mean']:+.3f} [{lost['ci95'][0]:+.3f}, "
