@@ -108,10 +108,13 @@ def test_audit_dose_writes_its_json_figure_and_denoise_summary(denoisers, tmp_pa
         assert 0.85 < level["measured_std_hu"] / (40.0 * (1 / level["dose"] - 1) ** 0.5) < 1.15
     assert result["recovery"]["image"]["dose"] == 0.25 and "ci95" in result["recovery"]["image"]["dice_won_back"]
     assert set(result["n2n_vs_n2c"]["image"]) == {"0.5", "0.25"}
+    gain = result["gain_over_noisy"]["n2n"]["psnr"]["image"]["0.25"]  # paired over the same cases
+    assert gain["n"] == result["cases"] and gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
     summary = json.loads((out / "denoise.json").read_text())
     assert summary["noise_model"] == "image"  # the noise the n2n denoiser was trained on
     assert set(summary["levels"]) == {"1", "0.5", "0.25"}
     assert set(summary["levels"]["0.25"]["dice"]) == {"without", "with"}
+    assert set(summary["gain_over_noisy"]) == {"n2c", "n2n", "nes"}
     assert (out / "report" / "dose.png").stat().st_size > 1000
     assert "won back" in capsys.readouterr().out
 

@@ -300,3 +300,25 @@ def test_our_window_and_size_given_with_a_bundle_are_named_as_ignored(caplog) ->
         assert warn_ignored(None, {"window": [-100, 240], "spatial_size": 32}) == []
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "my_bundle: --window ignored: the bundle's own preprocessing" in said[0]
+
+
+def test_the_dose_audit_runs_a_bundle_a_3d_bundle_and_a_torchscript_utility(zoo: dict[str, Path]) -> None:
+    from monai.networks.nets import UNet
+
+    root, data = zoo["root"], zoo["data"]
+    network = UNet(**{k: v for k, v in NETWORK_DEF.items() if k != "_target_"})
+    network.load_state_dict(torch.load(zoo["bundle"] / "models" / "model.pt", weights_only=True))
+    scripted = root / "audit.ts"
+    torch.jit.save(torch.jit.script(network.eval()), str(scripted))
+    bundle_3d = write_bundle(root / "audit_zoo_3d", None, [96, 96, 96], network_def=NETWORK_DEF_3D, inferer={
+        "_target_": "SlidingWindowInferer", "roi_size": [32, 32, 8], "sw_batch_size": 1, "overlap": 0.5})
+    common = ["audit-dose", "--dataset", str(data), "--split", "all", "--max-cases", "2", "--doses", "[1, 0.25]",
+              "--noise-models", "['image']", "--bootstrap", "50"]
+    for name, utility in (("bundle", ["--utility-bundle", str(zoo["bundle"])]), ("bundle_3d", ["--utility-bundle", str(bundle_3d)]),
+                          ("torchscript", ["--utility-torchscript", str(scripted), "--window", "[-100, 240]"])):
+        out = root / f"audit_{name}"
+        assert main([*common, *utility, "--output", str(out)]) == 0, name
+        result = json.loads((out / "dose_audit.json").read_text())
+        full, low = result["levels"]
+        assert full["dice"]["without"]["full_dose"]["mean"] == pytest.approx(1.0), name
+        assert 0.0 <= low["dice"]["without"]["full_dose"]["mean"] <= 1.0 and low["psnr"]["noisy"]["mean"] > 20.0, name

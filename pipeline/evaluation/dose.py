@@ -12,7 +12,8 @@ variant below sees the same noisy scan) and, where asked, a denoiser after it (`
   and the importance share of pancreas + ring, on the slices with pancreas.
 
 Means over cases carry percentile-bootstrap intervals; "won back" is the paired difference (with - without) at the
-lowest dose beside the dice lost there (full dose - lowest dose), both over the same cases.
+lowest dose beside the dice lost there (full dose - lowest dose), both over the same cases; each denoiser's gain
+over the noisy scan (PSNR, SSIM) and Noise2Noise against Noise2Clean are paired differences too.
 """
 
 from __future__ import annotations
@@ -221,6 +222,8 @@ def run_dose_audit(
     }
     result["recovery"] = _recovery(cases, noise_models, levels, bootstrap, seed) if denoise_with else None
     result["n2n_vs_n2c"] = _pairs(cases, noise_models, levels, "n2n", "n2c", bootstrap, seed) if {"n2n", "n2c"} <= set(denoisers) else None
+    result["gain_over_noisy"] = {name: {metric: _pairs(cases, noise_models, levels, name, "noisy", bootstrap, seed, metric)
+                                        for metric in ("psnr", "ssim")} for name in denoisers}
     return result
 
 
@@ -290,10 +293,10 @@ def _recovery(cases: list[dict[str, Any]], models: Sequence[str], levels: Sequen
 
 
 def _pairs(cases: list[dict[str, Any]], models: Sequence[str], levels: Sequence[float], first: str, second: str,
-           bootstrap: int, seed: int) -> dict[str, Any]:
-    """Paired PSNR (HU) difference ``first - second`` per model and lower dose."""
-    return {model: {f"{dose:g}": paired_difference(_values(cases, model, dose, ["quality", first, "psnr"]),
-                                                   _values(cases, model, dose, ["quality", second, "psnr"]), bootstrap, seed=seed)
+           bootstrap: int, seed: int, metric: str = "psnr") -> dict[str, Any]:
+    """Paired difference of ``metric`` (PSNR in HU by default) ``first - second`` per model and lower dose."""
+    return {model: {f"{dose:g}": paired_difference(_values(cases, model, dose, ["quality", first, metric]),
+                                                   _values(cases, model, dose, ["quality", second, metric]), bootstrap, seed=seed)
                     for dose in levels if dose < 1.0} for model in models}
 
 
@@ -308,6 +311,8 @@ def denoise_summary(result: dict[str, Any], model: str) -> dict[str, Any]:
                                       "dice": {v: row["dice"][v]["label"] for v in row["dice"]}}
     return {"noise_model": model, "cases": result["cases"], "denoise_with": result["denoise_with"], "levels": levels,
             "recovery": (result.get("recovery") or {}).get(model), "n2n_vs_n2c": (result.get("n2n_vs_n2c") or {}).get(model),
+            "gain_over_noisy": {name: {metric: block[metric].get(model) for metric in block}
+                                for name, block in (result.get("gain_over_noisy") or {}).items()},
             "source": "dose_audit.json (unoise audit-dose)"}
 
 

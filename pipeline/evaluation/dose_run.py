@@ -28,8 +28,12 @@ def audit_dose(dataset_dir: str, datalist_key: str, split: str, val_fraction: fl
                utility_loaded: tuple[torch.nn.Module, dict[str, Any]], utility_bundle: str | None,
                noise_loaded: tuple[torch.nn.Module, dict[str, Any]] | None, doses: list[float], noise_models: list[str],
                noise_settings: dict[str, dict[str, Any]], denoisers: dict[str, str], denoise_with: str | None,
-               ring_mm: float, psnr_peak_hu: float, metric_window: Any, bootstrap: int, output_dir: str) -> dict[str, Any]:
-    """Run the audit on ``split`` of the dataset (the same split by seed as the utility's training run) and write it."""
+               ring_mm: float, psnr_peak_hu: float, metric_window: Any, bootstrap: int, output_dir: str, window: Any,
+               spatial_size: int | None) -> dict[str, Any]:
+    """Run the audit on ``split`` of the dataset (the same split by seed as the utility's training run) and write it.
+
+    ``window`` and ``spatial_size``: the utility's input where its checkpoint does not record them (a TorchScript
+    file); a checkpoint's own record wins, and a model-zoo bundle runs its own preprocessing."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}.")
     for name, path in denoisers.items():
@@ -42,6 +46,7 @@ def audit_dose(dataset_dir: str, datalist_key: str, split: str, val_fraction: fl
         raise ConfigError(f"{dataset_dir}: the {split} split is empty; set --split all or other fractions.")
     validate_datalist(entries, pancreas_labels, label_values, require_labels=True, strict=strict, progress=False)
     utility, meta = utility_loaded
+    meta = {**meta, "window": meta.get("window") or window or "pancreas", "spatial_size": meta.get("spatial_size") or spatial_size}
     noise_net = noise_loaded[0].eval() if noise_loaded else None
     dims = int(meta.get("spatial_dims", 2))
     result = run_dose_audit(entries, utility.eval(), meta, pancreas_labels, doses, noise_models, noise_settings, denoisers,
