@@ -115,7 +115,7 @@ def test_audit_dose_writes_its_json_figure_and_denoise_summary(denoisers, tmp_pa
     assert set(summary["levels"]) == {"1", "0.5", "0.25"}
     assert set(summary["levels"]["0.25"]["dice"]) == {"without", "with"}
     assert set(summary["gain_over_noisy"]) == {"n2c", "n2n", "nes"}
-    assert (out / "report" / "dose.png").stat().st_size > 1000
+    assert (out / "report" / "dose.png").stat().st_size > 1000 and "dose.png" in (out / "report" / "report.html").read_text()
     assert "won back" in capsys.readouterr().out
 
 
@@ -149,3 +149,13 @@ def test_denoise_writes_volumes_on_the_input_grid_with_a_manifest(denoisers, tmp
     assert float((reread - from_nifti).abs().max()) <= 0.51  # the DICOM stores the same HU, rounded
     assert main(["denoise", "--input", str(data / "imagesTs"), "--denoiser", str(denoisers["n2n"]), "--output", str(out)]) == 0
     assert json.loads((out / "manifest.json").read_text())["cases"][0]["status"] == "skipped"  # a re-run keeps what is done
+
+
+@pytest.mark.slow
+def test_a_denoiser_run_resumes(denoisers, tmp_path: Path):
+    run = tmp_path / "n2n"
+    args = ["train-denoiser", "--dataset", str(denoisers["data"]), "--mode", "nes", "--output", str(run), *TRAIN, "--nes-rounds", "2"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    epochs = [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["epochs"]]
+    assert epochs == [1, 2] and load_checkpoint(run / "checkpoints" / "last.pt")["meta"]["epoch"] == 2

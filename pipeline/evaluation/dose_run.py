@@ -2,7 +2,8 @@
 
 Writes ``dose_audit.json`` (every figure, per case too), ``denoise.json`` (with denoisers: per dose level of the
 denoiser's noise model, PSNR / SSIM per variant and dice without / with the denoiser) and ``report/dose.png`` (dice
-against the label vs dose per noise model, without and with the denoiser, and PSNR vs dose per variant).
+against the label vs dose per noise model, without and with the denoiser, and PSNR vs dose per variant) with
+``report/report.html`` around it.
 """
 
 from __future__ import annotations
@@ -59,7 +60,26 @@ def audit_dose(dataset_dir: str, datalist_key: str, split: str, val_fraction: fl
         model = _denoiser_model(denoisers[denoise_with], noise_models)
         write_json_atomic(denoise_summary(result, model), out / "denoise.json")
     plot_dose(result, out / "report" / "dose.png")
+    write_dose_report(result, out / "report" / "report.html")
     return result
+
+
+def write_dose_report(result: dict[str, Any], path: Path) -> Path:
+    """``report/report.html``: the figure, the noise check and the console summary's table, one page."""
+    import html
+
+    from pipeline.fileio import atomic_path
+
+    rows = "".join(f"<tr><td>{html.escape(line.strip())}</td></tr>" for line in summarise_dose(result).splitlines()[1:])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Dose audit</title></head><body>"
+            f"<h1>Dose audit: {result['cases']} case(s), doses {', '.join(f'{d:g}' for d in result['doses'])}</h1>"
+            f"<p>Dice against the label vs dose (95 % bootstrap intervals), without and with the denoiser "
+            f"{html.escape(str(result.get('denoise_with')))}; PSNR of the noisy and denoised scans against the full-dose scan. "
+            f"Every figure, per case too: dose_audit.json.</p><img src='dose.png' alt='dice and PSNR vs dose'>"
+            f"<table>{rows}</table></body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+    return path
 
 
 def _denoiser_model(checkpoint: str, noise_models: list[str]) -> str:
@@ -128,4 +148,4 @@ def summarise_dose(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SPLITS", "audit_dose", "plot_dose", "summarise_dose"]
+__all__ = ["SPLITS", "audit_dose", "plot_dose", "summarise_dose", "write_dose_report"]
