@@ -479,6 +479,11 @@ def build_cases(work: Path) -> list[Case]:
             "train-noise": lambda w: ["train-noise", "--dataset", data, "--utility", utility, "--output", str(_out(w, key)), *NOISE],
             "evaluate": lambda w: ["evaluate", "--dataset", data, "--utility", utility, "--noise", noise, "--output", str(_out(w, key)), *EVALUATE],
             "explain": lambda w: ["explain", "--input", str(test_image), "--output", str(_out(w, key)), "--noise", noise, "--utility", utility],
+            "train-denoiser": lambda w: ["train-denoiser", "--dataset", data, "--output", str(_out(w, key)), "--epochs", "1",
+                                         "--batch-size", "4", "--device", "cpu", "--denoiser-channels", "[4, 8]", *SPLIT],
+            "audit-dose": lambda w: ["audit-dose", "--dataset", data, "--utility", utility, "--output", str(_out(w, key)),
+                                     "--max-cases", "1", "--noise-models", "['image']", *SPLIT],
+            "denoise": lambda w: ["denoise", "--input", str(test_image), "--output", str(_out(w, key))],
         }[command]
         return Case(key, command, lambda w: [*base(w), *extra], names, output=lambda w, k=key: _out(w, k))
 
@@ -511,31 +516,20 @@ def build_cases(work: Path) -> list[Case]:
     ]
 
     # dose and denoising: the noise models' settings, the denoisers given to the audit and to denoise
-    def dose_case(name: str, command: str, extra: list[str], names: str) -> Case:
-        key = f"{name} [{command}]"
-        base = {
-            "train-denoiser": lambda w: ["train-denoiser", "--dataset", data, "--output", str(_out(w, key)), "--epochs", "1",
-                                         "--batch-size", "4", "--device", "cpu", "--denoiser-channels", "[4, 8]", *SPLIT],
-            "audit-dose": lambda w: ["audit-dose", "--dataset", data, "--utility", utility, "--output", str(_out(w, key)),
-                                     "--max-cases", "1", "--noise-models", "['image']", *SPLIT],
-            "denoise": lambda w: ["denoise", "--input", str(test_image), "--output", str(_out(w, key))],
-        }[command]
-        return Case(key, command, lambda w: [*base(w), *extra], names, output=lambda w, k=key: _out(w, k))
-
     cases += [
-        dose_case("unknown dose noise model", "train-denoiser", ["--dose-noise-model", "poisson"], "unknown dose noise model"),
-        dose_case("a dose above 1", "train-denoiser", ["--denoise-doses", "[1.5]"], "dose fraction"),
-        dose_case("training doses without a lower dose", "train-denoiser", ["--denoise-doses", "[1.0]"], "below 1"),
-        dose_case("unknown denoising loss", "train-denoiser", ["--denoise-loss", "huber"], "denoise_loss"),
-        dose_case("negative photon count", "train-denoiser", ["--dose-noise-settings", "{'photons': -1}"], "photons"),
-        dose_case("a setting the noise model lacks", "train-denoiser", ["--dose-noise-settings", "{'photon': 1e5}"], "photon"),
-        dose_case("a dose of 0", "audit-dose", ["--doses", "[1, 0]"], "dose fraction"),
-        dose_case("a denoiser without a name", "audit-dose", ["--denoiser", noise], "NAME=CHECKPOINT"),
-        dose_case("a denoiser that is not there", "audit-dose", ["--denoiser", f"n2n={work / 'nowhere.pt'}"], "nowhere.pt"),
-        dose_case("a utility checkpoint as a denoiser", "audit-dose", ["--denoiser", f"n2n={utility}"], "takes a denoiser checkpoint"),
-        dose_case("denoise_with names no denoiser", "audit-dose", ["--denoise-with", "n2c"], "denoise_with"),
-        dose_case("a utility checkpoint as the denoiser", "denoise", ["--denoiser", utility], "takes a denoiser checkpoint"),
-        dose_case("a truncated denoiser", "denoise", ["--denoiser", bad["truncated"]], "truncated.pt"),
+        setting("unknown dose noise model", "train-denoiser", ["--dose-noise-model", "poisson"], "unknown dose noise model"),
+        setting("a dose above 1", "train-denoiser", ["--denoise-doses", "[1.5]"], "dose fraction"),
+        setting("training doses without a lower dose", "train-denoiser", ["--denoise-doses", "[1.0]"], "below 1"),
+        setting("unknown denoising loss", "train-denoiser", ["--denoise-loss", "huber"], "denoise_loss"),
+        setting("negative photon count", "train-denoiser", ["--dose-noise-settings", "{'photons': -1}"], "photons"),
+        setting("a setting the noise model lacks", "train-denoiser", ["--dose-noise-settings", "{'photon': 1e5}"], "photon"),
+        setting("a dose of 0", "audit-dose", ["--doses", "[1, 0]"], "dose fraction"),
+        setting("a denoiser without a name", "audit-dose", ["--denoiser", noise], "NAME=CHECKPOINT"),
+        setting("a denoiser that is not there", "audit-dose", ["--denoiser", f"n2n={work / 'nowhere.pt'}"], "nowhere.pt"),
+        setting("a utility checkpoint as a denoiser", "audit-dose", ["--denoiser", f"n2n={utility}"], "takes a denoiser checkpoint"),
+        setting("denoise_with names no denoiser", "audit-dose", ["--denoise-with", "n2c"], "denoise_with"),
+        setting("a utility checkpoint as the denoiser", "denoise", ["--denoiser", utility], "takes a denoiser checkpoint"),
+        setting("a truncated denoiser", "denoise", ["--denoiser", bad["truncated"]], "truncated.pt"),
     ]
 
     # run folders
