@@ -28,6 +28,7 @@ from monai.transforms import DivisiblePad, MapTransform
 
 from pipeline.engines.denoise import DENOISE_MODES
 from pipeline.data.dose import AIR_HU, NoiseModel, case_seed, check_dose, meta_without_affine
+from pipeline.data.transforms import BODY_HU
 from pipeline.errors import ConfigError
 
 WATER_CYLINDER_MM = 320.0  # the CTDI body phantom's diameter
@@ -36,8 +37,8 @@ DIAMETER_STEP_MM = 20.0  # NES's noise-only cylinders: the slice's water-equival
 
 def water_equivalent_diameter(hu: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """The water-equivalent diameter (mm) of a CT slice (AAPM Report 220): ``2 sqrt((1 + mean HU / 1000) A / pi)`` over
-    the body (above -500 HU, area ``A``). Read from the scan itself, noisy or not."""
-    body = hu > -500.0
+    the body (above :data:`~pipeline.data.transforms.BODY_HU`, area ``A``). Read from the scan itself, noisy or not."""
+    body = hu > BODY_HU
     if not body.any():
         return 0.0
     area = float(body.sum()) * float(spacing_mm[0]) * float(spacing_mm[1])
@@ -118,8 +119,7 @@ class NoisyPairsd(MapTransform):
         if self.with_clean:
             d["clean"] = clean.clone()
         d["dose"] = torch.tensor(dose)
-        for extra in ("body",):
-            d.pop(extra, None)
+        d.pop("body", None)  # (a mask of the clean slice: no part of any mode's pair)
         return d
 
 
@@ -130,14 +130,16 @@ class Denoised(MapTransform):
         keys: the CT key(s), (1, X, Y, Z) in HU.
         denoiser: a 2D network taking and giving (B, 1, X, Y) in HU / ``hu_scale``; None leaves the volume as it is.
         hu_scale: HU per unit of the denoiser's input.
-        divisor: slices are padded (edge values) to a multiple of this, as the network's downsamplings need.
+        divisor: slices are padded (edge values) to a multiple of this, as the network's downsamplings need; None:
+            the network's own ``divisor`` (:class:`pipeline.networks.ResidualDenoiser`), else 16.
         batch_size: slices per forward pass.
     """
 
     def __init__(self, keys: KeysCollection, denoiser: Callable[[torch.Tensor], torch.Tensor] | None, hu_scale: float = 1000.0,
-                 divisor: int = 16, batch_size: int = 16, allow_missing_keys: bool = False) -> None:
+                 divisor: int | None = None, batch_size: int = 16, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.denoiser, self.hu_scale = denoiser, float(hu_scale)
+        divisor = divisor if divisor is not None else getattr(denoiser, "divisor", 16)
         self.pad, self.batch_size = DivisiblePad(k=int(divisor), mode="replicate", method="end"), int(batch_size)
 
     @torch.no_grad()

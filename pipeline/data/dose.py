@@ -20,6 +20,7 @@ dose, so a case at a dose is the same volume in every run.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
@@ -162,13 +163,33 @@ def case_seed(seed: int, case: str, dose: float, stream: int = 0) -> np.random.G
     return np.random.default_rng([int(seed), zlib.crc32(str(case).encode()), int(round(check_dose(dose) * 1e6)), int(stream)])
 
 
+def draw_noise(hu: np.ndarray, spacing_mm: Sequence[float], model: NoiseModel, dose: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """The dose-``dose`` noise (HU) of each axial slice of ``hu`` (..., X, Y, Z), drawn on its first channel: (X, Y, Z)."""
+    first = np.asarray(hu, np.float32).reshape(-1, *np.shape(hu)[-3:])[0]  # (X, Y, Z)
+    return np.stack([model.sample(first[..., z], spacing_mm, dose, rng) for z in range(first.shape[-1])], axis=-1)
+
+
 def insert_noise(hu: np.ndarray, spacing_mm: Sequence[float], model: NoiseModel, dose: float,
                  rng: np.random.Generator) -> np.ndarray:
     """``hu`` (..., X, Y, Z) with dose-``dose`` noise inserted into each axial slice (each channel the same draw)."""
-    volume = np.asarray(hu, np.float32)
-    noise = np.stack([model.sample(volume.reshape(-1, *volume.shape[-3:])[0, ..., z], spacing_mm, dose, rng)
-                      for z in range(volume.shape[-1])], axis=-1)
-    return volume + noise
+    return np.asarray(hu, np.float32) + draw_noise(hu, spacing_mm, model, dose, rng)
+
+
+_LAST_DRAW: dict[tuple[Any, ...], np.ndarray] = {}  # SimulateDosed's latest noise volume, by everything it depends on
+
+
+def _seeded_noise(hu: np.ndarray, spacing_mm: np.ndarray, model: NoiseModel, dose: float, seed: int, case: str,
+                  stream: int) -> np.ndarray:
+    """:func:`draw_noise` seeded by :func:`case_seed`, the latest volume kept: a noise field is a function of the scan,
+    its grid, the model, the dose, the seed and the case, so chains built again for the same case and dose (the dose
+    audit runs one per variant) do not project it again."""
+    key = (model, dose, seed, str(case), stream, tuple(np.round(spacing_mm, 6)), hu.shape,
+           hashlib.blake2b(np.ascontiguousarray(hu).tobytes(), digest_size=16).hexdigest())
+    if key not in _LAST_DRAW:
+        _LAST_DRAW.clear()
+        _LAST_DRAW[key] = draw_noise(hu, spacing_mm, model, dose, case_seed(seed, case, dose, stream))
+    return _LAST_DRAW[key]
 
 
 def meta_without_affine(image: MetaTensor) -> dict[str, Any]:
@@ -205,12 +226,12 @@ class SimulateDosed(MapTransform):
             affine = np.asarray(image.affine if isinstance(image, MetaTensor) else np.eye(4), np.float64)
             spacing = np.linalg.norm(affine[:3, :2], axis=0)
             hu = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, np.float32)
-            noisy = torch.as_tensor(insert_noise(hu, spacing, self.model, self.dose, case_seed(self.seed, case, self.dose, index)))
+            noisy = torch.as_tensor(hu + _seeded_noise(hu, spacing, self.model, self.dose, self.seed, case, index))
             d[key] = MetaTensor(noisy, affine=image.affine.clone(), meta=meta_without_affine(image)) if isinstance(image, MetaTensor) else noisy
         return d
 
 
 __all__ = [
     "AIR_HU", "NOISE_MODELS", "ImageDomainNoise", "NoiseModel", "ProjectionDomainNoise", "SimulateDosed",
-    "build_noise_model", "case_seed", "meta_without_affine", "check_dose", "insert_noise", "inserted_variance",
+    "build_noise_model", "case_seed", "meta_without_affine", "check_dose", "draw_noise", "insert_noise", "inserted_variance",
 ]

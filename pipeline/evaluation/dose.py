@@ -18,6 +18,7 @@ over the noisy scan (PSNR, SSIM) and Noise2Noise against Noise2Clean are paired 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -40,14 +41,13 @@ HU_CHAIN = {"data_window": [0.0, 1.0], "window_clip": False, "data_spatial_size"
 
 def check_audit_settings(doses: Sequence[float], noise_models: Sequence[str], denoise_with: str | None,
                          denoisers: dict[str, str] | None) -> list[float]:
-    """The dose levels, sorted from full dose down (1 added when missing); refuses unknown models and denoisers."""
+    """The dose levels, sorted from full dose down (1 added when missing); refuses no model and unknown denoisers
+    (an unknown model's name is refused where the models are built, :func:`pipeline.data.build_noise_model`)."""
     levels = sorted({1.0, *(check_dose(d, "doses") for d in doses)}, reverse=True)
     if len(levels) < 2:
         raise ConfigError(f"doses lists at least one fraction below 1 to audit, got {list(doses)}.")
     if not noise_models:
         raise ConfigError("noise_models names at least one dose noise model: image, projection.")
-    for name in noise_models:
-        build_noise_model(name)
     if denoise_with and denoise_with not in (denoisers or {}):
         raise ConfigError(f"denoise_with {denoise_with!r} is not one of the denoisers given ({sorted(denoisers or {})}); "
                           f"pass it as --denoiser {denoise_with}=RUN/checkpoints/last.pt.")
@@ -105,9 +105,8 @@ def noise_check(models: dict[str, Any], levels: Sequence[float], spacing_mm: Seq
     neighbour correlation (next pixel along a row) is measured too: white noise has none, CT noise has.
     """
     cylinder = water_cylinder((size, size), spacing_mm)
-    x = (np.arange(size) - (size - 1) / 2) * float(spacing_mm[0])
     radius = min(size * float(spacing_mm[0]), 320.0) / 2  # the cylinder, or the field of view where it is wider
-    centre = (x[:, None] ** 2 + x[None, :] ** 2) <= (radius / 2) ** 2
+    centre = water_cylinder((size, size), spacing_mm, radius) == 0.0  # the central disc, half the cylinder's radius
     result: dict[str, Any] = {}
     for name, model in models.items():
         rows, reference = [], None
@@ -161,14 +160,18 @@ def run_dose_audit(
     utility_size = None if utility_bundle else utility_meta.get("spatial_size")
     roi = utility_meta.get("roi_size")
 
-    def chain(dose: float, model: str, denoiser: str | None, hu: bool, entry: dict[str, Any]) -> dict[str, Any]:
+    @functools.cache  # one chain per variant, built once (a denoiser's checkpoint is read once), run for every case
+    def transforms(dose: float, model: str, denoiser: str | None, hu: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
         settings = {"dose": dose, "dose_noise_model": model, "dose_noise_settings": dict(noise_settings.get(model, {})),
                     "dose_seed": seed, "denoiser_checkpoint": denoisers.get(denoiser) if denoiser else None}
         if utility_bundle:
             settings["utility_bundle"] = utility_bundle
         if hu:
             settings = {**settings, **HU_CHAIN, "utility_bundle": None}
-        return build_volume_transforms(utility_window, None if hu else utility_size, pancreas_labels, settings=settings)(dict(entry))
+        return build_volume_transforms(utility_window, None if hu else utility_size, pancreas_labels, settings=settings)
+
+    def chain(dose: float, model: str, denoiser: str | None, hu: bool, entry: dict[str, Any]) -> dict[str, Any]:
+        return transforms(dose, model, denoiser, hu)(dict(entry))
 
     cases: list[dict[str, Any]] = []
     spacing, grid = None, None

@@ -48,15 +48,15 @@ def _write_nifti(volume: np.ndarray, source: Any, affine: np.ndarray, path: Path
         nib.save(image, str(tmp))
 
 
-def _write_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, source_dir: str, mode: str) -> None:
+def _write_dicom(volume: np.ndarray, affine: np.ndarray, folder: Path, source_dir: str, series: str | None, mode: str) -> None:
     """A DICOM CT series of ``volume`` with the source series' patient and study, a new series."""
     import pydicom
     from pydicom.uid import generate_uid
 
     from pipeline.dicom.ct_series import write_dicom_series
+    from pipeline.dicom.read import choose_dicom_series
 
-    first = next(p for p in sorted(Path(source_dir).iterdir()) if p.is_file())
-    header = pydicom.dcmread(str(first), stop_before_pixels=True)
+    header = pydicom.dcmread(choose_dicom_series(source_dir, series).files[0], stop_before_pixels=True)  # the series read
     write_dicom_series(folder, np.rint(volume), affine, series_uid=generate_uid(),
                        study_uid=str(header.get("StudyInstanceUID", generate_uid())), prefix="denoised",
                        patient_name=str(header.get("PatientName", "")), patient_id=str(header.get("PatientID", "")),
@@ -71,7 +71,7 @@ def denoise_cases(inputs: list[str], datalist_key: str, series: str | None, allo
         raise ConfigError(f"output_format must be one of {list(OUTPUT_FORMATS)} for denoise, got {output_format!r}.")
     entries = collect_inputs(inputs, datalist_key, series, allow_outside_paths, resample_uneven)
     network, meta = load_denoiser(denoiser_checkpoint)
-    denoise = Denoised("image", network, float(meta["hu_scale"]), divisor=getattr(network, "divisor", 16), batch_size=batch_size)
+    denoise = Denoised("image", network, float(meta["hu_scale"]), batch_size=batch_size)
     load = LoadVolumed("image")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def denoise_cases(inputs: list[str], datalist_key: str, series: str | None, allo
             affine = np.asarray(image.affine, np.float64)
             _write_nifti(volume, source, affine, target)
             if is_dicom and output_format == "both":
-                _write_dicom(volume, affine, out / f"{case}_denoised", str(source), str(meta.get("denoise_mode", "")))
+                _write_dicom(volume, affine, out / f"{case}_denoised", str(source), entry.get("series"), str(meta.get("denoise_mode", "")))
             manifest.record(case, source, "done", None, time.perf_counter() - start, outputs)
             counts["done"] += 1
             logger.info("%d/%d %s: denoised (%.1f s)", number, len(entries), case, time.perf_counter() - start)
